@@ -1,0 +1,103 @@
+"""The `raft` command. Subcommands live one per module and are imported only when named, so
+`raft --help` stays fast and `raft index` never pays for torch or Ray start-up it does not use.
+
+Each command module defines `HELP` (one line), `EXAMPLE`, `add_arguments(parser)` and `run(args) -> int`,
+and keeps its heavy imports inside `run`. The table names modules as strings: `serve` lives in the
+`serving` package, which depends on `raft`, never the other way round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+COMMANDS: dict[str, str] = {
+    "quickstart": "raft.commands.quickstart",
+    "index": "raft.commands.index",
+    "build": "raft.commands.build",
+    "train": "raft.commands.train",
+    "export": "raft.commands.export",
+    "serve": "serving.command",
+    "eval": "raft.commands.eval",
+}
+
+EXAMPLE = """example:
+  raft quickstart                       # the whole pipeline on a tiny CPU model, in a few minutes
+  raft index build docs/ --out idx      # then: raft index search idx "what is RAFT?" -k 5
+"""
+
+
+def available() -> dict[str, str]:
+    """Commands whose module is installed (an optional package may be missing)."""
+    return {n: m for n, m in COMMANDS.items() if importlib.util.find_spec(m) is not None}
+
+
+def _top_parser(cmds: dict[str, str]) -> argparse.ArgumentParser:
+    lines = []
+    for name, mod in cmds.items():
+        try:
+            summary = importlib.import_module(mod).HELP
+        except Exception as e:  # a broken optional module must not hide the others
+            summary = f"(unavailable: {e})"
+        lines.append(f"  {name:<11} {summary}")
+    p = argparse.ArgumentParser(
+        prog="raft",
+        description="RAFT: build retrieval-augmented fine-tuning datasets, train LoRA adapters on Ray, "
+        "serve them behind retrieval with citations.",
+        epilog="commands:\n" + "\n".join(lines) + "\n\n" + EXAMPLE
+        + "\nrun `raft COMMAND --help` for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"raft {__import__('raft').__version__}")
+    p.add_argument("command", nargs="?", help="one of: " + ", ".join(cmds))
+    return p
+
+
+def command_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
+    module = importlib.import_module(COMMANDS[name])
+    p = argparse.ArgumentParser(
+        prog=f"raft {name}",
+        description=module.HELP,
+        epilog="example:\n" + module.EXAMPLE.rstrip() + "\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    module.add_arguments(p)
+    return p, module
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from raft.config import ConfigError
+    from raft.errors import RaftError
+    from retrieval.errors import RetrievalError
+
+    return (ConfigError, RaftError, RetrievalError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmds = available()
+    if not argv or argv[0] not in cmds:
+        top = _top_parser(cmds)
+        if argv and not argv[0].startswith("-"):
+            top.error(f"unknown command {argv[0]!r}; choose one of: {', '.join(cmds)}")
+        top.parse_args(argv)
+        top.print_help()
+        return 0
+    parser, module = command_parser(argv[0])
+    args = parser.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except _user_errors() as e:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible gateway with retrieval and citations, and the engine launchers behind it."""

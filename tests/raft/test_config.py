@@ -1,0 +1,57 @@
+import pytest
+from pydantic import Field
+
+from raft.config import Config, ConfigError, load_config, parse_override
+
+
+class Inner(Config):
+    rank: int = 8
+    """LoRA rank."""
+
+
+class Sample(Config):
+    lr: float = 1e-4
+    """Learning rate."""
+    mode: str = Field("dense", pattern="^(dense|bm25|hybrid)$")
+    """Search mode."""
+    lora: Inner = Inner()
+    """LoRA settings."""
+
+
+def test_overrides_are_yaml_values():
+    assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
+    assert parse_override("x=null") == (["x"], None)
+    assert parse_override("y=hello world") == (["y"], "hello world")
+
+
+def test_sectioned_file_and_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  lr: 0.5\n  lora:\n    rank: 4\nindex: {}\n")
+    cfg = load_config(Sample, f, ["train.lora.rank=16", "mode=bm25"], section="train")
+    assert (cfg.lr, cfg.lora.rank, cfg.mode) == (0.5, 16, "bm25")
+
+
+def test_all_errors_reported_at_once_with_keys(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("lr: fast\nmode: sparse\nlora:\n  rnak: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(Sample, f, ["bogus=1"])
+    text = str(e.value)
+    assert len(e.value.problems) == 4, text
+    assert "lr:" in text and "'fast'" in text
+    assert "mode:" in text and "'sparse'" in text
+    assert "lora.rnak: unknown key; known keys: rank" in text
+    assert "bogus: unknown key" in text
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(Sample, tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: [1,\n")
+    with pytest.raises(ConfigError, match="line"):
+        load_config(Sample, bad)
+
+
+def test_field_docstrings_are_descriptions():
+    assert Sample.model_fields["lr"].description == "Learning rate."

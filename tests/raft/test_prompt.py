@@ -1,0 +1,27 @@
+from raft.prompt import (ANSWER_TAG, SYSTEM_PROMPT, augment_messages, build_messages, cot_answer,
+                         extract_answer, extract_quotes, quote_in)
+
+DOCS = [{"title": "A", "text": "Alpha is first."}, {"title": "", "text": "Beta second."}]
+
+
+def test_messages_render_documents_in_order_then_question():
+    msgs = build_messages("Which is first?", DOCS)
+    assert msgs[0] == {"role": "system", "content": SYSTEM_PROMPT}
+    user = msgs[1]["content"]
+    assert user == ("<DOCUMENT>\nTitle: A\nAlpha is first.\n</DOCUMENT>\n"
+                    "<DOCUMENT>\nBeta second.\n</DOCUMENT>\nQuestion: Which is first?")
+
+
+def test_serving_augmentation_equals_training_rendering():
+    client = [{"role": "user", "content": "Which is first?"}]
+    assert augment_messages(client, DOCS) == build_messages("Which is first?", DOCS)
+
+
+def test_cot_answer_roundtrip_and_quote_check():
+    text = cot_answer("The doc says", ["Alpha  is FIRST."], "Alpha")
+    assert extract_quotes(text) == ["Alpha  is FIRST."]
+    assert extract_answer(text) == "Alpha"
+    assert ANSWER_TAG in text
+    assert quote_in("alpha is first.", DOCS[0]["text"])
+    assert not quote_in("gamma", DOCS[0]["text"])
+    assert not quote_in("   ", DOCS[0]["text"])
