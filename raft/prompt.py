@@ -115,3 +115,18 @@ def cot_answer(reasoning: str, quotes: Sequence[str], answer: str) -> str:
     quoted = " ".join(f"{BEGIN_QUOTE}{q}{END_QUOTE}" for q in quotes)
     body = f"{reasoning.strip()} {quoted}".strip()
     return f"{body}\n{ANSWER_TAG} {answer.strip()}"
+
+
+def docs_from_record(record: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The shown documents of a RAFT record (gorilla `context` layout), in shown order."""
+    ctx = record.get("context") or {}
+    titles = (ctx.get("title") or [[]])[0]
+    texts = (ctx.get("sentences") or [[]])[0]
+    titles = list(titles) + [""] * (len(texts) - len(titles))
+    return [{"title": t if t != "placeholder_title" else "", "text": x} for t, x in zip(titles, texts)]
+
+
+def messages_from_record(record: Mapping[str, Any], with_answer: bool = True) -> list[dict[str, str]]:
+    """Training/eval messages of a RAFT record; identical to what serving sends for the same documents."""
+    answer = record.get("cot_answer") if with_answer else None
+    return build_messages(record["question"], docs_from_record(record), answer)

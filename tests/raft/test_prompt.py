@@ -25,3 +25,14 @@ def test_cot_answer_roundtrip_and_quote_check():
     assert quote_in("alpha is first.", DOCS[0]["text"])
     assert not quote_in("gamma", DOCS[0]["text"])
     assert not quote_in("   ", DOCS[0]["text"])
+
+
+def test_record_roundtrip_matches_instruction():
+    from raft.prompt import docs_from_record, messages_from_record, render_user
+
+    rec = {"question": "Which is first?", "cot_answer": "x\n<ANSWER>: Alpha",
+           "context": {"title": [["A", ""]], "sentences": [["Alpha is first.", "Beta second."]]}}
+    assert docs_from_record(rec) == DOCS
+    msgs = messages_from_record(rec)
+    assert msgs[1]["content"] == render_user("Which is first?", DOCS)
+    assert msgs[-1] == {"role": "assistant", "content": "x\n<ANSWER>: Alpha"}
