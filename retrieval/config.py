@@ -1,0 +1,71 @@
+"""IndexConfig: how a corpus becomes an index (the `index:` section of a RAFT YAML config)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+class _Config(BaseModel):
+    # Same behaviour as raft.config.Config, defined here because `retrieval` never imports `raft`.
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True)
+
+
+class IndexConfig(_Config):
+    """Loading, chunking, embedding and indexing settings."""
+
+    embedder: str = "all-MiniLM-L6-v2"
+    """sentence-transformers model name or path; "all-MiniLM-L6-v2" is the bundled copy (no download)."""
+    device: str | None = None
+    """torch device for the embedder ("cpu", "cuda", ...); None picks CUDA when present."""
+    batch_size: int = Field(64, ge=1)
+    """texts per embedding batch."""
+    max_seq_length: int | None = None
+    """truncate embedder input to this many tokens (None: the model's own limit)."""
+    chunk_size: int = Field(200, ge=8)
+    """chunk length in tokens of the embedder's tokenizer."""
+    chunk_overlap: int = Field(30, ge=0)
+    """tokens shared by consecutive chunks of one document."""
+    id_field: str = "id"
+    """JSON/JSONL: field holding the document id."""
+    title_field: str = "title"
+    """JSON/JSONL: field holding the title."""
+    text_field: str = "text"
+    """JSON/JSONL: field holding the text."""
+    index_type: Literal["auto", "flat", "ivf_flat", "ivf_pq", "hnsw"] = "auto"
+    """FAISS index; auto: flat below 50k chunks, HNSW below 2M, IVF-PQ above."""
+    hnsw_m: int = Field(32, ge=4)
+    """HNSW graph degree."""
+    hnsw_ef_construction: int = Field(80, ge=8)
+    """HNSW build-time beam width."""
+    hnsw_ef_search: int = Field(64, ge=1)
+    """HNSW query-time beam width (recall vs speed)."""
+    ivf_nlist: int | None = None
+    """IVF cells (None: about 4*sqrt(n))."""
+    ivf_nprobe: int = Field(16, ge=1)
+    """IVF cells visited per query."""
+    pq_m: int = Field(48, ge=1)
+    """IVF-PQ sub-quantizers (must divide the embedding dimension)."""
+    shards: int = Field(1, ge=1)
+    """dense index shards stored on disk (RayRetriever gives each shard actor its own)."""
+    use_gpu: bool = False
+    """move the FAISS index to GPU when faiss-gpu and CUDA are present."""
+    fusion: Literal["rrf", "weighted"] = "rrf"
+    """hybrid fusion: reciprocal-rank fusion or weighted normalised scores."""
+    rrf_k: int = Field(60, ge=1)
+    """RRF constant: score = sum 1/(rrf_k + rank)."""
+    dense_weight: float = Field(0.5, ge=0.0, le=1.0)
+    """hybrid weight of the dense retriever (BM25 gets 1 - this); used by both fusions."""
+    candidates: int = Field(50, ge=1)
+    """per-retriever candidates fused in hybrid mode (at least k)."""
+    ray: bool = False
+    """embed through Ray Data with an embedder actor pool (large corpora)."""
+    ray_actors: int = Field(1, ge=1)
+    """embedder actors in the Ray Data pool."""
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size "
+                             f"({self.chunk_size})")
+        return self

@@ -1,0 +1,528 @@
+"""RetrievalIndex: a self-describing index directory (FAISS + SQLite store + FTS5 BM25) that is built,
+opened, searched (dense, BM25, hybrid, with filters) and updated live.
+
+Atomic saves: every change writes a new *generation* of files (store.gN.sqlite, dense.gN.*) and then
+replaces manifest.json, which names the generation and the files' sizes and checksums. A crash before
+the manifest replace leaves the previous generation, still named by the old manifest, readable; files
+of unfinished generations are swept on the next save. The embedding cache (embeddings.sqlite) is
+content-addressed and updated in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from retrieval.config import IndexConfig
+from retrieval.dense import DenseIndex, choose_type, make_params
+from retrieval.embedders import Embedder, EmbeddingCache, canonical_name, content_hash, embed_with_cache
+from retrieval.errors import RetrievalError
+from retrieval.filters import normalize_filter
+from retrieval.fusion import fuse
+from retrieval.store import Store
+from retrieval.types import Chunk, Document, Hit
+
+FORMAT = "raft-retrieval-index"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+CACHE_FILE = "embeddings.sqlite"
+MODES = ("hybrid", "dense", "bm25")
+EXACT_FILTER_LIMIT = 20_000  # filtered dense search is exact (cached vectors) below this many matches
+
+
+def _crash_point(name: str) -> None:
+    """Test hook: RAFT_INDEX_CRASH_AT=<name> kills the process here; RAFT_INDEX_SAVE_SLEEP pauses."""
+    if os.environ.get("RAFT_INDEX_SAVE_SLEEP"):
+        time.sleep(float(os.environ["RAFT_INDEX_SAVE_SLEEP"]))
+    if os.environ.get("RAFT_INDEX_CRASH_AT") == name:
+        os._exit(17)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(str(d), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def read_manifest(index_dir: str | Path) -> dict:
+    """The manifest, or a RetrievalError saying why the directory is not a usable index."""
+    d = Path(index_dir)
+    if not d.exists():
+        raise RetrievalError(f"index directory {str(d)!r} does not exist; build one with "
+                             f"`raft index build CORPUS --out {d}`")
+    if not d.is_dir():
+        raise RetrievalError(f"{str(d)!r} is a file, not an index directory")
+    m = d / MANIFEST
+    if not m.exists():
+        raise RetrievalError(f"{str(d)!r} has no {MANIFEST}: it is not an index or its first build did not "
+                             f"finish (half-written); rebuild it with `raft index build CORPUS --out {d}`")
+    try:
+        man = json.loads(m.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise RetrievalError(f"{str(m)!r} is unreadable ({e}); rebuild the index") from None
+    if man.get("format") != FORMAT:
+        raise RetrievalError(f"{str(m)!r} is not a {FORMAT} manifest")
+    if man.get("format_version") != FORMAT_VERSION:
+        raise RetrievalError(f"index {str(d)!r} has format version {man.get('format_version')}, this code reads "
+                             f"{FORMAT_VERSION}; rebuild it")
+    return man
+
+
+class RetrievalIndex:
+    """See the module docstring. Thread-safe: mutations hold a lock; reads use the current generation."""
+
+    def __init__(self, path: Path, manifest: dict, store: Store, dense: DenseIndex, config: IndexConfig,
+                 embedder: Embedder | None = None):
+        self.path = Path(path)
+        self.manifest = manifest
+        self.store = store
+        self.dense = dense
+        self.config = config
+        self.embedder_name: str = manifest["embedder"]["name"]
+        self.dim: int = int(manifest["embedder"]["dim"])
+        self._embedder = embedder
+        self._cache: EmbeddingCache | None = None
+        self._lock = threading.RLock()
+        self.build_summary: dict[str, Any] = {}
+
+    # ---- opening ------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, index_dir: str | Path, embedder: str | None = None, verify: bool = True,
+             device: str | None = None, mmap: bool = False) -> "RetrievalIndex":
+        """Open an index. `embedder`: the model the caller intends to query with; a different one than
+        the index was built with is an error. `verify`: check file checksums (sizes always)."""
+        d = Path(index_dir)
+        man = read_manifest(d)
+        if embedder is not None and canonical_name(embedder) != man["embedder"]["name"]:
+            raise RetrievalError(
+                f"index {str(d)!r} was built with embedder {man['embedder']['name']!r} "
+                f"(dim {man['embedder']['dim']}), not {embedder!r}: its vectors are meaningless to that model. "
+                f"Query with {man['embedder']['name']!r} or rebuild the index with the new embedder")
+        for name, info in man["files"].items():
+            p = d / name
+            if not p.exists():
+                raise RetrievalError(f"index {str(d)!r} is half-written or damaged: {name} named by the manifest "
+                                     "is missing; rebuild it")
+            if p.stat().st_size != info["bytes"] or (verify and _sha256(p) != info["sha256"]):
+                raise RetrievalError(f"index {str(d)!r} is damaged: {name} does not match the checksum in the "
+                                     "manifest; rebuild it")
+        cfg = IndexConfig(**man["config"])
+        if device is not None:
+            cfg = cfg.model_copy(update={"device": device})
+        store = Store(d / man["store"])
+        fa = man["faiss"]
+        params = dict(fa["params"], use_gpu=cfg.use_gpu)
+        dense = DenseIndex.load(d, fa["type"], man["embedder"]["dim"], params, fa["files"], mmap=mmap)
+        return cls(d, man, store, dense, cfg)
+
+    # ---- building -----------------------------------------------------------------------------
+    @classmethod
+    def build(cls, docs_or_corpus_path: list[Document] | str | Path, out_dir: str | Path,
+              config: IndexConfig | None = None, show_progress: bool = False) -> "RetrievalIndex":
+        """Load (when given a path), chunk, embed (reusing cached vectors in out_dir) and index.
+
+        Rebuilding into an existing index directory replaces it atomically; the old one stays readable
+        until the new manifest is in place. `build_summary` on the result says what happened.
+        """
+        from retrieval.chunking import chunk_documents
+        from retrieval.embedders import load_tokenizer
+        from retrieval.loaders import load_corpus
+
+        cfg = config or IndexConfig()
+        t0 = time.time()
+        skipped: list[tuple[str, str]] = []
+        if isinstance(docs_or_corpus_path, (str, Path)):
+            docs, skipped = load_corpus(docs_or_corpus_path, cfg.id_field, cfg.title_field, cfg.text_field)
+            where = str(docs_or_corpus_path)
+        else:
+            docs, where = list(docs_or_corpus_path), "documents"
+        docs = _dedupe_docs(docs, skipped)
+        if not docs:
+            why = "; ".join(f"{p}: {r}" for p, r in skipped[:5])
+            raise RetrievalError(f"corpus {where!r} has no usable documents" + (f" (skipped: {why})" if why else
+                                 "") + "; give .txt/.md/.html/.pdf/.json/.jsonl files with text")
+        tok = load_tokenizer(cfg.embedder)
+        chunks = chunk_documents(docs, tok, cfg.chunk_size, cfg.chunk_overlap)
+        if not chunks:
+            raise RetrievalError(f"corpus {where!r} produced no chunks (all documents empty after tokenizing)")
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        embedder = Embedder(cfg.embedder, cfg.device, cfg.batch_size, cfg.max_seq_length)
+        texts = [_embed_text(c) for c in chunks]
+        vectors, encoded = _embed_chunks(texts, embedder, out, cfg, show_progress)
+        idx = cls._write_new(out, chunks, vectors, cfg, embedder.name, embedder)
+        idx.build_summary = {"documents": len(docs), "chunks": len(chunks), "embedded": encoded,
+                             "cached": len(chunks) - encoded, "skipped": skipped, "seconds": time.time() - t0,
+                             "index_type": idx.dense.kind, "path": str(out)}
+        return idx
+
+    @classmethod
+    def _write_new(cls, out: Path, chunks: list[Chunk], vectors: np.ndarray, cfg: IndexConfig,
+                   embedder_name: str, embedder: Embedder | None = None,
+                   hashes: list[str] | None = None) -> "RetrievalIndex":
+        """Write a fresh generation from chunks and their vectors (also used by benchmarks)."""
+        out.mkdir(parents=True, exist_ok=True)
+        old_gen = 0
+        try:
+            old_gen = int(read_manifest(out).get("generation", 0))
+        except RetrievalError:
+            pass
+        gen = max(old_gen, _max_gen_on_disk(out)) + 1
+        dim = int(vectors.shape[1])
+        hashes = hashes or [content_hash(embedder_name, _embed_text(c)) for c in chunks]
+        store_name = f"store.g{gen}.sqlite"
+        tmp = out / (store_name + ".tmp")
+        if tmp.exists():
+            tmp.unlink()
+        st = Store(tmp, create=True)
+        rows = np.asarray(st.add_chunks(chunks, hashes), dtype="int64")
+        st.close()
+        _fsync_rename(tmp, out / store_name)
+        _crash_point("after_store")
+        kind = choose_type(cfg.index_type, len(chunks))
+        params = make_params(kind, dim, len(chunks), cfg)
+        rng = np.random.default_rng(0)
+        train = vectors[rng.permutation(len(vectors))] if kind.startswith("ivf") else None
+        dense = DenseIndex.create(kind, dim, dict(params, use_gpu=cfg.use_gpu), cfg.shards, train)
+        dense.add(vectors, rows)
+        dense_files = dense.save(out, gen)
+        _crash_point("after_dense")
+        man = {"format": FORMAT, "format_version": FORMAT_VERSION, "generation": gen,
+               "embedder": {"name": embedder_name, "dim": dim},
+               "faiss": {"type": kind, "params": params, "shards": cfg.shards, "files": dense_files,
+                         "metric": "inner_product"},
+               "store": store_name, "config": cfg.model_dump(mode="json"),
+               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        _write_manifest(out, man, len(chunks), len({c.doc_id for c in chunks}), dense)
+        _sweep(out, man)
+        return cls(out, man, Store(out / store_name), dense, cfg, embedder)
+
+    # ---- embedding ----------------------------------------------------------------------------
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = Embedder(self.config.embedder, self.config.device, self.config.batch_size,
+                                      self.config.max_seq_length)
+        return self._embedder
+
+    @property
+    def cache(self) -> EmbeddingCache:
+        if self._cache is None:
+            self._cache = EmbeddingCache(self.path / CACHE_FILE, self.dim)
+        return self._cache
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """float32, L2-normalised embeddings from the index's own embedder."""
+        v = self.embedder.encode(list(texts))
+        if v.shape[1] != self.dim:
+            raise RetrievalError(f"embedder {self.embedder_name!r} now yields dimension {v.shape[1]} but the index "
+                                 f"at {str(self.path)!r} holds dimension {self.dim}; rebuild the index")
+        return v
+
+    # ---- search -------------------------------------------------------------------------------
+    def search(self, query: str, k: int = 5, mode: str = "hybrid", filter: dict | None = None) -> list[Hit]:
+        return self.search_batch([query], k, mode, filter)[0]
+
+    def search_batch(self, queries: list[str], k: int = 5, mode: str = "hybrid",
+                     filter: dict | None = None) -> list[list[Hit]]:
+        k = _check_k(k)
+        if mode not in MODES:
+            raise RetrievalError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}")
+        if isinstance(queries, str):
+            queries = [queries]
+        flt = normalize_filter(filter)
+        if not queries:
+            return []
+        ncand = max(k, self.config.candidates) if mode == "hybrid" else k
+        dense: list[list[tuple[int, float]]] = [[] for _ in queries]
+        sparse: list[list[tuple[int, float]]] = [[] for _ in queries]
+        if mode in ("dense", "hybrid"):
+            dense = self._dense_rows(self.embed(queries), ncand, flt)
+        if mode in ("bm25", "hybrid"):
+            sparse = [self.store.bm25(q, ncand, flt) for q in queries]
+        if mode == "dense":
+            ranked = dense
+        elif mode == "bm25":
+            ranked = sparse
+        else:
+            ranked = [fuse(self.config.fusion, d, s, self.config.dense_weight, self.config.rrf_k)
+                      for d, s in zip(dense, sparse)]
+        return self._hits([r[:k] for r in ranked])
+
+    def search_vectors(self, vectors: np.ndarray, k: int, filter: dict | None = None) -> list[list[Hit]]:
+        """Dense search with precomputed (normalised) query vectors, batched."""
+        k = _check_k(k)
+        v = np.atleast_2d(np.asarray(vectors, dtype="float32"))
+        if v.shape[1] != self.dim:
+            raise RetrievalError(f"query vectors have dimension {v.shape[1]}, the index holds {self.dim}")
+        return self._hits(self._dense_rows(v, k, normalize_filter(filter)))
+
+    def _dense_rows(self, vecs: np.ndarray, k: int, flt: dict) -> list[list[tuple[int, float]]]:
+        dense = self.dense
+        if not flt:
+            d, i = dense.search(vecs, k)
+            return [[(int(r), float(s)) for r, s in zip(ri, di) if r >= 0] for di, ri in zip(d, i)]
+        allowed = self.store.rows_matching(flt)
+        if len(allowed) == 0:
+            return [[] for _ in range(len(vecs))]
+        if len(allowed) <= EXACT_FILTER_LIMIT:
+            exact = self._exact(vecs, allowed, k)
+            if exact is not None:
+                return exact
+        want = min(k, len(allowed))
+        for widen in (1, 4, 16, 64):
+            d, i = dense.search(vecs, k, allowed=allowed, widen=widen)
+            if dense.kind == "flat" or all(int((ri >= 0).sum()) >= want for ri in i):
+                break
+        return [[(int(r), float(s)) for r, s in zip(ri, di) if r >= 0] for di, ri in zip(d, i)]
+
+    def _exact(self, vecs: np.ndarray, rows: np.ndarray, k: int):
+        """Exact inner products against the cached vectors of `rows` (None if any vector is missing)."""
+        hashes = self.store.hashes_for_rows(rows)
+        got = self.cache.get_many(list(set(hashes.values())))
+        if any(h not in got for h in hashes.values()):
+            return None
+        rows = np.fromiter(hashes.keys(), dtype="int64")
+        mat = np.stack([got[hashes[int(r)]] for r in rows])
+        scores = vecs @ mat.T
+        out = []
+        for s in scores:
+            top = np.argsort(-s, kind="stable")[:k]
+            out.append([(int(rows[j]), float(s[j])) for j in top])
+        return out
+
+    def _hits(self, ranked: list[list[tuple[int, float]]]) -> list[list[Hit]]:
+        chunks = self.store.get_rows({r for lst in ranked for r, _ in lst})
+        # a row the store no longer has was deleted: it never comes back, whatever FAISS says
+        return [[Hit(chunks[r], s) for r, s in lst if r in chunks] for lst in ranked]
+
+    # ---- reading ------------------------------------------------------------------------------
+    def get(self, chunk_ids: list[str]) -> list[Chunk]:
+        """Chunks by id, in the order asked; ids not in the index are left out."""
+        found = self.store.get_chunk_ids(list(chunk_ids))
+        return [found[c] for c in chunk_ids if c in found]
+
+    def chunk_ids(self) -> list[str]:
+        return self.store.chunk_ids()
+
+    def chunks_for_doc(self, doc_id: str) -> list[Chunk]:
+        return self.store.chunks_for_doc(doc_id)
+
+    def doc_ids(self) -> list[str]:
+        return self.store.doc_ids()
+
+    def __len__(self) -> int:
+        return self.store.count()
+
+    def stats(self) -> dict[str, Any]:
+        m = self.manifest
+        return {"path": str(self.path), "embedder": self.embedder_name, "dim": self.dim,
+                "index_type": m["faiss"]["type"], "faiss_params": m["faiss"]["params"],
+                "shards": m["faiss"]["shards"], "generation": m["generation"], "chunks": len(self),
+                "documents": self.store.doc_count(), "vectors": self.dense.ntotal,
+                "tombstones": len(self.dense.tombstones), "created": m.get("created"),
+                "updated": m.get("updated"), "bytes": sum(f["bytes"] for f in m["files"].values())}
+
+    # ---- live updates -------------------------------------------------------------------------
+    def add_documents(self, docs: list[Document]) -> list[str]:
+        """Chunk, embed and add documents; a doc_id already in the index is replaced. Persisted."""
+        from retrieval.chunking import chunk_documents
+
+        docs = _dedupe_docs(list(docs), [])
+        if not docs:
+            return []
+        chunks = chunk_documents(docs, self.embedder.tokenizer, self.config.chunk_size, self.config.chunk_overlap)
+        texts = [_embed_text(c) for c in chunks]
+        vectors, _ = embed_with_cache(texts, self.embed, self.cache, self.embedder_name, self.dim)
+        hashes = [content_hash(self.embedder_name, t) for t in texts]
+        replace = [d.doc_id for d in docs]
+
+        def mutate(st: Store, dense: DenseIndex):
+            old = st.delete_docs(replace)
+            dense.remove(old)
+            rows = np.asarray(st.add_chunks(chunks, hashes), dtype="int64")
+            dense.add(vectors, rows)
+
+        self._commit(mutate)
+        return [c.chunk_id for c in chunks]
+
+    def delete_documents(self, doc_ids: list[str]) -> int:
+        """Remove every chunk of these documents; returns how many chunks went. Persisted."""
+        removed: list[int] = []
+
+        def mutate(st: Store, dense: DenseIndex):
+            removed.extend(st.delete_docs(list(doc_ids)))
+            dense.remove(removed)
+
+        if not self.store.rows_for_docs(list(doc_ids)):
+            return 0
+        self._commit(mutate)
+        return len(removed)
+
+    def _commit(self, mutate: Callable[[Store, DenseIndex], None]) -> None:
+        with self._lock:
+            man = read_manifest(self.path)
+            if man.get("generation") != self.manifest.get("generation"):
+                raise RetrievalError(f"index {str(self.path)!r} was changed by another process since it was "
+                                     "opened; reopen it and retry")
+            gen = max(int(man["generation"]), _max_gen_on_disk(self.path)) + 1
+            store_name = f"store.g{gen}.sqlite"
+            tmp = self.path / (store_name + ".tmp")
+            if tmp.exists():
+                tmp.unlink()
+            self.store.copy_to(tmp)
+            new_store = Store(tmp)
+            # the in-memory FAISS index is mutated; on failure it is reloaded from the old generation
+            try:
+                mutate(new_store, self.dense)
+                new_store.close()
+                _fsync_rename(tmp, self.path / store_name)
+                _crash_point("after_store")
+                dense = self._maybe_compact(Store(self.path / store_name))
+                files = dense.save(self.path, gen)
+                _crash_point("after_dense")
+                new = dict(man, generation=gen, store=store_name,
+                           faiss=dict(man["faiss"], files=files),
+                           updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                final = Store(self.path / store_name)
+                _write_manifest(self.path, new, final.count(), final.doc_count(), dense)
+            except BaseException:
+                fresh = RetrievalIndex.open(self.path, verify=False)
+                self.dense, self.store, self.manifest = fresh.dense, fresh.store, fresh.manifest
+                raise
+            old_store = self.store
+            self.store, self.dense, self.manifest = final, dense, new
+            old_store.close()
+            _sweep(self.path, new)
+
+    def _maybe_compact(self, st: Store) -> DenseIndex:
+        """HNSW cannot remove vectors: rebuild it from cached vectors once tombstones pass 20%."""
+        dense = self.dense
+        try:
+            if dense.kind != "hnsw" or len(dense.tombstones) <= 0.2 * max(1, dense.ntotal):
+                return dense
+            rows, hashes = st.all_rows_and_hashes()
+            got = self.cache.get_many(list(set(hashes)))
+            if any(h not in got for h in hashes):
+                return dense
+            vecs = np.stack([got[h] for h in hashes]) if hashes else np.zeros((0, self.dim), "float32")
+            new = DenseIndex.create("hnsw", self.dim, dense.params, len(dense.shards), None)
+            new.add(vecs, rows)
+            return new
+        finally:
+            st.close()
+
+    def close(self) -> None:
+        self.store.close()
+        if self._cache is not None:
+            self._cache.close()
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+def _check_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+        raise RetrievalError(f"k must be a positive integer, got {k!r}")
+    return int(k)
+
+
+def _embed_text(c: Chunk) -> str:
+    """What is embedded for a chunk: its title (context for short passages) and its text."""
+    return f"{c.title}\n{c.text}" if c.title else c.text
+
+
+def _dedupe_docs(docs: list[Document], skipped: list[tuple[str, str]]) -> list[Document]:
+    seen: set[str] = set()
+    out = []
+    for d in docs:
+        if d.doc_id in seen:
+            skipped.append((d.source or d.doc_id, f"duplicate document id {d.doc_id!r} (first one kept)"))
+            continue
+        seen.add(d.doc_id)
+        out.append(d)
+    return out
+
+
+def _embed_chunks(texts: list[str], embedder: Embedder, out: Path, cfg: IndexConfig,
+                  show_progress: bool) -> tuple[np.ndarray, int]:
+    dim = embedder.dim
+    cache = EmbeddingCache(out / CACHE_FILE, dim)
+    try:
+        if cfg.ray:
+            from retrieval.ray_build import ray_encoder
+
+            encode = ray_encoder(cfg)
+        else:
+            encode = embedder.encode
+        if not show_progress:
+            return embed_with_cache(texts, encode, cache, embedder.name, dim)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("embedding chunks"), BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), transient=False) as bar:
+            task = bar.add_task("embed", total=len(texts))
+            return embed_with_cache(texts, encode, cache, embedder.name, dim,
+                                    progress=lambda n: bar.advance(task, n))
+    finally:
+        cache.close()
+
+
+def _fsync_rename(tmp: Path, dst: Path) -> None:
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, dst)
+
+
+def _write_manifest(d: Path, man: dict, n_chunks: int, n_docs: int, dense: DenseIndex) -> None:
+    files = [man["store"], *man["faiss"]["files"]]
+    man["files"] = {f: {"bytes": (d / f).stat().st_size, "sha256": _sha256(d / f)} for f in files}
+    man["counts"] = {"chunks": n_chunks, "documents": n_docs, "vectors": dense.ntotal,
+                     "tombstones": len(dense.tombstones)}
+    _crash_point("before_manifest")
+    tmp = d / (MANIFEST + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(man, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, d / MANIFEST)
+    _fsync_dir(d)
+
+
+def _max_gen_on_disk(d: Path) -> int:
+    import re
+
+    gens = [int(m.group(1)) for p in d.iterdir() if (m := re.match(r"(?:store|dense)\.g(\d+)\.", p.name))]
+    return max(gens, default=0)
+
+
+def _sweep(d: Path, man: dict) -> None:
+    """Remove files of other generations (older ones, and any a crash left half-written)."""
+    import re
+
+    keep = set(man["files"]) | {MANIFEST, CACHE_FILE}
+    for p in d.iterdir():
+        if p.name in keep or not re.match(r"(?:store|dense)\.g\d+\.", p.name):
+            continue
+        try:
+            p.unlink()
+        except OSError:
+            pass

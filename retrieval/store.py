@@ -1,0 +1,175 @@
+"""SQLite document store: chunk text and metadata by integer row (the FAISS id), plus an FTS5 table
+for BM25. FTS5 supports live insert/delete and joins with the filter SQL, so sparse search honours
+filters inside the query and deletions are immediate.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.filters import filter_sql
+from retrieval.types import Chunk
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS chunks (
+  row INTEGER PRIMARY KEY AUTOINCREMENT,
+  chunk_id TEXT NOT NULL UNIQUE,
+  doc_id TEXT NOT NULL,
+  title TEXT NOT NULL DEFAULT '',
+  text TEXT NOT NULL,
+  source TEXT NOT NULL DEFAULT '',
+  metadata TEXT NOT NULL DEFAULT '{}',
+  h TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
+CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(title, text, tokenize='porter unicode61');
+"""
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def fts_query(text: str) -> str:
+    """A query string as an FTS5 OR of its quoted terms (user text never reaches FTS syntax)."""
+    terms = list(dict.fromkeys(w.lower() for w in _WORD.findall(text)))
+    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+
+
+class Store:
+    def __init__(self, path: str | Path, create: bool = False):
+        self.path = Path(path)
+        self.con = sqlite3.connect(str(self.path), check_same_thread=False)
+        self.lock = threading.RLock()
+        if create:
+            self.con.executescript(SCHEMA)
+            self.con.commit()
+
+    def close(self) -> None:
+        with self.lock:
+            self.con.close()
+
+    def copy_to(self, dst: str | Path) -> None:
+        """A consistent copy (SQLite backup API), used to write the next generation."""
+        out = sqlite3.connect(str(dst))
+        with self.lock:
+            self.con.backup(out)
+        out.close()
+
+    # ---- writes -------------------------------------------------------------------------------
+    def add_chunks(self, chunks: list[Chunk], hashes: list[str]) -> list[int]:
+        rows = []
+        with self.lock, self.con:
+            for c, h in zip(chunks, hashes):
+                cur = self.con.execute(
+                    "INSERT INTO chunks (chunk_id, doc_id, title, text, source, metadata, h) VALUES (?,?,?,?,?,?,?)",
+                    (c.chunk_id, c.doc_id, c.title or "", c.text, c.source or "",
+                     json.dumps(c.metadata, ensure_ascii=False, default=str), h))
+                rows.append(cur.lastrowid)
+            self.con.executemany("INSERT INTO chunks_fts (rowid, title, text) VALUES (?,?,?)",
+                                 [(r, c.title or "", c.text) for r, c in zip(rows, chunks)])
+        return rows
+
+    def delete_docs(self, doc_ids: list[str]) -> list[int]:
+        rows = self.rows_for_docs(doc_ids)
+        with self.lock, self.con:
+            for i in range(0, len(rows), 900):
+                part = [int(r) for r in rows[i:i + 900]]
+                marks = ",".join("?" * len(part))
+                self.con.execute(f"DELETE FROM chunks WHERE row IN ({marks})", part)
+                self.con.execute(f"DELETE FROM chunks_fts WHERE rowid IN ({marks})", part)
+        return rows
+
+    # ---- reads --------------------------------------------------------------------------------
+    def count(self) -> int:
+        with self.lock:
+            return self.con.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+
+    def doc_count(self) -> int:
+        with self.lock:
+            return self.con.execute("SELECT COUNT(DISTINCT doc_id) FROM chunks").fetchone()[0]
+
+    def rows_for_docs(self, doc_ids: list[str]) -> list[int]:
+        out: list[int] = []
+        with self.lock:
+            for i in range(0, len(doc_ids), 900):
+                part = list(doc_ids[i:i + 900])
+                q = f"SELECT row FROM chunks WHERE doc_id IN ({','.join('?' * len(part))}) ORDER BY row"
+                out += [r for (r,) in self.con.execute(q, part)]
+        return out
+
+    def rows_matching(self, flt: dict[str, list]) -> np.ndarray:
+        where, params = filter_sql(flt)
+        with self.lock:
+            rows = [r for (r,) in self.con.execute(f"SELECT c.row FROM chunks c WHERE {where}", params)]
+        return np.asarray(rows, dtype="int64")
+
+    def all_rows_and_hashes(self) -> tuple[np.ndarray, list[str]]:
+        with self.lock:
+            data = self.con.execute("SELECT row, h FROM chunks ORDER BY row").fetchall()
+        return np.asarray([r for r, _ in data], dtype="int64"), [h for _, h in data]
+
+    def hashes_for_rows(self, rows) -> dict[int, str]:
+        out: dict[int, str] = {}
+        rows = [int(r) for r in rows]
+        with self.lock:
+            for i in range(0, len(rows), 900):
+                part = rows[i:i + 900]
+                q = f"SELECT row, h FROM chunks WHERE row IN ({','.join('?' * len(part))})"
+                out.update(self.con.execute(q, part).fetchall())
+        return out
+
+    def _rows_to_chunks(self, data) -> list[tuple[int, Chunk]]:
+        return [(r, Chunk(chunk_id=cid, doc_id=did, title=t, text=x, source=s, metadata=json.loads(m)))
+                for r, cid, did, t, x, s, m in data]
+
+    def get_rows(self, rows) -> dict[int, Chunk]:
+        rows = [int(r) for r in rows]
+        out: dict[int, Chunk] = {}
+        with self.lock:
+            for i in range(0, len(rows), 900):
+                part = rows[i:i + 900]
+                q = (f"SELECT row, chunk_id, doc_id, title, text, source, metadata FROM chunks "
+                     f"WHERE row IN ({','.join('?' * len(part))})")
+                out.update(self._rows_to_chunks(self.con.execute(q, part).fetchall()))
+        return out
+
+    def get_chunk_ids(self, chunk_ids: list[str]) -> dict[str, Chunk]:
+        out: dict[str, Chunk] = {}
+        with self.lock:
+            for i in range(0, len(chunk_ids), 900):
+                part = list(chunk_ids[i:i + 900])
+                q = (f"SELECT row, chunk_id, doc_id, title, text, source, metadata FROM chunks "
+                     f"WHERE chunk_id IN ({','.join('?' * len(part))})")
+                out.update((c.chunk_id, c) for _, c in self._rows_to_chunks(self.con.execute(q, part).fetchall()))
+        return out
+
+    def chunks_for_doc(self, doc_id: str) -> list[Chunk]:
+        with self.lock:
+            data = self.con.execute("SELECT row, chunk_id, doc_id, title, text, source, metadata FROM chunks "
+                                    "WHERE doc_id = ? ORDER BY row", (doc_id,)).fetchall()
+        return [c for _, c in self._rows_to_chunks(data)]
+
+    def chunk_ids(self) -> list[str]:
+        with self.lock:
+            return [c for (c,) in self.con.execute("SELECT chunk_id FROM chunks ORDER BY row")]
+
+    def doc_ids(self) -> list[str]:
+        with self.lock:
+            return [d for (d,) in self.con.execute("SELECT DISTINCT doc_id FROM chunks")]
+
+    def bm25(self, query: str, k: int, flt: dict[str, list]) -> list[tuple[int, float]]:
+        """Top-k (row, score) by FTS5 BM25 (score negated so higher is better), filter joined in SQL."""
+        q = fts_query(query)
+        if not q:
+            return []
+        where, params = filter_sql(flt)
+        sql = ("SELECT f.rowid, bm25(chunks_fts, 0.5, 1.0) AS s FROM chunks_fts f "
+               + ("JOIN chunks c ON c.row = f.rowid " if flt else "")
+               + f"WHERE chunks_fts MATCH ? AND {where} ORDER BY s LIMIT ?")
+        with self.lock:
+            data = self.con.execute(sql, [q, *params, int(k)]).fetchall()
+        return [(int(r), -float(s)) for r, s in data]
