@@ -1,0 +1,49 @@
+"""`raft build`: turn a corpus into a RAFT dataset (questions, verified CoT answers, distractors, splits)."""
+
+from __future__ import annotations
+
+import argparse
+
+from raft.commands.common import add_config_arguments, load_command_config
+
+HELP = "build a RAFT dataset from a corpus with a teacher model (or the offline extractive smoke teacher)"
+EXAMPLE = """raft build docs/ --out data/raft teacher.kind=openai teacher.base_url=http://localhost:8000/v1 teacher.model=Qwen/Qwen2.5-7B-Instruct
+raft build corpus.jsonl --out data/raft --questions questions.jsonl   # your own questions + gold doc ids
+raft build docs/ --out data/smoke teacher.kind=extractive mix.num_distractors=3
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("corpus", nargs="?", help="corpus file or folder (what `raft index build` accepts); may be "
+                   "omitted with --index")
+    p.add_argument("--out", "-o", required=True, metavar="DIR", help="dataset directory to write (and resume)")
+    p.add_argument("--questions", metavar="FILE", help="JSONL {id, question, answers, gold_ids}: skip question "
+                   "generation (= build.questions_file)")
+    p.add_argument("--index", metavar="DIR", help="reuse an existing index directory (= build.index_dir)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    add_config_arguments(p, "build")
+
+
+def run(args: argparse.Namespace) -> int:
+    from raft.data.config import BuildConfig
+
+    extra = []
+    if args.questions:
+        extra.append(f"questions_file={args.questions}")
+    if args.index:
+        extra.append(f"index_dir={args.index}")
+    if args.quiet:
+        extra.append("progress=false")
+    args.overrides = list(args.overrides) + extra
+    cfg = load_command_config(args, BuildConfig, "build")
+    if cfg is None:
+        return 0
+    from rich.console import Console
+
+    from raft.data.builder import Builder
+    from raft.data.summary import print_summary
+
+    console = Console(stderr=True)
+    summary = Builder(cfg, args.out, corpus=args.corpus, console=console).run()
+    print_summary(summary, console)
+    return 0

@@ -1,0 +1,326 @@
+"""The RAFT dataset build: index -> questions -> verified answers -> splits -> distractor mixing -> export.
+
+Every teacher call goes through the content-addressed cache (raft/data/cache.py) and every random choice
+is seeded per item, so re-running a killed build repeats no teacher call and writes the same dataset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from raft.data.cache import TeacherCache, cache_key
+from raft.data.config import BuildConfig
+from raft.data.generation import QUESTION_SYSTEM, answer_messages, check_answer, parse_questions
+from raft.data.mixing import MineItem, choose_oracle_included, mine_distractors, shown_order, sub_seed
+from raft.data.progress import Progress
+from raft.data.questions_file import best_chunks, load_questions
+from raft.data.splits import assign_splits
+from raft.data.teachers import ChatTeacher, Completion, TeacherRequestError, make_teacher
+from raft.errors import RaftError
+from raft.prompt import PROMPT_VERSION, extract_answer, extract_quotes, render_user
+
+# Part of every cache key: bump when the teacher prompts or their parsing change meaning.
+TEACHER_PROMPT_HASH = hashlib.sha256(
+    (json.dumps(QUESTION_SYSTEM, sort_keys=True) + json.dumps(answer_messages("q", ["c"], "general", "h"))
+     + json.dumps(answer_messages("q", ["c"], "api"))).encode()).hexdigest()[:12]
+
+
+@dataclass
+class Item:
+    """One question on its way to becoming a record."""
+
+    key: str
+    question: str
+    oracle_ids: list[str]
+    gold_ids: list[str]
+    answers: list[str] = field(default_factory=list)
+    hint: str | None = None
+    cot: str = ""
+    final_answer: str = ""
+    split: str = ""
+
+
+def _corpus_fingerprint(corpus: Path) -> str:
+    h = hashlib.sha256()
+    files = [corpus] if corpus.is_file() else sorted(p for p in corpus.rglob("*") if p.is_file())
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(corpus) if p != corpus else p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def open_or_build_index(corpus: Path | None, out: Path, cfg: BuildConfig, console=None):
+    """The index to mine from: cfg.index_dir as is, else OUT/index, rebuilt when the corpus or the index
+    settings changed since it was built (or when a killed run left it half written)."""
+    from retrieval.index import RetrievalIndex
+
+    if cfg.index_dir:
+        return RetrievalIndex.open(cfg.index_dir)
+    if corpus is None:
+        raise RaftError("give a CORPUS path, or build.index_dir=DIR to reuse an existing index")
+    if not corpus.exists():
+        raise RaftError(f"corpus {str(corpus)!r} does not exist")
+    idx_dir = out / "index"
+    stamp_path = out / "index.source.json"
+    stamp = {"corpus": str(corpus.resolve()), "fingerprint": _corpus_fingerprint(corpus), "index": cfg.index}
+    if idx_dir.exists() and stamp_path.exists():
+        try:
+            if json.loads(stamp_path.read_text()) == stamp:
+                return RetrievalIndex.open(idx_dir)
+        except Exception:  # half-written or stale: rebuild below
+            pass
+    shutil.rmtree(idx_dir, ignore_errors=True)
+    stamp_path.unlink(missing_ok=True)
+    from retrieval.config import IndexConfig
+
+    try:
+        icfg = IndexConfig(**cfg.index)
+    except Exception as e:
+        raise RaftError(f"build.index: {e}") from None
+    if console:
+        console.print(f"indexing {corpus} -> {idx_dir}")
+    idx = RetrievalIndex.build(corpus, idx_dir, icfg)
+    stamp_path.write_text(json.dumps(stamp))
+    return idx
+
+
+class Builder:
+    def __init__(self, cfg: BuildConfig, out: str | Path, corpus: str | Path | None = None, index=None,
+                 teacher: ChatTeacher | None = None, console=None):
+        self.cfg = cfg
+        self.out = Path(out)
+        self.corpus = Path(corpus) if corpus else None
+        self.index = index
+        self.teacher = teacher
+        self.console = console
+        self.drops: Counter = Counter()      # answers dropped, final reason per question
+        self.attempt_fails: Counter = Counter()  # every failed attempt, by reason
+        self.q_stats: Counter = Counter()
+        self.quotes = Counter()
+        self.calls = Counter()
+
+    # -- teacher calls through the cache -------------------------------------------------------------
+    async def _cached(self, kind: str, key_parts: dict, call) -> Completion:
+        key = cache_key(task=kind, teacher=self.teacher.signature(), prompts=TEACHER_PROMPT_HASH, **key_parts)
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.calls["cached"] += 1
+            self.calls["cached_prompt_tokens"] += hit.get("prompt_tokens", 0)
+            self.calls["cached_completion_tokens"] += hit.get("completion_tokens", 0)
+            return Completion(**hit)
+        c = await call()
+        self.calls["teacher"] += 1
+        self.cache.put(key, c.to_dict())
+        return c
+
+    def _seed(self, *parts) -> int:
+        return sub_seed(self.cfg.seed, *parts) % (2 ** 31)
+
+    # -- questions ------------------------------------------------------------------------------------
+    async def _questions_for_chunk(self, chunk) -> list[Item]:
+        n, mode = self.cfg.questions_per_chunk, self.cfg.mode
+        got: list[str] = []
+        for attempt in range(self.cfg.max_attempts):
+            try:
+                c = await self._cached("questions", {"chunk": chunk.text, "n": n, "mode": mode, "attempt": attempt},
+                                       lambda: self.teacher.questions(chunk.text, n, mode,
+                                                                      self._seed("q", chunk.chunk_id, attempt)))
+            except TeacherRequestError as e:
+                self.q_stats[f"teacher_{e.reason}"] += 1
+                continue
+            seen = {q.lower() for q in got}
+            got += [q for q in parse_questions(c.text, n) if q.lower() not in seen][:n - len(got)]
+            if len(got) >= n:
+                break
+            self.q_stats["short_or_unparseable_output"] += 1
+        if not got:
+            self.q_stats["chunks_without_questions"] += 1
+        return [Item(hashlib.sha1(f"{chunk.chunk_id}\0{i}\0{q}".encode()).hexdigest()[:16], q, [chunk.chunk_id],
+                     [chunk.doc_id]) for i, q in enumerate(got)]
+
+    def _items_from_file(self, chunks_by_id: dict) -> list[Item]:
+        items = []
+        for q in load_questions(self.cfg.questions_file):
+            oracle, missing = [], []
+            for d in q.gold_ids:
+                cands = [c for c in self.index.chunks_for_doc(d) if c.chunk_id in chunks_by_id]
+                (oracle.extend(best_chunks(cands, q.question, q.answers)) if cands else missing.append(d))
+            if missing or not oracle:
+                self.drops["gold_doc_not_in_corpus" if q.gold_ids else "no_gold_ids"] += 1
+                continue
+            hint = q.answers[0] if (self.cfg.answer_hint and q.answers) else None
+            items.append(Item(q.id, q.question, list(dict.fromkeys(c.chunk_id for c in oracle)), list(q.gold_ids),
+                              list(q.answers), hint))
+        return items
+
+    # -- answers --------------------------------------------------------------------------------------
+    async def _answer(self, item: Item, texts: list[str]) -> bool:
+        reason = "no_attempt"
+        for attempt in range(self.cfg.max_attempts):
+            parts = {"question": item.question, "oracle": texts, "mode": self.cfg.mode, "hint": item.hint,
+                     "attempt": attempt}
+            try:
+                c = await self._cached("answer", parts, lambda: self.teacher.answer(
+                    item.question, texts, self.cfg.mode, item.hint, self._seed("a", item.key, attempt)))
+            except TeacherRequestError as e:
+                reason = f"teacher_{e.reason}"
+                self.attempt_fails[reason] += 1
+                continue
+            reason, info = check_answer(c.text, texts, c.finish_reason)
+            self.quotes["total"] += info["quotes"]
+            self.quotes["verified"] += info["verified"]
+            if reason is None:
+                item.cot = c.text.strip()
+                item.final_answer = extract_answer(item.cot)
+                return True
+            self.attempt_fails[reason] += 1
+        self.drops[reason] += 1
+        return False
+
+    # -- the whole build -----------------------------------------------------------------------------
+    def run(self) -> dict:
+        return asyncio.run(self._run())
+
+    async def _run(self) -> dict:
+        t0 = time.perf_counter()
+        cfg, D = self.cfg, self.cfg.mix.num_distractors
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.index is None:
+            self.index = open_or_build_index(self.corpus, self.out, cfg, self.console)
+        ids = sorted(self.index.chunk_ids())
+        all_chunks = [c for i in range(0, len(ids), 4096) for c in self.index.get(ids[i:i + 4096])]
+        chunks = [c for c in all_chunks if c.text and c.text.strip()]
+        empty = len(all_chunks) - len(chunks)
+        if len(chunks) < D + 1:
+            raise RaftError(f"the corpus has {len(chunks)} non-empty chunk(s) but num_distractors={D} needs at "
+                            f"least {D + 1} (the oracle plus {D} distinct distractors); add documents or lower "
+                            f"build.mix.num_distractors")
+        by_id = {c.chunk_id: c for c in chunks}
+        if self.teacher is None:
+            self.teacher = make_teacher(cfg.teacher)
+        self.cache = TeacherCache(self.out / ".cache" / "teacher.sqlite")
+        try:
+            await self.teacher.check()
+            with Progress(enabled=cfg.progress, console=self.console) as prog:
+                items = await self._gather_items(chunks, by_id, prog)
+                kept = await self._gather_answers(items, by_id, prog)
+                records, mix_stats = self._mix(kept, chunks, by_id, prog)
+        finally:
+            await self.teacher.aclose()
+            self.cache.close()
+        summary = self._summary(t0, all_chunks, empty, items, kept, records, mix_stats)
+        from raft.data.export import write_dataset
+
+        by_split: dict[str, list[dict]] = {}
+        for r in records:
+            by_split.setdefault(r["split"], []).append(r)
+        write_dataset(self.out, by_split, cfg.formats, cfg.model_dump(mode="json"), summary)
+        summary["seconds"] = round(time.perf_counter() - t0, 2)
+        return summary
+
+    async def _gather_items(self, chunks, by_id, prog) -> list[Item]:
+        if self.cfg.questions_file:
+            return self._items_from_file(by_id)
+        pick = list(chunks)
+        if self.cfg.max_chunks and self.cfg.max_chunks < len(pick):
+            pick = sorted(random.Random(self._seed("chunks")).sample(pick, self.cfg.max_chunks),
+                          key=lambda c: c.chunk_id)
+        self.q_stats["chunks_asked"] = len(pick)
+        task = prog.add("questions (chunks)", len(pick))
+
+        async def one(c):
+            r = await self._questions_for_chunk(c)
+            prog.advance(task)
+            return r
+
+        return [it for group in await asyncio.gather(*(one(c) for c in pick)) for it in group]
+
+    async def _gather_answers(self, items: list[Item], by_id, prog) -> list[Item]:
+        task = prog.add("answers", len(items))
+
+        async def one(it: Item):
+            ok = await self._answer(it, [by_id[o].text for o in it.oracle_ids])
+            prog.advance(task)
+            return ok
+
+        oks = await asyncio.gather(*(one(it) for it in items))
+        return [it for it, ok in zip(items, oks) if ok]
+
+    def _mix(self, kept: list[Item], chunks, by_id, prog) -> tuple[list[dict], Counter]:
+        cfg, D = self.cfg, self.cfg.mix.num_distractors
+        doc_split = assign_splits((c.doc_id for c in chunks), [[by_id[o].doc_id for o in it.oracle_ids]
+                                                               for it in kept], cfg.split, cfg.seed)
+        for it in kept:
+            it.split = doc_split[by_id[it.oracle_ids[0]].doc_id]
+        task = prog.add("mining distractors", len(kept))
+        mined = mine_distractors(self.index, [MineItem(it.key, it.question, it.oracle_ids,
+                                                       [it.final_answer] + it.answers, it.split) for it in kept],
+                                 sorted(by_id), cfg.mix, cfg.seed, doc_split,
+                                 progress=lambda n: prog.advance(task, n))
+        stats = mined.stats
+        usable = [it for it in kept if it.key in mined.distractors]
+        self.drops["too_few_distractors"] += len(kept) - len(usable)
+        keys_by_split: dict[str, list[str]] = {}
+        for it in usable:
+            keys_by_split.setdefault(it.split, []).append(it.key)
+        included = choose_oracle_included(keys_by_split, cfg.mix.p_oracle, cfg.seed)
+        records = []
+        for it in sorted(usable, key=lambda it: it.key):
+            inc = it.key in included
+            shown = shown_order(it.key, it.oracle_ids, mined.distractors[it.key], inc, D, cfg.seed)
+            records.append(self._record(it, shown, inc, by_id))
+        stats["oracle_included"] = len(included)
+        stats["records"] = len(records)
+        return records, stats
+
+    def _record(self, it: Item, shown: list[str], included: bool, by_id) -> dict[str, Any]:
+        docs = [by_id[c] for c in shown]
+        titles = [d.title or "placeholder_title" for d in docs]
+        shown_docs = [{"title": d.title or "", "text": d.text} for d in docs]
+        oracle = [by_id[o] for o in it.oracle_ids]
+        return {
+            "id": it.key, "type": self.cfg.mode, "question": it.question,
+            "context": {"title": [titles], "sentences": [[d.text for d in docs]]},
+            "oracle_context": "\n\n".join(o.text for o in oracle),
+            "cot_answer": it.cot, "instruction": render_user(it.question, shown_docs),
+            "doc_ids": shown, "oracle_ids": list(it.oracle_ids), "oracle_included": included,
+            "oracle_positions": [i for i, c in enumerate(shown) if c in set(it.oracle_ids)],
+            "final_answer": it.final_answer, "quotes_verified": True,
+            "num_quotes": len(extract_quotes(it.cot)),
+            "source": oracle[0].source or oracle[0].doc_id, "teacher": self.teacher.name, "split": it.split,
+            "answers": it.answers or [it.final_answer], "gold_ids": it.gold_ids,
+        }
+
+    def _summary(self, t0, all_chunks, empty, items, kept, records, mix_stats) -> dict:
+        st = self.teacher.stats
+        total_q = self.quotes["total"]
+        splits = Counter(r["split"] for r in records)
+        return {
+            "out": str(self.out), "corpus": str(self.corpus) if self.corpus else None,
+            "prompt_version": PROMPT_VERSION, "teacher": {"kind": self.teacher.kind, "model": self.teacher.name},
+            "chunks": {"total": len(all_chunks), "empty_skipped": empty},
+            "questions": {"source": "file" if self.cfg.questions_file else "teacher", "count": len(items),
+                          **dict(self.q_stats)},
+            "answers": {"kept": len(kept), "dropped": sum(self.drops.values()),
+                        "dropped_by_reason": dict(self.drops), "failed_attempts_by_reason": dict(self.attempt_fails),
+                        "quotes_total": total_q, "quotes_verified": self.quotes["verified"],
+                        "quote_verification_rate": round(self.quotes["verified"] / total_q, 4) if total_q else None},
+            "mixing": dict(mix_stats),
+            "records": len(records), "splits": dict(splits),
+            "tokens": {"prompt": st.prompt_tokens, "completion": st.completion_tokens,
+                       "cached_prompt": self.calls["cached_prompt_tokens"],
+                       "cached_completion": self.calls["cached_completion_tokens"]},
+            "teacher_calls": {"made": self.calls["teacher"], "from_cache": self.calls["cached"],
+                              "http_requests": st.requests, "retries": st.retries,
+                              "failed_requests": dict(st.errors)},
+            "seconds": round(time.perf_counter() - t0, 2),
+        }

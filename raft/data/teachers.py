@@ -1,0 +1,333 @@
+"""Teachers behind one interface: `await teacher.questions(...)` and `await teacher.answer(...)` return a
+`Completion` (raw text + finish reason + token usage); parsing and checking happen in the builder.
+
+- `OpenAITeacher`: any OpenAI-compatible endpoint (vLLM, OpenAI, `transformers serve`) over async httpx,
+  bounded concurrency, per-request timeout, retries with exponential backoff and full jitter on
+  429/5xx/timeouts/dropped connections (Retry-After honoured), token accounting.
+- `VLLMOfflineTeacher`: vLLM's in-process batch engine; concurrent requests are gathered into batches for
+  `LLM.chat`. Import-guarded: only constructed when vllm is installed.
+- `ExtractiveTeacher`: no model at all. A SMOKE GENERATOR: questions are fill-in-the-blank templates made
+  from the chunk's sentences and answers quote the best-matching sentence. It makes the pipeline run
+  offline and produces keepable records, but the data teaches nothing a real teacher would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from raft.data.config import TeacherConfig
+from raft.data.generation import answer_messages, question_messages
+from raft.errors import RaftError
+from raft.prompt import cot_answer
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str | None = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "finish_reason": self.finish_reason,
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+
+
+class TeacherRequestError(Exception):
+    """A request that failed after all retries; `reason` is a short label counted in the summary."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass
+class TeacherStats:
+    requests: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors: Counter = field(default_factory=Counter)
+
+
+class ChatTeacher:
+    """Base of model-backed teachers: renders the teacher prompts and calls `complete`."""
+
+    kind = "chat"
+
+    def __init__(self, cfg: TeacherConfig):
+        self.cfg = cfg
+        self.name = cfg.model
+        self.stats = TeacherStats()
+
+    def signature(self) -> dict[str, Any]:
+        """What, besides the prompt, changes the output (part of every cache key)."""
+        c = self.cfg
+        return {"kind": self.kind, "model": c.model, "temperature": c.temperature, "max_tokens": c.max_tokens,
+                "seed": c.seed, "extra_body": c.extra_body}
+
+    async def check(self) -> None:
+        """Raise RaftError quickly when the teacher cannot be used."""
+
+    async def aclose(self) -> None:
+        pass
+
+    async def complete(self, messages: list[dict[str, str]], max_tokens: int, seed: int | None) -> Completion:
+        raise NotImplementedError
+
+    async def questions(self, chunk_text: str, n: int, mode: str, seed: int | None = None) -> Completion:
+        return await self.complete(question_messages(chunk_text, n, mode),
+                                   max(64, self.cfg.max_tokens // 4), seed)
+
+    async def answer(self, question: str, oracle_texts: Sequence[str], mode: str, hint: str | None = None,
+                     seed: int | None = None) -> Completion:
+        return await self.complete(answer_messages(question, oracle_texts, mode, hint), self.cfg.max_tokens, seed)
+
+
+def request_body(cfg: TeacherConfig, messages, max_tokens: int, seed: int | None) -> dict[str, Any]:
+    """The JSON body of one chat-completions request."""
+    body = {"model": cfg.model, "messages": messages, "max_tokens": max_tokens, "temperature": cfg.temperature}
+    s = cfg.seed if cfg.seed is not None else seed
+    if s is not None:
+        body["seed"] = int(s)
+    body.update(cfg.extra_body)
+    return body
+
+
+class OpenAITeacher(ChatTeacher):
+    kind = "openai"
+
+    def __init__(self, cfg: TeacherConfig):
+        super().__init__(cfg)
+        import httpx
+
+        self._httpx = httpx
+        key = os.environ.get(cfg.api_key_env, "") or "EMPTY"
+        self.base_url = cfg.base_url.rstrip("/")
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url, headers={"Authorization": f"Bearer {key}"},
+            timeout=httpx.Timeout(cfg.timeout_s, connect=min(cfg.timeout_s, cfg.connect_check_s)),
+            limits=httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency))
+        self._sem = asyncio.Semaphore(cfg.concurrency)
+
+    async def check(self) -> None:
+        try:
+            r = await self._client.get("/models", timeout=self.cfg.connect_check_s)
+        except self._httpx.HTTPError as e:
+            raise RaftError(f"teacher endpoint {self.base_url} is unreachable ({type(e).__name__}: {e}); start "
+                            "the server or fix build.teacher.base_url") from None
+        if r.status_code in (401, 403):
+            raise RaftError(f"teacher endpoint {self.base_url} refused the API key (HTTP {r.status_code}); set "
+                            f"${self.cfg.api_key_env} or build.teacher.api_key_env")
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _backoff(self, retry: int, retry_after: str | None) -> float:
+        cap = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * (2 ** retry))
+        delay = random.uniform(0, cap)  # full jitter: spreads a 429 storm's retries out
+        if retry_after:
+            try:
+                delay = max(delay, min(float(retry_after), self.cfg.backoff_max_s))
+            except ValueError:
+                pass
+        return delay
+
+    async def complete(self, messages, max_tokens: int, seed: int | None) -> Completion:
+        body = request_body(self.cfg, messages, max_tokens, seed)
+        httpx = self._httpx
+        async with self._sem:
+            last = ("error", "")
+            for retry in range(self.cfg.max_retries + 1):
+                self.stats.requests += 1
+                if retry:
+                    self.stats.retries += 1
+                retry_after = None
+                try:
+                    r = await self._client.post("/chat/completions", json=body)
+                except httpx.TimeoutException as e:
+                    last = ("timeout", str(e))
+                except httpx.TransportError as e:
+                    last = ("connection", f"{type(e).__name__}: {e}")
+                else:
+                    if r.status_code == 200:
+                        try:
+                            return self._parse(r.json())
+                        except (ValueError, KeyError, IndexError, TypeError) as e:
+                            last = ("malformed_response", f"{type(e).__name__}: {r.text[:120]!r}")
+                    elif r.status_code == 429 or r.status_code >= 500:
+                        last = (f"http_{r.status_code}", r.text[:200])
+                        retry_after = r.headers.get("retry-after")
+                    else:  # 4xx other than 429: asking again will not help
+                        self.stats.errors[f"http_{r.status_code}"] += 1
+                        raise TeacherRequestError(f"http_{r.status_code}", r.text[:200])
+                if retry < self.cfg.max_retries:
+                    await asyncio.sleep(self._backoff(retry, retry_after))
+            self.stats.errors[last[0]] += 1
+            raise TeacherRequestError(*last)
+
+    def _parse(self, data: dict) -> Completion:
+        choice = data["choices"][0]
+        text = choice["message"]["content"]
+        if text is not None and not isinstance(text, str):
+            raise TypeError("message.content is not a string")
+        usage = data.get("usage") or {}
+        c = Completion(text or "", choice.get("finish_reason"), int(usage.get("prompt_tokens") or 0),
+                       int(usage.get("completion_tokens") or 0))
+        self.stats.prompt_tokens += c.prompt_tokens
+        self.stats.completion_tokens += c.completion_tokens
+        return c
+
+
+def vllm_batch(cfg: TeacherConfig, requests: Sequence[tuple[list[dict], int, int | None]]):
+    """vLLM offline inputs for a batch of (messages, max_tokens, seed): conversations + SamplingParams kwargs.
+
+    Separated from the engine so it is testable without vllm or a GPU.
+    """
+    conversations = [list(m) for m, _, _ in requests]
+    params = []
+    for _, max_tokens, seed in requests:
+        kw = {"temperature": cfg.temperature, "max_tokens": max_tokens}
+        s = cfg.seed if cfg.seed is not None else seed
+        if s is not None:
+            kw["seed"] = int(s)
+        kw.update({k: v for k, v in cfg.extra_body.items() if k in ("top_p", "top_k", "min_p", "stop")})
+        params.append(kw)
+    return conversations, params
+
+
+class VLLMOfflineTeacher(ChatTeacher):
+    """vLLM's in-process engine. Requests that arrive together are flushed as one `LLM.chat` batch."""
+
+    kind = "vllm_offline"
+
+    def __init__(self, cfg: TeacherConfig, batch_wait_s: float = 0.05):
+        super().__init__(cfg)
+        try:
+            from vllm import LLM, SamplingParams  # noqa: F401
+        except ImportError:
+            raise RaftError("build.teacher.kind=vllm_offline needs vllm: pip install 'raft-stack[vllm]' "
+                            "(or use kind=openai with a running `vllm serve`)") from None
+        self._SamplingParams = SamplingParams
+        self._llm = LLM(model=cfg.model, seed=cfg.seed or 0)
+        self._queue: list[tuple[tuple, asyncio.Future]] = []
+        self._wait = batch_wait_s
+        self._flusher: asyncio.Task | None = None
+
+    async def complete(self, messages, max_tokens: int, seed: int | None) -> Completion:
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.append(((messages, max_tokens, seed), fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_later())
+        return await fut
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self._wait)
+        batch, self._queue = self._queue, []
+        convs, params = vllm_batch(self.cfg, [req for req, _ in batch])
+        sampling = [self._SamplingParams(**p) for p in params]
+        try:
+            outs = await asyncio.to_thread(self._llm.chat, convs, sampling, use_tqdm=False)
+        except Exception as e:  # one failing batch drops its requests, counted, and the build goes on
+            for _, fut in batch:
+                fut.set_exception(TeacherRequestError("vllm_error", str(e)))
+            return
+        for (_, fut), out in zip(batch, outs):
+            o = out.outputs[0]
+            c = Completion(o.text, o.finish_reason, len(out.prompt_token_ids or []), len(o.token_ids or []))
+            self.stats.requests += 1
+            self.stats.prompt_tokens += c.prompt_tokens
+            self.stats.completion_tokens += c.completion_tokens
+            fut.set_result(c)
+
+
+_SENT_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])|\n+")
+_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'\-]*")
+
+
+def sentences(text: str) -> list[str]:
+    """Sentences of a chunk, each a verbatim substring of it (markdown heading marks trimmed)."""
+    out = []
+    for s in _SENT_SPLIT.split(text or ""):
+        s = s.strip().lstrip("#>*- ").strip()
+        if len(_WORD.findall(s)) >= 4:
+            out.append(s)
+    return out
+
+
+def _blank_target(sentence: str) -> str | None:
+    """The span a cloze question asks for: a number, else a capitalised word after the first, else the last word."""
+    words = _WORD.findall(sentence)
+    nums = [w for w in words if any(ch.isdigit() for ch in w)]
+    if nums:
+        return nums[0]
+    caps = [w for w in words[1:] if w[0].isupper() and len(w) > 2]
+    if caps:
+        return caps[0]
+    long = [w for w in words if len(w) > 4]
+    return long[-1] if long else None
+
+
+def _overlap(a: str, b: str) -> int:
+    wa = {w.lower() for w in _WORD.findall(a)}
+    return len(wa & {w.lower() for w in _WORD.findall(b)})
+
+
+class ExtractiveTeacher(ChatTeacher):
+    """A smoke generator needing no model (see module docstring): deterministic, instant, offline."""
+
+    kind = "extractive"
+    BLANK = "_____"
+
+    def __init__(self, cfg: TeacherConfig | None = None):
+        super().__init__(cfg or TeacherConfig(kind="extractive", model="extractive"))
+        self.name = "extractive"
+
+    def signature(self) -> dict[str, Any]:
+        return {"kind": self.kind, "version": 1}
+
+    async def questions(self, chunk_text: str, n: int, mode: str, seed: int | None = None) -> Completion:
+        lines = []
+        for s in sentences(chunk_text):
+            target = _blank_target(s)
+            if target:
+                blanked = re.sub(rf"\b{re.escape(target)}\b", self.BLANK, s, count=1)
+                lines.append(f"Fill in the blank: {blanked}")
+            if len(lines) == n:
+                break
+        self.stats.requests += 1
+        return Completion("\n".join(lines), "stop")
+
+    async def answer(self, question: str, oracle_texts: Sequence[str], mode: str, hint: str | None = None,
+                     seed: int | None = None) -> Completion:
+        self.stats.requests += 1
+        cands = [s for t in oracle_texts for s in sentences(t)]
+        if not cands:
+            return Completion("", "stop")
+        body = question.split(":", 1)[1].strip() if question.startswith("Fill in the blank:") else question
+        answer = hint
+        if hint:
+            with_hint = [s for s in cands if hint.lower() in s.lower()]
+            best = max(with_hint or cands, key=lambda s: _overlap(s, question))
+        else:
+            best = max(cands, key=lambda s: _overlap(s, body))
+            if self.BLANK in body:
+                pre, post = (re.escape(p.strip()) for p in body.split(self.BLANK, 1))
+                m = re.search(rf"{pre}\s*(.+?)\s*{post}$" if post else rf"{pre}\s*(.+)$", best)
+                answer = m.group(1) if m else None
+            answer = answer or best
+        return Completion(cot_answer("The context states:", [best], answer), "stop")
+
+
+def make_teacher(cfg: TeacherConfig) -> ChatTeacher:
+    if cfg.kind == "extractive":
+        return ExtractiveTeacher(cfg)
+    if cfg.kind == "vllm_offline":
+        return VLLMOfflineTeacher(cfg)
+    return OpenAITeacher(cfg)
