@@ -1,0 +1,100 @@
+"""`raft eval`: score OpenAI-compatible systems (base, base+RAG, RAFT+RAG) on a question set."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from raft.commands.common import add_config_arguments, load_command_config
+
+HELP = "evaluate systems behind OpenAI-compatible endpoints: recall@k, EM/F1, quotes, citations, sweeps"
+EXAMPLE = """raft eval --config configs/eval_quickstart.yaml
+raft eval --data out/eval/test.jsonl --base-url http://127.0.0.1:8000/v1 --model raft --retrieval gateway
+raft eval --data questions.jsonl --base-url http://127.0.0.1:8001/v1 --model base --retrieval local --index idx
+raft eval -c configs/eval_quickstart.yaml sweep.distractors=[0,2,4,8] out=runs/eval_sweep"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_arguments(p, "eval")
+    g = p.add_argument_group("shortcuts (each sets a config key; --base-url/--model define one system)")
+    g.add_argument("--data", metavar="FILE", help="questions: questions.jsonl, OUT/eval/SPLIT.jsonl, "
+                   "OUT/raft/SPLIT.jsonl or a dataset directory OUT (sets eval.data)")
+    g.add_argument("--base-url", metavar="URL", help="OpenAI-compatible base URL ending in /v1")
+    g.add_argument("--model", metavar="NAME", help="model name to request")
+    g.add_argument("--name", metavar="LABEL", help="label of that system in the report (default: the model)")
+    g.add_argument("--retrieval", choices=["off", "gateway", "local", "record"],
+                   help="where documents come from for that system (default off)")
+    g.add_argument("--top-k", type=int, metavar="K", help="documents retrieved per question")
+    g.add_argument("--api-key", metavar="KEY", help="API key, or env:VAR to read it from VAR")
+    g.add_argument("--index", metavar="DIR", help="local retrieval index (for --retrieval local)")
+    g.add_argument("--limit", type=int, metavar="N", help="evaluate the first N questions only")
+    g.add_argument("--out", metavar="DIR", help="report directory (sets eval.out)")
+
+
+def _shortcut_overrides(args: argparse.Namespace) -> list[str]:
+    """Convenience flags as `key=value` overrides, applied before the explicit ones so those win."""
+    out = []
+    for flag, key in (("data", "data"), ("index", "index"), ("limit", "limit"), ("out", "out")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            out.append(f"{key}={json.dumps(value)}")
+    if args.base_url or args.model:
+        system = {"name": args.name or args.model or "system", "model": args.model or "default",
+                  "base_url": args.base_url or "http://127.0.0.1:8000/v1",
+                  "retrieval": args.retrieval or "off"}
+        if args.top_k is not None:
+            system["top_k"] = args.top_k
+        if args.api_key:
+            system["api_key"] = args.api_key
+        out.append("systems=" + json.dumps([system]))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from raft.eval.config import EvalConfig
+    from raft.eval.data import load_items
+    from raft.eval.report import write_report
+    from raft.eval.runner import evaluate
+
+    args.overrides = _shortcut_overrides(args) + list(args.overrides or [])
+    cfg = load_command_config(args, EvalConfig, "eval")
+    if cfg is None:
+        return 0
+    console = Console(stderr=True)
+    start = time.perf_counter()
+    items = load_items(cfg.data, cfg.split, cfg.limit)
+    console.print(f"[bold]raft eval[/]: {len(items)} questions from {cfg.data}; systems: "
+                  + ", ".join(f"{s.name} ({s.retrieval})" for s in cfg.systems))
+    with Progress(TextColumn("{task.description:<32}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        tasks: dict[str, int] = {}
+
+        def on_start(spec, total):
+            tasks[spec.label] = progress.add_task(spec.label, total=total)
+
+        def on_progress(label, n):
+            progress.advance(tasks[label], n)
+
+        result = asyncio.run(evaluate(cfg, items, on_progress=on_progress, on_start=on_start))
+    files = write_report(result, cfg.out, config=cfg.model_dump(mode="json"), data=cfg.data,
+                         k_values=cfg.k_values)
+    from rich.table import Table
+
+    table = Table(title="raft eval")
+    for col in ("system", "EM", "F1", f"recall@{max(cfg.k_values)}", "quote valid", "errors"):
+        table.add_column(col)
+    f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+    for r in result["runs"]:
+        table.add_row(r["label"], f(r["em"]), f(r["f1"]), f(r.get(f"recall@{max(cfg.k_values)}")),
+                      f(r["quote_validity"]), str(r["errors"]))
+    console.print(table)
+    errors = sum(r["errors"] for r in result["runs"])
+    console.print(f"{len(result['runs'])} run(s), {len(result['predictions'])} answers, {errors} failed "
+                  f"request(s), {time.perf_counter() - start:.1f} s; report: {files['markdown']}")
+    return 1 if result["predictions"] and errors == len(result["predictions"]) else 0

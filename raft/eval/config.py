@@ -1,0 +1,140 @@
+"""Typed config of `raft eval` (section `eval`): the data, the systems compared, sweeps, judge, report."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from raft.config import Config
+
+RetrievalMode = Literal["off", "gateway", "local", "record"]
+
+
+class SystemConfig(Config):
+    """One system under test: an OpenAI-compatible endpoint, a model name, and where documents come from."""
+
+    name: str
+    """Label used in tables and plots, e.g. "base", "base+RAG", "RAFT+RAG"."""
+    base_url: str = "http://127.0.0.1:8000/v1"
+    """OpenAI-compatible base URL (ends in /v1): our gateway, vLLM, `transformers serve`, OpenAI."""
+    model: str
+    """Model name sent in each request (an adapter name for vLLM LoRA, a path for `transformers serve`)."""
+    api_key: str = "EMPTY"
+    """API key; `env:VAR` reads it from the environment variable VAR."""
+    retrieval: RetrievalMode = "off"
+    """Where the shown documents come from: `off` = question only (closed book); `gateway` = the endpoint
+    retrieves (extension field `retrieval`, citations read back); `local` = this client searches
+    `eval.index` and renders the RAFT prompt; `record` = the documents stored in each RAFT record."""
+    top_k: int = Field(5, ge=1, le=100)
+    """Documents retrieved per question (gateway and local retrieval)."""
+    search_mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
+    """Search mode for gateway and local retrieval."""
+    filter: dict | None = None
+    """Metadata filter passed to retrieval, e.g. {"tenant": "acme"}."""
+
+    @field_validator("retrieval", mode="before")
+    @classmethod
+    def _yaml_off(cls, v):
+        # YAML 1.1 reads a bare `off` as false; accept it rather than confuse the user
+        return "off" if v is False else v
+
+
+class SweepConfig(Config):
+    """Robustness sweeps (the RAFT paper's Figure 6)."""
+
+    top_k: list[int] = Field(default_factory=list)
+    """Top-k values to sweep for every system with gateway/local retrieval (empty = no top-k sweep)."""
+    distractors: list[int] = Field(default_factory=list)
+    """Numbers of distractors shown next to the oracle, for records with known oracle and distractors
+    (empty = no distractor sweep). Missing distractors are drawn from other records' documents."""
+    systems: list[str] = Field(default_factory=list)
+    """Names of the systems to sweep (empty = all systems)."""
+
+    @field_validator("top_k", "distractors")
+    @classmethod
+    def _non_negative(cls, v: list[int]) -> list[int]:
+        if any(x < 0 for x in v):
+            raise ValueError(f"values must be >= 0, got {v}")
+        return sorted(set(v))
+
+
+class JudgeConfig(Config):
+    """Optional LLM-as-judge: a model scores each answer 1-5 against the gold answers."""
+
+    enabled: bool = False
+    """Ask the judge model for a 1-5 score per answer."""
+    base_url: str = "http://127.0.0.1:8000/v1"
+    """OpenAI-compatible base URL of the judge."""
+    model: str = "gpt-4o-mini"
+    """Judge model name."""
+    api_key: str = "EMPTY"
+    """API key of the judge; `env:VAR` reads it from the environment."""
+    max_tokens: int = Field(256, ge=1)
+    """Judge reply length limit."""
+
+
+class EvalConfig(Config):
+    """`raft eval`: score systems on a question set and write a JSON/Markdown/PNG report."""
+
+    data: str = ""
+    """Questions to evaluate: a builder split (OUT/eval/test.jsonl or OUT/raft/test.jsonl), a dataset
+    directory OUT (its test split is used), or a questions.jsonl of {id, question, answers, gold_ids}."""
+    split: str = "test"
+    """Split read when `data` is a dataset directory."""
+    limit: int = Field(0, ge=0)
+    """Evaluate at most this many questions (0 = all)."""
+    systems: list[SystemConfig] = Field(default_factory=list)
+    """Systems compared in one table (base, base+RAG, RAFT+RAG)."""
+    index: str = ""
+    """Retrieval index directory for systems with `retrieval: local` (built by `raft index build`)."""
+    embedder: str | None = None
+    """Embedder expected by the index (None = the one recorded in the index)."""
+    answer_style: Literal["auto", "text", "api"] = "auto"
+    """How answers are normalised: `text` = SQuAD style, `api` = API calls (quotes, spaces, kwarg order),
+    `auto` = `api` when gold answers look like calls `f(...)`."""
+    gold_level: Literal["auto", "doc", "chunk"] = "auto"
+    """Match retrieved passages to gold by document id or chunk id; `auto` uses chunk ids when the
+    records carry oracle chunk ids and the system reports chunk ids, else document ids."""
+    k_values: list[int] = Field(default_factory=lambda: [1, 3, 5])
+    """Cut-offs reported for recall@k."""
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+    """Robustness sweeps over top-k and over the number of distractors."""
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    """Optional LLM-as-judge."""
+    max_tokens: int = Field(256, ge=1)
+    """Generation limit per answer."""
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    """Sampling temperature (0 = greedy, reproducible)."""
+    concurrency: int = Field(8, ge=1, le=256)
+    """Requests in flight at once per run."""
+    timeout: float = Field(120.0, gt=0)
+    """Seconds a single request may take before it counts as failed."""
+    connect_timeout: float = Field(5.0, gt=0)
+    """Seconds to wait for an endpoint to answer the start-up check before failing clearly."""
+    retries: int = Field(1, ge=0, le=10)
+    """Retries per request on timeouts and 5xx answers."""
+    seed: int = 0
+    """Seed for choosing distractors in the distractor sweep."""
+    out: str = "runs/eval"
+    """Directory for report.json, report.md, predictions.jsonl and the PNG plots."""
+
+    @field_validator("k_values")
+    @classmethod
+    def _positive_k(cls, v: list[int]) -> list[int]:
+        if not v or any(k < 1 for k in v):
+            raise ValueError(f"k_values must be a non-empty list of integers >= 1, got {v}")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvalConfig":
+        names = [s.name for s in self.systems]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"system names must be unique; repeated: {dupes}")
+        unknown = [n for n in self.sweep.systems if n not in names]
+        if unknown:
+            raise ValueError(f"sweep.systems names unknown systems {unknown}; systems are {names}")
+        if any(s.retrieval == "local" for s in self.systems) and not self.index:
+            raise ValueError("a system uses `retrieval: local` but `index` is empty; set index=DIR")
+        return self
