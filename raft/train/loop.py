@@ -1,0 +1,250 @@
+"""The per-worker training function that Ray Train runs on every worker.
+
+Resumption: each checkpoint holds the adapter, optimizer, scheduler, the data position (epoch + micro-batch
+index within the epoch, + optimizer step) and every worker's RNG state. Ray Train hands the latest checkpoint
+back through `ray.train.get_checkpoint()` both after a worker dies (FailureConfig restarts the group) and
+when the driver is started again with the same storage path and run name, and we continue from exactly that
+micro-batch: batches are a pure function of (seed, epoch), so skipping the consumed ones is deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+STATE_FILE = "train_state.pt"
+ADAPTER_SUBDIR = "adapter"
+PROBE_FILE = "probe.pt"
+
+
+def _rng_state() -> dict:
+    import numpy as np
+    import torch
+
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(s: dict) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+
+
+class MetricsLog:
+    """Rank-0 metrics: one JSON object per line + TensorBoard scalars (appended across restarts)."""
+
+    def __init__(self, log_dir: str | None):
+        self.jsonl = self.tb = None
+        if not log_dir:
+            return
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        self.jsonl = open(Path(log_dir) / "metrics.jsonl", "a", encoding="utf-8")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(Path(log_dir) / "tensorboard"))
+        except Exception:  # tensorboard missing: JSONL still works
+            self.tb = None
+
+    def write(self, step: int, metrics: dict) -> None:
+        if self.jsonl:
+            self.jsonl.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
+            self.jsonl.flush()
+        if self.tb:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.jsonl:
+            self.jsonl.close()
+        if self.tb:
+            self.tb.close()
+
+
+def train_func(config: dict) -> None:
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch
+    import torch.distributed as dist
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from transformers import get_scheduler
+
+    from raft.train.batching import collate, make_batches, real_tokens, shard
+    from raft.train.config import TrainConfig
+    from raft.train.model import attach_lora, load_base
+
+    cfg = TrainConfig.model_validate(config["cfg"])
+    data = config["data"]
+    data = ray.get(data) if isinstance(data, ray.ObjectRef) else data
+    train, evals, pad_id = data["train"], data["eval"], data["pad_id"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed + rank)
+    random.seed(cfg.seed + rank)
+
+    base = load_base(cfg.model, cfg.lora, cfg.ray.use_gpu, device=device)
+    peft_model = attach_lora(base, cfg.model, cfg.lora, cfg.seed)
+    if cfg.lora.quantize != "4bit":
+        peft_model.to(device)
+    kwargs = {"use_orig_params": True} if cfg.ray.strategy == "fsdp" else None
+    model = ray.train.torch.prepare_model(peft_model, move_to_device=cfg.lora.quantize != "4bit",
+                                          parallel_strategy=cfg.ray.strategy if world > 1 else None,
+                                          parallel_strategy_kwargs=kwargs)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+
+    lengths = [len(e["input_ids"]) for e in train]
+    mode, accum = cfg.optim.batching, cfg.optim.grad_accum
+
+    def epoch_batches(epoch: int) -> list[list[int]]:
+        b = make_batches(lengths, cfg.optim.batch_tokens, mode, cfg.seed * 1000 + epoch, cfg.data.max_seq_len)
+        return shard(b, rank, world)
+
+    micro_per_epoch = len(epoch_batches(0))
+    if micro_per_epoch < accum:
+        raise ValueError(f"{micro_per_epoch} micro-batches per worker per epoch < grad_accum={accum}; lower "
+                         "grad_accum, optim.batch_tokens or ray.num_workers, or add data")
+    steps_per_epoch = micro_per_epoch // accum
+    total = cfg.optim.max_steps or max(1, math.ceil(cfg.optim.epochs * steps_per_epoch))
+    sched_name = "constant_with_warmup" if cfg.optim.scheduler == "constant" else cfg.optim.scheduler
+    sched = get_scheduler(sched_name, opt, num_warmup_steps=int(cfg.optim.warmup_ratio * total),
+                          num_training_steps=total)
+
+    step, epoch, micro = 0, 0, 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            st = torch.load(Path(d) / STATE_FILE, weights_only=False, map_location="cpu")
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(peft_model, load_file(str(Path(d) / ADAPTER_SUBDIR /
+                                                                 "adapter_model.safetensors"), device=str(device)))
+            opt.load_state_dict(st["optimizer"])
+            sched.load_state_dict(st["scheduler"])
+            step, epoch, micro = st["step"], st["epoch"], st["micro"]
+            rng_file = Path(d) / f"rng_rank{rank}.pt"
+            if rng_file.is_file():
+                _set_rng_state(torch.load(rng_file, weights_only=False))
+        if rank == 0:
+            print(f"[raft train] resumed from checkpoint at step {step} (epoch {epoch}, micro-batch {micro})")
+
+    log = MetricsLog(config.get("log_dir") if rank == 0 else None)
+    if ckpt:
+        log.write(step, {"event": "resumed", "resumed_step": step, "epoch": epoch, "micro": micro})
+    fail_dir = config.get("fail_marker_dir")
+    fail_rank = 1 if world > 1 else 0
+
+    def evaluate() -> float | None:
+        if not evals:
+            return None
+        model.eval()
+        tot = torch.zeros(2, dtype=torch.float64, device=device)
+        eb = shard(make_batches([len(e["input_ids"]) for e in evals], cfg.optim.batch_tokens, mode, 0,
+                                cfg.data.max_seq_len), rank, 1)
+        mine = eb[rank::world]
+        with torch.no_grad():
+            for b in mine:
+                batch = {k: v.to(device) for k, v in collate(evals, b, mode, pad_id).items()}
+                n = int((batch["labels"][:, 1:] != -100).sum())
+                out = model(**batch, use_cache=False, num_items_in_batch=max(1, n))
+                tot += torch.tensor([float(out.loss) * n, n], dtype=torch.float64, device=device)
+        if world > 1:
+            dist.all_reduce(tot)
+        model.train()
+        return float(tot[0] / max(1.0, float(tot[1])))
+
+    def save(metrics: dict) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(_rng_state(), Path(tmp) / f"rng_rank{rank}.pt")
+            if rank == 0:
+                peft_model.save_pretrained(Path(tmp) / ADAPTER_SUBDIR,
+                                           state_dict=get_peft_model_state_dict(peft_model))
+                torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
+                            "epoch": epoch, "micro": micro, "metrics": metrics}, Path(tmp) / STATE_FILE)
+                probe = (evals or train)[0]["input_ids"]
+                with torch.no_grad():
+                    peft_model.eval()
+                    logits = peft_model(input_ids=torch.tensor([probe], device=device)).logits[0, -8:]
+                    peft_model.train()
+                torch.save({"input_ids": probe, "logits": logits.float().cpu()}, Path(tmp) / PROBE_FILE)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=f"checkpoint_step{step:07d}")
+
+    model.train()
+    t0, tokens, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
+    batches = epoch_batches(epoch)
+    last_eval = None
+    while step < total:
+        if micro + accum > len(batches):
+            epoch, micro = epoch + 1, 0
+            batches = epoch_batches(epoch)
+        group = [collate(train, batches[micro + k], mode, pad_id) for k in range(accum)]
+        n_items = sum(int((g["labels"][:, 1:] != -100).sum()) for g in group)
+        for k, g in enumerate(group):
+            g = {key: v.to(device) for key, v in g.items()}
+            sync = k == accum - 1 or world == 1 or cfg.ray.strategy != "ddp"
+            ctxm = model.no_sync() if not sync else _nullcontext()
+            with ctxm:
+                out = model(**g, use_cache=False, num_items_in_batch=max(1, n_items))
+                out.loss.backward()
+            loss_sum += float(out.loss.detach()) * n_items
+            tokens += real_tokens(g)
+        loss_n += n_items
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        micro += accum
+        step += 1
+        if step % cfg.log_every == 0 or step == total:
+            dt = time.perf_counter() - t0
+            tk = torch.tensor([tokens, loss_sum, loss_n], dtype=torch.float64, device=device)
+            if world > 1:
+                dist.all_reduce(tk)
+            m = {"train_loss": float(tk[1]) / max(1.0, float(tk[2])), "tokens_per_s": float(tk[0]) / max(dt, 1e-9),
+                 "lr": sched.get_last_lr()[0], "grad_norm": float(norm),
+                 "epoch": epoch + micro / max(1, len(batches))}
+            log.write(step, m)
+            if rank == 0:
+                print(f"[raft train] step {step}/{total} loss {m['train_loss']:.4f} "
+                      f"tok/s {m['tokens_per_s']:.0f} lr {m['lr']:.2e}", flush=True)
+            t0, tokens, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
+        if step % cfg.save_every == 0 or step == total:
+            ts = time.perf_counter()
+            last_eval = evaluate()
+            metrics = {"step": step, "epoch": epoch, "micro": micro}
+            if last_eval is not None:
+                metrics["eval_loss"] = last_eval
+                log.write(step, {"eval_loss": last_eval})
+                if rank == 0:
+                    print(f"[raft train] step {step} eval_loss {last_eval:.4f}", flush=True)
+            save(metrics)
+            t0 += time.perf_counter() - ts  # tokens/s measures training, not eval + checkpoint time
+        if fail_dir and step in cfg.fail_at_steps and rank == fail_rank:
+            marker = Path(fail_dir) / f"failed_at_{step}"
+            if not marker.exists():
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text(str(os.getpid()))
+                print(f"[raft train] injected failure: worker rank {rank} exits at step {step}", flush=True)
+                os._exit(1)
+    log.close()
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False

@@ -1,0 +1,223 @@
+"""The driver of `raft train`: validate everything cheap first, tokenize once, run Ray Train, write the adapter.
+
+Order matters for the user: config, model path, target modules, data, storage and GPUs are all checked
+before any worker starts, and each failure is a RaftError that says what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from raft.errors import RaftError
+from raft.train.config import TrainConfig
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def run_dir(cfg: TrainConfig) -> str:
+    return f"{cfg.ray.storage_path.rstrip('/')}/{cfg.ray.run_name}"
+
+
+def check_storage(cfg: TrainConfig) -> None:
+    """A local storage path must be creatable and writable (object-store URIs are checked by Ray)."""
+    if _is_uri(cfg.ray.storage_path):
+        return
+    p = Path(cfg.ray.storage_path).expanduser().resolve()
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".write-test-{uuid.uuid4().hex[:8]}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise RaftError(f"storage path {str(p)!r} is not writable ({e.strerror or e}); set train.ray.storage_path "
+                        "to a directory you can write (a shared filesystem or s3://... on a cluster)") from None
+
+
+def prepare_data(cfg: TrainConfig, tokenizer, console) -> tuple[dict, dict]:
+    """Load + tokenize train/eval; returns (data for workers, stats for the summary)."""
+    from raft.train.data import load_examples
+    from raft.train.tokenize import Renderer
+
+    train_ex, where = load_examples(cfg.data.path, cfg.data.train_split, cfg.data.max_examples)
+    eval_ex, eval_where = [], None
+    if cfg.data.eval_split or cfg.data.eval_path:
+        eval_ex, eval_where = load_examples(cfg.data.eval_path or cfg.data.path, cfg.data.eval_split or "validation",
+                                            required=False)
+        if not eval_ex:
+            console.print(f"[yellow]warning:[/] no eval records ({eval_where}); eval loss is disabled and the "
+                          "last checkpoint is exported")
+    renderer = Renderer(tokenizer, cfg.data.max_seq_len, cfg.data.label_mode, cfg.data.no_chat_template,
+                        cfg.model.name_or_path)
+    train, tstats = renderer.encode_all(train_ex)
+    evals, estats = renderer.encode_all(eval_ex)
+    if not train:
+        raise RaftError(f"all {len(train_ex)} training examples from {where} are longer than "
+                        f"data.max_seq_len={cfg.data.max_seq_len} even with documents trimmed (their answers "
+                        "would be cut off); raise train.data.max_seq_len")
+    stats = {"train_source": where, "eval_source": eval_where, "label_mode": renderer.label_mode,
+             "chat_template": renderer.use_chat, "train": tstats.summary(), "eval": estats.summary()}
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return {"train": train, "eval": evals, "pad_id": pad}, stats
+
+
+def print_stats(stats: dict, console) -> None:
+    from rich.table import Table
+
+    t = Table(title="training data (tokens)", show_header=True)
+    cols = ["examples", "trimmed_docs", "dropped", "len_min", "len_mean", "len_p50", "len_p95", "len_max",
+            "answer_len_mean", "tokens"]
+    t.add_column("split")
+    for c in cols:
+        t.add_column(c, justify="right")
+    for split in ("train", "eval"):
+        s = stats[split]
+        t.add_row(split, *[str(s[c]) for c in cols])
+    console.print(t)
+    console.print(f"labels: {stats['label_mode']} (loss on answer tokens only); "
+                  f"template: {'chat' if stats['chat_template'] else 'completion_prompt'}")
+    for split in ("train", "eval"):
+        if stats[split]["dropped"]:
+            console.print(f"[yellow]dropped {stats[split]['dropped']} {split} example(s) whose answer would be "
+                          f"truncated[/] (ids: {stats[split]['dropped_ids']}); raise data.max_seq_len to keep them")
+
+
+def init_ray(cfg: TrainConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
+    if address:
+        ray.init(address=address, runtime_env=env, log_to_driver=True)
+    else:
+        ray.init(runtime_env=env, include_dashboard=False)
+
+
+def check_gpus(cfg: TrainConfig) -> None:
+    import ray
+
+    if not cfg.ray.use_gpu:
+        return
+    have = ray.cluster_resources().get("GPU", 0)
+    if have < cfg.ray.num_workers:
+        raise RaftError(f"train.ray.use_gpu=true needs {cfg.ray.num_workers} GPU(s) but the Ray cluster has "
+                        f"{int(have)}; set train.ray.use_gpu=false (and lora.quantize=none) for CPU training, "
+                        "or point RAY_ADDRESS at a cluster with GPUs")
+
+
+def fit(cfg: TrainConfig, data: dict, log_dir: str | None):
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from raft.train.loop import train_func
+
+    has_eval = bool(data["eval"])
+    storage = cfg.ray.storage_path if _is_uri(cfg.ray.storage_path) else str(
+        Path(cfg.ray.storage_path).expanduser().resolve())
+    resources = {"CPU": cfg.ray.cpus_per_worker}
+    if cfg.ray.use_gpu:
+        resources["GPU"] = 1
+    loop_cfg = {"cfg": cfg.model_dump(mode="json"), "data": ray.put(data), "log_dir": log_dir,
+                "fail_marker_dir": (str(Path(storage) / cfg.ray.run_name / ".fail_markers")
+                                    if cfg.fail_at_steps and not _is_uri(storage) else None)}
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config=loop_cfg,
+        scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=cfg.ray.run_name, storage_path=storage,
+            failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.keep_best,
+                checkpoint_score_attribute="eval_loss" if has_eval else "step",
+                checkpoint_score_order="min" if has_eval else "max"),
+        ),
+    )
+    return trainer.fit()
+
+
+def write_adapter(cfg: TrainConfig, result, tokenizer, stats: dict, out: Path) -> dict:
+    """Copy the chosen checkpoint's adapter to `out`, add tokenizer files and raft_meta.json."""
+    from raft.prompt import PROMPT_VERSION
+    from raft.train.data import dataset_fingerprint
+    from raft.train.loop import ADAPTER_SUBDIR, PROBE_FILE
+
+    chosen, metrics = result.checkpoint, dict(result.metrics or {})
+    if cfg.export == "best" and result.best_checkpoints:
+        scored = [(c, m) for c, m in result.best_checkpoints if "eval_loss" in m]
+        if scored:
+            chosen, metrics = min(scored, key=lambda cm: cm[1]["eval_loss"])
+    if chosen is None:
+        raise RaftError("training finished without a checkpoint; nothing to export")
+    tmp = out.with_name(out.name + f".tmp-{uuid.uuid4().hex[:6]}")
+    with chosen.as_directory() as d:
+        shutil.copytree(Path(d) / ADAPTER_SUBDIR, tmp)
+        if (Path(d) / PROBE_FILE).is_file():  # lets tests/users check the reload gives the trained logits
+            shutil.copy(Path(d) / PROBE_FILE, tmp / PROBE_FILE)
+    tokenizer.save_pretrained(tmp)
+    cfg_path = tmp / "adapter_config.json"
+    acfg = json.loads(cfg_path.read_text())
+    acfg["base_model_name_or_path"] = cfg.model.name_or_path
+    cfg_path.write_text(json.dumps(acfg, indent=2))
+    meta = {"base_model": cfg.model.name_or_path, "prompt_version": PROMPT_VERSION,
+            "dataset_fingerprint": dataset_fingerprint(cfg.data.path), "train_config": cfg.model_dump(mode="json"),
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+            "checkpoint": chosen.path, "data_stats": stats, "quantized": cfg.lora.quantize,
+            "label_mode": stats.get("label_mode"), "chat_template": stats.get("chat_template")}
+    (tmp / "raft_meta.json").write_text(json.dumps(meta, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)  # the adapter appears complete or not at all
+    return meta
+
+
+def run_training(cfg: TrainConfig, console=None) -> dict:
+    """Everything `raft train` does; returns the summary (also printed)."""
+    from rich.console import Console
+
+    from raft.train.model import check_model_source, load_tokenizer, meta_model, resolve_targets
+
+    console = console or Console()
+    started = time.time()
+    if cfg.output_dir and _is_uri(cfg.output_dir):
+        raise RaftError(f"train.output_dir={cfg.output_dir!r} must be a local path (checkpoints may live in an "
+                        "object store via train.ray.storage_path)")
+    check_model_source(cfg.model)
+    check_storage(cfg)
+    resolve_targets(meta_model(cfg.model), cfg.lora)
+    tokenizer = load_tokenizer(cfg.model)
+    data, stats = prepare_data(cfg, tokenizer, console)
+    print_stats(stats, console)
+    init_ray(cfg)
+    check_gpus(cfg)
+    rdir = run_dir(cfg)
+    log_dir = None if _is_uri(rdir) else str(Path(rdir).expanduser().resolve() / "logs")
+    console.print(f"training {cfg.model.name_or_path} on {cfg.ray.num_workers} worker(s) "
+                  f"({'GPU' if cfg.ray.use_gpu else 'CPU'}, {cfg.ray.strategy}); run {rdir}")
+    from ray.train import TrainingFailedError
+
+    try:
+        result = fit(cfg, data, log_dir)
+    except TrainingFailedError as e:
+        raise RaftError(f"training failed: {type(e).__name__}: {str(e)[:800]}\nrerun the same command (same "
+                        f"train.ray.storage_path and run_name) to resume from the latest checkpoint in {rdir}") from e
+    out = Path(cfg.output_dir).expanduser() if cfg.output_dir else Path(rdir).expanduser() / "adapter"
+    meta = write_adapter(cfg, result, tokenizer, stats, out.resolve())
+    summary = {"adapter": str(out.resolve()), "run_dir": rdir, "log_dir": log_dir,
+               "steps": (result.metrics or {}).get("step"), "final_metrics": dict(result.metrics or {}),
+               "exported_metrics": meta["metrics"], "examples": stats["train"]["examples"],
+               "dropped": stats["train"]["dropped"], "seconds": round(time.time() - started, 1)}
+    console.print(f"[bold green]done[/] in {summary['seconds']}s: {summary['steps']} steps, "
+                  f"exported {cfg.export} checkpoint (eval_loss {meta['metrics'].get('eval_loss', 'n/a')})\n"
+                  f"adapter: {summary['adapter']}\nmetrics: {log_dir}/metrics.jsonl (+ tensorboard/)")
+    return summary
