@@ -1,0 +1,119 @@
+"""`raft serve`: start the engine, the retrieval layer and the OpenAI-compatible gateway."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+HELP = "serve the RAFT model behind retrieval with citations (OpenAI-compatible API)"
+EXAMPLE = """raft serve --config configs/serve_cpu.yaml
+raft serve --config configs/serve_vllm.yaml serve.port=9000 serve.retrieval.top_k=3
+raft serve --config configs/serve_cpu.yaml runner=uvicorn     # no Ray: the gateway in this process
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from raft.commands.common import add_config_arguments
+
+    add_config_arguments(p, "serve")
+    p.add_argument("--engine-log", metavar="FILE", help="where the launched engine writes its log "
+                   "(default: a temporary file, named at start)")
+    p.add_argument("--print-engine-command", action="store_true",
+                   help="print the engine command line the config implies, and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    import shlex
+
+    from rich.console import Console
+
+    from raft.commands.common import load_command_config
+    from serving.config import ServeConfig
+    from serving.launchers import engine_command, launch_engine
+
+    console = Console(stderr=True)
+    cfg = load_command_config(args, ServeConfig, "serve")
+    if cfg is None:
+        return 0
+    if args.print_engine_command:
+        cmd = engine_command(cfg)
+        print(shlex.join(cmd) if cmd else f"(no engine to start: using {cfg.engine.url})")
+        return 0
+
+    t0 = time.monotonic()
+    proc = None
+    try:
+        with console.status(f"starting the {cfg.engine.kind} engine ..."):
+            url, proc = launch_engine(cfg, args.engine_log)
+        console.print(f"engine: {cfg.engine.kind} at {url}" + (f" (log: {proc.log_path})" if proc else ""))
+        if cfg.runner == "uvicorn":
+            _run_uvicorn(cfg, url, console, t0)
+        else:
+            _run_ray(cfg, url, console, t0)
+    finally:
+        if proc is not None:
+            proc.stop()
+            console.print("engine stopped")
+    return 0
+
+
+def _banner(cfg, console, t0: float, where: str) -> None:
+    console.print(f"[bold green]gateway ready[/] in {time.monotonic() - t0:.1f} s ({where}): "
+                  f"http://{cfg.host}:{cfg.port}/v1  models: {cfg.model_name}"
+                  + (f", {cfg.base_model_name}" if cfg.engine.kind == "vllm" and cfg.base_model_name else "")
+                  + f"  retrieval: {cfg.retrieval.backend}  auth: "
+                  + ("on" if cfg.auth.resolved_keys() else "off") + "   (Ctrl-C stops)")
+
+
+def _run_uvicorn(cfg, url: str, console, t0: float) -> None:
+    import asyncio
+
+    import uvicorn
+
+    from serving.app import create_app
+    from serving.gateway import Gateway
+    from serving.retriever import open_retriever
+
+    if cfg.retrieval.backend == "ray":
+        _init_ray(cfg)
+    gw = Gateway.from_config(cfg, url, open_retriever(cfg.retrieval))
+    _banner(cfg, console, t0, "uvicorn")
+    try:
+        uvicorn.run(create_app(gw), host=cfg.host, port=cfg.port, log_level=cfg.log_level)
+    finally:
+        asyncio.run(gw.close())
+        if gw.retriever is not None:
+            gw.retriever.close()
+
+
+def _init_ray(cfg) -> None:
+    import os
+
+    import ray
+
+    if not ray.is_initialized():
+        address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+        ray.init(address=address, include_dashboard=False) if address else ray.init(include_dashboard=False)
+
+
+def _run_ray(cfg, url: str, console, t0: float) -> None:
+    from ray import serve
+
+    from serving.ray_app import run_on_ray
+    from serving.retriever import open_retriever
+
+    _init_ray(cfg)
+    # Retriever actors are created once, here, and shared by every gateway replica.
+    retriever = open_retriever(cfg.retrieval) if cfg.retrieval.backend == "ray" else None
+    run_on_ray(cfg, url, retriever)
+    _banner(cfg, console, t0, "Ray Serve")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopping ...")
+    finally:
+        serve.shutdown()
+        if retriever is not None:
+            retriever.close()
+

@@ -1,0 +1,157 @@
+"""Typed config of `raft serve` (YAML section `serve`): the engine, the retrieval layer, auth and the
+gateway itself. Every field has a docstring so `raft serve --help-config` explains it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from raft.config import Config
+
+API_KEYS_ENV = "RAFT_SERVE_API_KEYS"
+
+
+class EngineConfig(Config):
+    """What generates text. Every engine is reached through the OpenAI HTTP API."""
+
+    kind: Literal["vllm", "transformers", "openai"] = "transformers"
+    """`vllm`: start `vllm serve` on the base model with the LoRA adapters; `transformers`: start
+    `transformers serve` on a merged model (CPU-friendly); `openai`: use an engine already running at `url`."""
+    model: Optional[str] = None
+    """vllm: the base model (hub id or path); transformers: the merged model directory
+    (`raft export --merge`); openai: the engine's model name (default: the first name /v1/models lists)."""
+    url: Optional[str] = None
+    """Base URL of a running OpenAI-compatible engine, e.g. http://10.0.0.5:8000/v1 (kind `openai`)."""
+    api_key: Optional[str] = None
+    """Bearer key the gateway sends to the engine (openai kind); env RAFT_ENGINE_API_KEY also works."""
+    host: str = "127.0.0.1"
+    """Address the launched engine listens on (private: clients talk to the gateway)."""
+    port: int = Field(8001, ge=1, le=65535)
+    """Port the launched engine listens on."""
+    adapters: dict[str, str] = {}
+    """vllm: LoRA adapters as served name -> adapter directory (`--lora-modules name=path`)."""
+    max_lora_rank: int = Field(16, ge=1)
+    """vllm `--max-lora-rank`: must be at least the rank the adapters were trained with."""
+    max_loras: int = Field(4, ge=1)
+    """vllm `--max-loras`: adapters resident on the GPU at once."""
+    max_model_len: Optional[int] = Field(None, ge=16)
+    """Context window in tokens (vllm `--max-model-len`; also the gateway's context check). Default:
+    the model's `max_position_embeddings` read from its config.json, when the gateway can read it."""
+    device: str = "cpu"
+    """transformers: `--device` (cpu, cuda:0, auto)."""
+    extra_args: list[str] = []
+    """Further command-line arguments appended verbatim to the engine command."""
+    startup_timeout_s: float = Field(600.0, gt=0)
+    """How long to wait for a launched engine's /health before giving up."""
+    request_timeout_s: float = Field(300.0, gt=0)
+    """Longest a single generation may take before the gateway answers 504."""
+    connect_timeout_s: float = Field(0.5, gt=0)
+    """Connect timeout to the engine: a down engine is reported as 503 this fast, never a hang."""
+    max_connections: int = Field(256, ge=1)
+    """HTTP connection pool size from the gateway to the engine."""
+
+
+class RetrievalSettings(Config):
+    """The retrieval layer the gateway queries before each RAFT request."""
+
+    backend: Literal["ray", "local", "none"] = "local"
+    """`ray`: retriever actors (RayRetriever, shards and embedders as Ray actors); `local`: the index
+    in the gateway process; `none`: no retrieval (the gateway is a plain proxy)."""
+    index_dir: Optional[str] = None
+    """Index directory written by `raft index build` (required unless backend is `none`)."""
+    embedder: Optional[str] = None
+    """Embedder name or path; must match the index manifest (default: the one the index records)."""
+    num_shards: int = Field(2, ge=1)
+    """ray backend: index shards, one actor each."""
+    num_embedders: int = Field(1, ge=1)
+    """ray backend: query-embedding actors."""
+    top_k: int = Field(5, ge=1, le=100)
+    """Chunks retrieved per request unless the request's `retrieval.top_k` says otherwise."""
+    max_top_k: int = Field(20, ge=1, le=1000)
+    """Largest `retrieval.top_k` a request may ask for (bounds prompt size and latency)."""
+    mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
+    """Default search mode."""
+    timeout_s: float = Field(5.0, gt=0)
+    """Longest a retrieval may take before the request fails with 503."""
+
+
+class AuthConfig(Config):
+    """API keys, each mapped to a tenant. With no keys configured the gateway is open (one tenant)."""
+
+    keys: dict[str, str] = {}
+    """API key -> tenant name. Also read from env RAFT_SERVE_API_KEYS as `key1:tenantA,key2:tenantB`."""
+    tenant_models: dict[str, list[str]] = {}
+    """Tenant -> served model names (base or adapters) it may use; a tenant not listed may use all."""
+
+    def resolved_keys(self) -> dict[str, str]:
+        """Keys from the config plus the environment (the environment wins on a clash)."""
+        keys = dict(self.keys)
+        for item in os.environ.get(API_KEYS_ENV, "").split(","):
+            if ":" in item:
+                key, tenant = item.split(":", 1)
+                if key.strip() and tenant.strip():
+                    keys[key.strip()] = tenant.strip()
+        return keys
+
+
+class RayServeSettings(Config):
+    """How the gateway runs under Ray Serve."""
+
+    address: Optional[str] = None
+    """Ray cluster address; default: env RAY_ADDRESS, else a local Ray started for this process."""
+    num_replicas: int = Field(1, ge=1)
+    """Gateway replicas (each holds an HTTP pool to the engine; retrieval actors are shared)."""
+    max_ongoing_requests: int = Field(256, ge=1)
+    """Concurrent requests one replica accepts (requests are I/O-bound, so this can be high)."""
+    num_cpus: float = Field(0.5, ge=0)
+    """CPUs reserved per gateway replica."""
+
+
+class ServeConfig(Config):
+    """`raft serve`: an OpenAI-compatible endpoint that retrieves, answers with the RAFT model, and cites."""
+
+    engine: EngineConfig = EngineConfig()
+    """The text-generation engine."""
+    retrieval: RetrievalSettings = RetrievalSettings()
+    """The retrieval layer."""
+    auth: AuthConfig = AuthConfig()
+    """API keys and tenants."""
+    ray: RayServeSettings = RayServeSettings()
+    """Ray Serve settings (runner `ray`)."""
+    runner: Literal["ray", "uvicorn"] = "ray"
+    """`ray`: the gateway is a Ray Serve application; `uvicorn`: the same FastAPI app in this process."""
+    host: str = "127.0.0.1"
+    """Address the gateway listens on (0.0.0.0 to accept remote clients)."""
+    port: int = Field(8000, ge=1, le=65535)
+    """Port the gateway listens on."""
+    model_name: str = "raft"
+    """Name clients use for the RAFT model (the merged model, or with vllm the first adapter unless an
+    adapter has this name). Retrieval is on by default for it and for every adapter."""
+    base_model_name: Optional[str] = "base"
+    """Name for the base model without retrieval (vllm only; null hides it)."""
+    tokenizer: Optional[str] = None
+    """Tokenizer (directory with tokenizer.json) used to count prompt tokens for the context check;
+    default: the engine model directory when it has one, else a 4-characters-per-token estimate."""
+    log_level: str = "info"
+    """Gateway log level."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "ServeConfig":
+        e, r = self.engine, self.retrieval
+        problems = []
+        if e.kind == "openai" and not e.url:
+            problems.append("engine.url is required when engine.kind is 'openai' (e.g. http://host:8000/v1)")
+        if e.kind in ("vllm", "transformers") and not e.model:
+            problems.append(f"engine.model is required when engine.kind is {e.kind!r} "
+                            "(vllm: base model; transformers: merged model directory)")
+        if r.backend != "none" and not r.index_dir:
+            problems.append(f"retrieval.index_dir is required when retrieval.backend is {r.backend!r} "
+                            "(or set retrieval.backend: none)")
+        if r.top_k > r.max_top_k:
+            problems.append(f"retrieval.top_k ({r.top_k}) is larger than retrieval.max_top_k ({r.max_top_k})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self

@@ -1,0 +1,55 @@
+"""Errors the gateway turns into OpenAI-shaped responses: {"error": {"message", "type", "param", "code"}}."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+
+class GatewayError(Exception):
+    """A request that fails with a known HTTP status; the message says what was wrong and what to do."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 param: Optional[str] = None, code: Optional[str] = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(message: str, type: str, param: Optional[str] = None, code: Optional[str] = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def bad_request(message: str, param: Optional[str] = None, code: Optional[str] = None) -> GatewayError:
+    return GatewayError(400, message, "invalid_request_error", param, code)
+
+
+def unauthorized(message: str) -> GatewayError:
+    return GatewayError(401, message, "authentication_error", None, "invalid_api_key")
+
+
+def model_not_found(name: str, known: list[str]) -> GatewayError:
+    return GatewayError(404, f"The model {name!r} does not exist or you do not have access to it; "
+                        f"available: {', '.join(known) or '(none)'}", "invalid_request_error", "model",
+                        "model_not_found")
+
+
+def not_found(message: str) -> GatewayError:
+    return GatewayError(404, message, "invalid_request_error", None, "not_found")
+
+
+def unavailable(message: str) -> GatewayError:
+    return GatewayError(503, message, "service_unavailable", None, "engine_unavailable")
+
+
+class EngineUnavailable(GatewayError):
+    """The engine cannot be reached (down, restarting, refusing connections)."""
+
+    def __init__(self, message: str):
+        super().__init__(503, message, "service_unavailable", None, "engine_unavailable")
+
+
+class RetrievalUnavailable(GatewayError):
+    def __init__(self, message: str):
+        super().__init__(503, message, "service_unavailable", None, "retrieval_unavailable")

@@ -1,0 +1,139 @@
+"""The gateway's shared state and the steps every endpoint uses: resolve the model for the caller,
+retrieve (tenant-scoped), check the context length, pick the fields to forward to the engine.
+
+Endpoint logic lives in serving/chat.py, serving/completion.py, serving/documents.py; the HTTP routes in
+serving/app.py. Nothing here knows about HTTP beyond raising GatewayError with a status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Optional
+
+from pydantic import BaseModel
+
+from serving.auth import Authenticator, Principal
+from serving.config import ServeConfig
+from serving.engine import EngineClient
+from serving.errors import GatewayError, RetrievalUnavailable, bad_request, model_not_found
+from serving.metrics import GatewayMetrics
+from serving.models import ServedModel, served_models
+from serving.protocol import SAMPLING_FIELDS, RetrievalOptions
+from serving.retriever import Retriever
+from serving.tokens import TokenCounter, context_limit
+
+log = logging.getLogger("raft.serve")
+
+
+class Gateway:
+    def __init__(self, cfg: ServeConfig, engine: EngineClient, retriever: Optional[Retriever]):
+        self.cfg = cfg
+        self.engine = engine
+        self.retriever = retriever
+        self.auth = Authenticator(cfg.auth)
+        self.metrics = GatewayMetrics()
+        self.models = served_models(cfg)
+        local_model = cfg.engine.model if cfg.engine.kind == "transformers" else None
+        self.tokens = TokenCounter(cfg.tokenizer or local_model)
+        self.max_context = cfg.engine.max_model_len or context_limit(cfg.engine.model)
+        self._warned_fields: set[str] = set()
+
+    @classmethod
+    def from_config(cls, cfg: ServeConfig, engine_url: str, retriever: Optional[Retriever]) -> "Gateway":
+        import os
+
+        e = cfg.engine
+        engine = EngineClient(engine_url, e.api_key or os.environ.get("RAFT_ENGINE_API_KEY"),
+                              e.connect_timeout_s, e.request_timeout_s, e.max_connections)
+        return cls(cfg, engine, retriever)
+
+    async def close(self) -> None:
+        await self.engine.aclose()
+
+    # -- models ---------------------------------------------------------------------------------
+    def visible_models(self, who: Principal) -> list[ServedModel]:
+        return [m for m in self.models.values() if who.may_use(m.name)]
+
+    def resolve_model(self, who: Principal, name: str) -> ServedModel:
+        model = self.models.get(name)
+        if model is None or not who.may_use(name):
+            raise model_not_found(name, [m.name for m in self.visible_models(who)])
+        return model
+
+    # -- retrieval ------------------------------------------------------------------------------
+    def retrieval_wanted(self, model: ServedModel, opts: Optional[RetrievalOptions]) -> bool:
+        enabled = opts.enabled if opts and opts.enabled is not None else model.retrieval
+        if enabled and self.retriever is None:
+            if opts and opts.enabled:
+                raise bad_request("Retrieval was requested but this gateway has no retrieval index "
+                                  "(serve.retrieval.backend is 'none').", "retrieval.enabled")
+            return False
+        return enabled
+
+    async def retrieve(self, who: Principal, query: str, opts: Optional[RetrievalOptions]) -> list[Any]:
+        r = self.cfg.retrieval
+        k = opts.top_k if opts and opts.top_k else r.top_k
+        if k > r.max_top_k:
+            raise bad_request(f"retrieval.top_k is {k}; the largest this server allows is {r.max_top_k}.",
+                              "retrieval.top_k")
+        mode = (opts.mode if opts and opts.mode else None) or r.mode
+        flt = who.scope_filter(opts.filter if opts else None)  # tenant forced in, server side
+        t0 = time.perf_counter()
+        try:
+            result = await asyncio.wait_for(self.retriever.asearch(query, k, mode, flt), r.timeout_s)
+        except GatewayError:
+            raise
+        except asyncio.TimeoutError:
+            raise RetrievalUnavailable(f"Retrieval took longer than {r.timeout_s:g} s; retry shortly.") from None
+        except (ValueError, TypeError, KeyError) as e:
+            raise bad_request(f"Retrieval rejected the request: {e}", "retrieval") from None
+        except Exception as e:  # a dead actor or a broken index: the service, not the request
+            log.exception("retrieval failed")
+            raise RetrievalUnavailable(f"Retrieval is unavailable ({type(e).__name__}: {e}).") from None
+        self.metrics.observe("retrieval", time.perf_counter() - t0)
+        for stage, seconds in result.timings.items():
+            self.metrics.observe(stage, seconds)
+        hits = result.hits
+        if who.tenant is not None:  # defence in depth: never show another tenant's chunk
+            hits = [h for h in hits if (h.chunk.metadata or {}).get("tenant") == who.tenant]
+        self.metrics.retrieved.inc(len(hits))
+        return hits
+
+    # -- request shaping ------------------------------------------------------------------------
+    def forward_fields(self, req: BaseModel, endpoint: str) -> dict[str, Any]:
+        """OpenAI sampling fields to pass to the engine; unknown extension fields are logged and dropped."""
+        out = {k: v for k, v in req.model_dump(exclude_none=True, include=set(SAMPLING_FIELDS)).items()}
+        for key, value in (req.model_extra or {}).items():
+            if key in SAMPLING_FIELDS:
+                out[key] = value
+            elif key not in self._warned_fields or len(self._warned_fields) > 1000:
+                self._warned_fields.add(key)
+                log.info("%s: ignoring unknown request field %r", endpoint, key)
+        return out
+
+    def check_context(self, prompt_tokens: int, max_tokens: Optional[int]) -> None:
+        if not self.max_context:
+            return
+        wanted = prompt_tokens + (max_tokens or 0)
+        if prompt_tokens >= self.max_context or wanted > self.max_context:
+            how = "" if self.tokens.exact else " (estimated)"
+            raise bad_request(
+                f"This model's maximum context length is {self.max_context} tokens. However, you requested "
+                f"{wanted} tokens{how} ({prompt_tokens} in the prompt, including retrieved documents; "
+                f"{max_tokens or 0} for the completion). Shorten the messages, lower max_tokens or "
+                f"retrieval.top_k.", "messages", "context_length_exceeded")
+
+    async def health(self) -> dict[str, Any]:
+        engine = await self.engine.health()
+        if self.retriever is None:
+            index: dict[str, Any] = {"status": "disabled"}
+        else:
+            try:
+                index = await asyncio.wait_for(self.retriever.ahealth(), 2.0)
+            except Exception as e:
+                index = {"status": "down", "error": f"{type(e).__name__}: {e}"}
+        ok = engine["status"] == "ok" and index["status"] in ("ok", "disabled")
+        return {"status": "ok" if ok else "degraded", "engine": engine, "index": index,
+                "models": list(self.models)}

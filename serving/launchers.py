@@ -1,0 +1,136 @@
+"""Starting the engine `raft serve` talks to: `vllm serve` with the LoRA adapters, `transformers serve`
+on a merged model, or nothing (an existing OpenAI URL). The command lines are built by pure functions
+so tests can assert them exactly; `EngineProcess` runs one, waits for /health, and stops it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import httpx
+
+from raft.errors import RaftError
+from serving.config import ServeConfig
+
+
+def _exe(name: str) -> str:
+    """The console script installed next to this Python (the venv's), else whatever PATH has."""
+    local = Path(sys.executable).with_name(name)
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+def vllm_command(cfg: ServeConfig) -> list[str]:
+    e = cfg.engine
+    cmd = [_exe("vllm"), "serve", e.model, "--host", e.host, "--port", str(e.port)]
+    if e.adapters:
+        cmd += ["--enable-lora", "--lora-modules", *[f"{n}={p}" for n, p in e.adapters.items()],
+                "--max-lora-rank", str(e.max_lora_rank), "--max-loras", str(e.max_loras)]
+    if e.max_model_len:
+        cmd += ["--max-model-len", str(e.max_model_len)]
+    return cmd + list(e.extra_args)
+
+
+def transformers_command(cfg: ServeConfig) -> list[str]:
+    e = cfg.engine
+    return [_exe("transformers"), "serve", e.model, "--host", e.host, "--port", str(e.port),
+            "--device", e.device, *e.extra_args]
+
+
+def engine_command(cfg: ServeConfig) -> Optional[list[str]]:
+    """The command that starts the configured engine; None for kind `openai` (already running)."""
+    kind = cfg.engine.kind
+    if kind == "vllm":
+        return vllm_command(cfg)
+    if kind == "transformers":
+        return transformers_command(cfg)
+    return None
+
+
+def engine_url(cfg: ServeConfig) -> str:
+    e = cfg.engine
+    return e.url if e.kind == "openai" else f"http://{e.host}:{e.port}"
+
+
+class EngineProcess:
+    """One engine subprocess in its own process group (so stop() takes its workers down too)."""
+
+    def __init__(self, cmd: list[str], url: str, log_path: Optional[str] = None,
+                 env: Optional[dict[str, str]] = None):
+        self.cmd, self.url = cmd, url.rstrip("/")
+        self.log_path = log_path or tempfile.mkstemp(prefix="raft-engine-", suffix=".log")[1]
+        self.env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), **(env or {})}
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self) -> "EngineProcess":
+        if shutil.which(self.cmd[0]) is None and not Path(self.cmd[0]).exists():
+            raise RaftError(f"cannot start the engine: {self.cmd[0]!r} is not installed "
+                            f"(vllm: pip install 'raft-stack[vllm]' on a GPU host; or set engine.kind)")
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
+                                     start_new_session=True)
+        return self
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def wait_healthy(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RaftError(f"the engine exited with code {self.proc.returncode} while starting: "
+                                f"{' '.join(self.cmd)}\n--- last lines of {self.log_path} ---\n{self.log_tail()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise RaftError(f"the engine did not become healthy within {timeout_s:g} s "
+                        f"(engine.startup_timeout_s); log: {self.log_path}\n{self.log_tail()}")
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def __enter__(self) -> "EngineProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def launch_engine(cfg: ServeConfig, log_path: Optional[str] = None) -> tuple[str, Optional[EngineProcess]]:
+    """Start the configured engine (if it is one we start) and wait until it answers /health."""
+    url = engine_url(cfg)
+    cmd = engine_command(cfg)
+    if cmd is None:
+        return url, None
+    proc = EngineProcess(cmd, url, log_path).start()
+    try:
+        proc.wait_healthy(cfg.engine.startup_timeout_s)
+    except BaseException:
+        proc.stop()
+        raise
+    return url, proc

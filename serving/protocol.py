@@ -1,0 +1,146 @@
+"""Wire schemas of the gateway (the OpenAI API plus RAFT's extensions), as vLLM keeps them: pydantic
+models only, no logic. Requests accept unknown keys (OpenAI clients send new fields all the time); the
+serving layer logs and drops what neither OpenAI nor RAFT defines, and forwards the rest to the engine.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class RetrievalOptions(BaseModel):
+    """Extension field `retrieval` (OpenAI client: `extra_body={"retrieval": {...}}`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: Optional[bool] = None
+    """Retrieve for this request; default: on for the RAFT model and adapters, off for the base model."""
+    top_k: Optional[int] = Field(None, ge=1)
+    """Chunks to retrieve (capped by the server's retrieval.max_top_k)."""
+    filter: Optional[dict[str, Any]] = None
+    """Metadata filter ({"key": value or [values]}); the tenant filter is always added server side."""
+    mode: Optional[Literal["hybrid", "dense", "bm25"]] = None
+    """Search mode; default: the server's retrieval.mode."""
+
+
+class ChatMessage(_Open):
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: Optional[Union[str, list[dict[str, Any]]]] = None
+    name: Optional[str] = None
+
+
+# OpenAI fields forwarded to the engine as they are (anything else unknown is logged and dropped).
+SAMPLING_FIELDS = (
+    "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "n", "seed", "presence_penalty",
+    "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "user", "response_format",
+    "stream_options", "echo", "suffix", "best_of", "tools", "tool_choice", "parallel_tool_calls",
+)
+
+
+class _SamplingParams(_Open):
+    model: str = Field(min_length=1)
+    stream: bool = False
+    temperature: Optional[float] = Field(None, ge=0, le=2)
+    top_p: Optional[float] = Field(None, ge=0, le=1)
+    max_tokens: Optional[int] = Field(None, ge=1)
+    stop: Optional[Union[str, list[str]]] = None
+    n: Optional[int] = Field(None, ge=1, le=16)
+    seed: Optional[int] = None
+    presence_penalty: Optional[float] = Field(None, ge=-2, le=2)
+    frequency_penalty: Optional[float] = Field(None, ge=-2, le=2)
+    user: Optional[str] = None
+    stream_options: Optional[dict[str, Any]] = None
+    retrieval: Optional[RetrievalOptions] = None
+
+
+class ChatCompletionRequest(_SamplingParams):
+    """POST /v1/chat/completions."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
+
+
+class CompletionRequest(_SamplingParams):
+    """POST /v1/completions. With retrieval on, the prompt is the question."""
+
+    prompt: Union[str, list[str]]
+
+
+class Citation(BaseModel):
+    """One retrieved chunk shown to the model, and the answer's quotes found in it."""
+
+    chunk_id: str
+    doc_id: str
+    title: str = ""
+    source: str = ""
+    score: float
+    quotes: list[str] = []
+
+
+class DocumentIn(BaseModel):
+    """A document to ingest; it is chunked and embedded by the retrieval layer."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=512)
+    text: str = Field(min_length=1)
+    title: str = ""
+    source: str = ""
+    metadata: dict[str, Any] = {}
+
+
+class DocumentsRequest(BaseModel):
+    """POST /v1/documents."""
+
+    model_config = ConfigDict(extra="forbid")
+    documents: list[DocumentIn] = Field(min_length=1, max_length=1000)
+
+
+class DocumentsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    documents: list[dict[str, Any]]
+    chunks: int
+
+
+class DeleteResponse(BaseModel):
+    id: str
+    object: Literal["document"] = "document"
+    deleted: bool
+    chunks: int
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    owned_by: str = "raft"
+    parent: Optional[str] = None
+    retrieval: bool = True
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the gateway returns, in OpenAI's shape."""
+
+    error: ErrorInfo
+
+
+def completion_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"

@@ -1,0 +1,142 @@
+"""The gateway's view of retrieval: one small async protocol, and adapters for what implements it.
+
+- `IndexRetriever`: a `retrieval.index.RetrievalIndex` in the gateway process (searches run in a worker
+  thread, so the event loop keeps serving while FAISS and the embedder work).
+- `RayRetrieverAdapter`: `retrieval.ray_retriever.RayRetriever` (shard and embedder actors on Ray).
+- `InMemoryRetriever` (serving/memory_retriever.py): a dependency-free fake for tests and demos.
+
+Every search returns the hits and how long the embed and search stages took (seconds; None when the
+backend cannot tell them apart), which the gateway exports as Prometheus histograms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, Protocol, Sequence, runtime_checkable
+
+from retrieval.types import Document, Hit
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds ("embed", "search")
+
+
+@runtime_checkable
+class Retriever(Protocol):
+    async def asearch(self, query: str, k: int, mode: str, filter: Optional[dict]) -> SearchResult: ...
+
+    async def aadd(self, docs: Sequence[Document]) -> list[str]: ...
+
+    async def adelete(self, doc_ids: Sequence[str]) -> int: ...
+
+    async def adoc_tenants(self, doc_id: str) -> Optional[set]:
+        """Tenants (metadata `tenant`, None for untagged chunks) of a document's chunks; None if unknown."""
+        ...
+
+    async def ahealth(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+def _tenants(chunks: Sequence[Any]) -> Optional[set]:
+    if not chunks:
+        return None
+    return {(c.metadata or {}).get("tenant") for c in chunks}
+
+
+class IndexRetriever:
+    """A RetrievalIndex opened in this process."""
+
+    def __init__(self, index: Any):
+        self.index = index
+        # FAISS and the embedder release the GIL, but the document store and BM25 are not meant to be
+        # mutated while read: a lock orders writes against searches, reads still run concurrently
+        # with the event loop (in worker threads).
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    def open(cls, index_dir: str, embedder: Optional[str] = None) -> "IndexRetriever":
+        from retrieval.index import RetrievalIndex
+
+        return cls(RetrievalIndex.open(index_dir, embedder=embedder))
+
+    def _search(self, query: str, k: int, mode: str, flt: Optional[dict]) -> SearchResult:
+        t0 = time.perf_counter()
+        hits = self.index.search(query, k=k, mode=mode, filter=flt)
+        return SearchResult(list(hits), {"search": time.perf_counter() - t0})
+
+    async def asearch(self, query, k, mode, filter):
+        return await asyncio.to_thread(self._search, query, k, mode, filter)
+
+    async def aadd(self, docs):
+        async with self._write_lock:
+            return await asyncio.to_thread(self.index.add_documents, list(docs))
+
+    async def adelete(self, doc_ids):
+        async with self._write_lock:
+            return await asyncio.to_thread(self.index.delete_documents, list(doc_ids))
+
+    async def adoc_tenants(self, doc_id):
+        return _tenants(await asyncio.to_thread(self.index.chunks_for_doc, doc_id))
+
+    async def ahealth(self):
+        return {"status": "ok", "backend": "local", "chunks": len(self.index),
+                "embedder": getattr(self.index, "embedder_name", None), "path": str(getattr(self.index, "path", ""))}
+
+    def close(self) -> None:
+        pass
+
+
+class RayRetrieverAdapter:
+    """retrieval.ray_retriever.RayRetriever: the index sharded over Ray actors."""
+
+    def __init__(self, retriever: Any):
+        self.r = retriever
+
+    @classmethod
+    def open(cls, index_dir: str, num_shards: int = 2, num_embedders: int = 1) -> "RayRetrieverAdapter":
+        from retrieval.ray_retriever import RayRetriever
+
+        return cls(RayRetriever(index_dir, num_shards=num_shards, num_embedders=num_embedders))
+
+    async def asearch(self, query, k, mode, filter):
+        t0 = time.perf_counter()
+        hits = await self.r.asearch(query, k, mode, filter)
+        return SearchResult(list(hits), {"search": time.perf_counter() - t0})
+
+    async def _call(self, name: str, *args):
+        fn = getattr(self.r, "a" + name, None)
+        if fn is not None:
+            return await fn(*args)
+        return await asyncio.to_thread(getattr(self.r, name), *args)
+
+    async def aadd(self, docs):
+        return await self._call("add_documents", list(docs))
+
+    async def adelete(self, doc_ids):
+        return await self._call("delete_documents", list(doc_ids))
+
+    async def adoc_tenants(self, doc_id):
+        return _tenants(await self._call("chunks_for_doc", doc_id))
+
+    async def ahealth(self):
+        n = await asyncio.to_thread(len, self.r)
+        return {"status": "ok", "backend": "ray", "chunks": n}
+
+    def close(self) -> None:
+        shutdown = getattr(self.r, "shutdown", None) or getattr(self.r, "close", None)
+        if shutdown:
+            shutdown()
+
+
+def open_retriever(settings: Any) -> Optional[Retriever]:
+    """The retriever a RetrievalSettings asks for (None for backend `none`)."""
+    if settings.backend == "none":
+        return None
+    if settings.backend == "ray":
+        return RayRetrieverAdapter.open(settings.index_dir, settings.num_shards, settings.num_embedders)
+    return IndexRetriever.open(settings.index_dir, settings.embedder)

@@ -1,0 +1,36 @@
+"""Fixtures for the gateway tests (helpers in gateway_helpers.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway_helpers import DOCS, ServerThread, make_config
+from serving.app import create_app
+from serving.fake_engine import create_engine_app
+from serving.gateway import Gateway
+from serving.memory_retriever import InMemoryRetriever
+
+
+@pytest.fixture
+def fake_engine():
+    srv = ServerThread(create_engine_app(stream_chunks=4)).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def make_gateway(fake_engine):
+    """make_gateway(**config overrides) -> (ServerThread of the gateway, Gateway); all stopped after."""
+    started = []
+
+    def make(retriever=None, engine_url=None, **over):
+        cfg = make_config(engine_url or fake_engine.url, **over)
+        gw = Gateway.from_config(cfg, engine_url or fake_engine.url,
+                                 retriever if retriever is not None else InMemoryRetriever(DOCS))
+        srv = ServerThread(create_app(gw)).start()
+        started.append(srv)
+        return srv, gw
+
+    yield make
+    for s in started:
+        s.stop()

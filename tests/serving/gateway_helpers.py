@@ -1,0 +1,91 @@
+"""Helpers for the gateway tests: servers on free 127.0.0.1 ports, run in threads (fast, in-process)
+or as subprocesses (when a test must kill them)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+
+from retrieval.types import Document
+from serving.app import create_app
+from serving.config import ServeConfig
+from serving.fake_engine import create_engine_app
+from serving.gateway import Gateway
+from serving.memory_retriever import InMemoryRetriever
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=0.5)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise TimeoutError(url)
+
+
+class ServerThread:
+    """uvicorn serving an ASGI app in a daemon thread (stopped by stop())."""
+
+    def __init__(self, app, port: int | None = None):
+        self.port = port or free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    access_log=False, lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "ServerThread":
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise TimeoutError("server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def start_fake_engine_process(port: int, *extra: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "serving.fake_engine", "--port", str(port), *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_http(f"http://127.0.0.1:{port}/health")
+    return proc
+
+
+DOCS = [
+    Document("geo", "Veloria is a small mountain country. Its capital is Lumen, on the river Sael.",
+             "Geography", "geo.md", {"tenant": "acme"}),
+    Document("eco", "The economy of Veloria rests on glass making. Lumen exports blue glass.",
+             "Economy", "eco.md", {"tenant": "acme"}),
+    Document("zoo", "The snow lynx of Veloria hunts at night. It is protected by law.",
+             "Wildlife", "zoo.md", {"tenant": "globex"}),
+]
+
+
+
+def make_config(engine_url: str, **over) -> ServeConfig:
+    data = {"engine": {"kind": "openai", "url": engine_url, "model": "fake-model", "max_model_len": 2048},
+            "retrieval": {"backend": "local", "index_dir": "unused", "top_k": 2}, "runner": "uvicorn"}
+    for k, v in over.items():
+        data[k] = {**data.get(k, {}), **v} if isinstance(v, dict) else v
+    return ServeConfig.model_validate(data)
