@@ -268,7 +268,8 @@ class Builder:
                                  progress=lambda n: prog.advance(task, n))
         stats = mined.stats
         usable = [it for it in kept if it.key in mined.distractors]
-        self.drops["too_few_distractors"] += len(kept) - len(usable)
+        if len(kept) > len(usable):
+            self.drops["too_few_distractors"] += len(kept) - len(usable)
         keys_by_split: dict[str, list[str]] = {}
         for it in usable:
             keys_by_split.setdefault(it.split, []).append(it.key)

@@ -223,7 +223,7 @@ def _sample(pool: Sequence[str], n: int, rng: random.Random, texts: _TextCache, 
 def allocate_oracle(split_counts: dict[str, int], p: float) -> dict[str, int]:
     """Examples that show the oracle per split: round(P x n) in total, split by largest remainder."""
     n = sum(split_counts.values())
-    total = int(round(p * n + 1e-9))
+    total = int(np.floor(p * n + 0.5 + 1e-9))  # round half up: 4.5 -> 5
     exact = {s: p * c for s, c in split_counts.items()}
     alloc = {s: int(np.floor(v + 1e-9)) for s, v in exact.items()}
     left = total - sum(alloc.values())

@@ -1,0 +1,139 @@
+import asyncio
+import time
+
+import pytest
+
+from raft.data.config import TeacherConfig
+from raft.data.teachers import (ExtractiveTeacher, OpenAITeacher, TeacherRequestError, request_body, vllm_batch)
+from raft.errors import RaftError
+from raft.prompt import extract_quotes, quote_in
+
+from build_fakes import FakeOpenAI, chat_response
+
+
+def _cfg(url, **kw):
+    base = dict(kind="openai", base_url=url, model="fake", timeout_s=1.0, max_retries=4, backoff_base_s=0.01,
+                backoff_max_s=0.05, concurrency=4)
+    base.update(kw)
+    return TeacherConfig(**base)
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+def test_retries_429_5xx_timeouts_and_counts_tokens():
+    script = {1: (429, {"error": "slow down"}, 0), 2: (500, "oops", 0), 3: (503, "", 0), 4: (200, "", 1.5)}
+
+    def behave(body, n):
+        return script.get(n, (200, chat_response("fine <ANSWER>: x"), 0))
+
+    with FakeOpenAI(behave) as srv:
+        async def go():
+            t = OpenAITeacher(_cfg(srv.url))
+            c = await t.complete([{"role": "user", "content": "hi"}], 16, seed=1)
+            await t.aclose()
+            return t, c
+
+        t, c = _run(go())
+    assert c.text == "fine <ANSWER>: x" and c.prompt_tokens == 10 and c.completion_tokens == 5
+    assert t.stats.retries == 4 and t.stats.requests == 5 and t.stats.prompt_tokens == 10
+
+
+def test_gives_up_with_a_reason_and_does_not_retry_400():
+    with FakeOpenAI(lambda b, n: (200, "{not json", 0)) as srv:
+        async def go():
+            t = OpenAITeacher(_cfg(srv.url, max_retries=2))
+            try:
+                await t.complete([{"role": "user", "content": "hi"}], 16, None)
+            finally:
+                await t.aclose()
+
+        with pytest.raises(TeacherRequestError) as e:
+            _run(go())
+        assert e.value.reason == "malformed_response" and srv.count == 3
+    with FakeOpenAI(lambda b, n: (400, {"error": "context too long"}, 0)) as srv:
+        with pytest.raises(TeacherRequestError) as e:
+            _run(go())
+        assert e.value.reason == "http_400" and srv.count == 1
+
+
+def test_concurrency_is_bounded():
+    active, peak = [0], [0]
+    import threading
+    lock = threading.Lock()
+
+    def behave(body, n):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.05)
+        with lock:
+            active[0] -= 1
+        return 200, chat_response("ok"), 0
+
+    with FakeOpenAI(behave) as srv:
+        async def go():
+            t = OpenAITeacher(_cfg(srv.url, concurrency=3))
+            await asyncio.gather(*(t.complete([{"role": "user", "content": str(i)}], 8, None) for i in range(12)))
+            await t.aclose()
+
+        t0 = time.perf_counter()
+        _run(go())
+    assert peak[0] == 3 and time.perf_counter() - t0 >= 4 * 0.05
+
+
+def test_unreachable_teacher_fails_fast():
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens here now
+
+    async def go():
+        t = OpenAITeacher(_cfg(f"http://127.0.0.1:{port}/v1", connect_check_s=2))
+        try:
+            await t.check()
+        finally:
+            await t.aclose()
+
+    t0 = time.perf_counter()
+    with pytest.raises(RaftError, match="unreachable"):
+        _run(go())
+    assert time.perf_counter() - t0 < 5
+
+
+def test_request_construction_openai_and_vllm():
+    cfg = TeacherConfig(kind="openai", model="m", temperature=0.3, extra_body={"top_p": 0.9, "foo": 1})
+    msgs = [{"role": "user", "content": "q"}]
+    body = request_body(cfg, msgs, 100, seed=7)
+    assert body == {"model": "m", "messages": msgs, "max_tokens": 100, "temperature": 0.3, "seed": 7,
+                    "top_p": 0.9, "foo": 1}
+    convs, params = vllm_batch(cfg, [(msgs, 100, 7), (msgs, 50, None)])
+    assert convs == [msgs, msgs]
+    assert params == [{"temperature": 0.3, "max_tokens": 100, "seed": 7, "top_p": 0.9},
+                      {"temperature": 0.3, "max_tokens": 50, "top_p": 0.9}]
+
+
+def test_vllm_offline_without_vllm_is_a_clear_error():
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed")
+    from raft.data.teachers import make_teacher
+
+    with pytest.raises(RaftError, match="needs vllm"):
+        make_teacher(TeacherConfig(kind="vllm_offline", model="m"))
+
+
+def test_extractive_teacher_makes_verifiable_answers():
+    text = ("The Coral Hall was built in 1655 from white limestone. It stands in Portivel, the capital. "
+            "Members serve terms of five years.")
+    t = ExtractiveTeacher()
+    qs = _run(t.questions(text, 2, "general")).text.splitlines()
+    assert len(qs) == 2 and all("_____" in q for q in qs)
+    a = _run(t.answer(qs[0], [text], "general")).text
+    assert a.rstrip().endswith("1655") and all(quote_in(q, text) for q in extract_quotes(a))
+    hinted = _run(t.answer("Where is the hall?", [text], "general", hint="Portivel")).text
+    assert "Portivel" in extract_quotes(hinted)[0] and hinted.rstrip().endswith("Portivel")
