@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel
 
+from retrieval.errors import RetrievalError
 from serving.auth import Authenticator, Principal
 from serving.config import ServeConfig
 from serving.engine import EngineClient
@@ -87,7 +88,7 @@ class Gateway:
             raise
         except asyncio.TimeoutError:
             raise RetrievalUnavailable(f"Retrieval took longer than {r.timeout_s:g} s; retry shortly.") from None
-        except (ValueError, TypeError, KeyError) as e:
+        except (ValueError, TypeError, KeyError, RetrievalError) as e:
             raise bad_request(f"Retrieval rejected the request: {e}", "retrieval") from None
         except Exception as e:  # a dead actor or a broken index: the service, not the request
             log.exception("retrieval failed")

@@ -12,6 +12,7 @@ backend cannot tell them apart), which the gateway exports as Prometheus histogr
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol, Sequence, runtime_checkable
@@ -53,6 +54,19 @@ class IndexRetriever:
 
     def __init__(self, index: Any):
         self.index = index
+        # The index embeds inside search(); timing its `embed` (per thread) splits a search into the
+        # embed and search stages the metrics report, without reaching into the index's internals.
+        self._tls = threading.local()
+        embed = index.embed
+
+        def timed_embed(texts):
+            t0 = time.perf_counter()
+            try:
+                return embed(texts)
+            finally:
+                self._tls.embed = getattr(self._tls, "embed", 0.0) + time.perf_counter() - t0
+
+        index.embed = timed_embed
         # FAISS and the embedder release the GIL, but the document store and BM25 are not meant to be
         # mutated while read: a lock orders writes against searches, reads still run concurrently
         # with the event loop (in worker threads).
@@ -65,9 +79,14 @@ class IndexRetriever:
         return cls(RetrievalIndex.open(index_dir, embedder=embedder))
 
     def _search(self, query: str, k: int, mode: str, flt: Optional[dict]) -> SearchResult:
+        self._tls.embed = 0.0
         t0 = time.perf_counter()
         hits = self.index.search(query, k=k, mode=mode, filter=flt)
-        return SearchResult(list(hits), {"search": time.perf_counter() - t0})
+        total, embed = time.perf_counter() - t0, self._tls.embed
+        timings = {"search": total - embed}
+        if embed:
+            timings["embed"] = embed
+        return SearchResult(list(hits), timings)
 
     async def asearch(self, query, k, mode, filter):
         return await asyncio.to_thread(self._search, query, k, mode, filter)
@@ -88,7 +107,9 @@ class IndexRetriever:
                 "embedder": getattr(self.index, "embedder_name", None), "path": str(getattr(self.index, "path", ""))}
 
     def close(self) -> None:
-        pass
+        close = getattr(self.index, "close", None)
+        if close:
+            close()
 
 
 class RayRetrieverAdapter:
