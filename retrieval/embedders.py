@@ -56,6 +56,21 @@ def load_tokenizer(name: str):
         raise RetrievalError(f"cannot load the tokenizer of embedder {name!r}: {e}") from None
 
 
+_SHARED: dict[tuple, "Embedder"] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_embedder(name: str, device: str | None = None, batch_size: int = 64,
+                    max_seq_length: int | None = None) -> "Embedder":
+    """One Embedder per (model, device, settings) per process: opening many indexes (or one index many
+    times) loads the model once."""
+    key = (resolve_embedder(name), device, batch_size, max_seq_length)
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = Embedder(name, device, batch_size, max_seq_length)
+        return _SHARED[key]
+
+
 class Embedder:
     """A sentence-transformers model, loaded on first use."""
 
@@ -75,6 +90,13 @@ class Embedder:
             with self._lock:
                 if self._model is None:
                     from sentence_transformers import SentenceTransformer
+
+                    try:  # "Loading weights" bars on every open are noise in CLI output
+                        from transformers.utils import logging as hf_logging
+
+                        hf_logging.disable_progress_bar()
+                    except Exception:
+                        pass
 
                     try:
                         m = SentenceTransformer(self.path, device=self.device)

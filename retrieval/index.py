@@ -22,7 +22,8 @@ import numpy as np
 
 from retrieval.config import IndexConfig
 from retrieval.dense import DenseIndex, choose_type, make_params
-from retrieval.embedders import Embedder, EmbeddingCache, canonical_name, content_hash, embed_with_cache
+from retrieval.embedders import (Embedder, EmbeddingCache, canonical_name, content_hash, embed_with_cache,
+                                 shared_embedder)
 from retrieval.errors import RetrievalError
 from retrieval.filters import normalize_filter
 from retrieval.fusion import fuse
@@ -167,7 +168,7 @@ class RetrievalIndex:
             raise RetrievalError(f"corpus {where!r} produced no chunks (all documents empty after tokenizing)")
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        embedder = Embedder(cfg.embedder, cfg.device, cfg.batch_size, cfg.max_seq_length)
+        embedder = shared_embedder(cfg.embedder, cfg.device, cfg.batch_size, cfg.max_seq_length)
         texts = [_embed_text(c) for c in chunks]
         vectors, encoded = _embed_chunks(texts, embedder, out, cfg, show_progress)
         idx = cls._write_new(out, chunks, vectors, cfg, embedder.name, embedder)
@@ -221,8 +222,8 @@ class RetrievalIndex:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            self._embedder = Embedder(self.config.embedder, self.config.device, self.config.batch_size,
-                                      self.config.max_seq_length)
+            self._embedder = shared_embedder(self.config.embedder, self.config.device, self.config.batch_size,
+                                             self.config.max_seq_length)
         return self._embedder
 
     @property

@@ -1,0 +1,218 @@
+"""`raft index`: build, update, inspect and search a retrieval index directory."""
+
+from __future__ import annotations
+
+import argparse
+
+from raft.commands.common import add_config_arguments
+
+HELP = "build, update, inspect and search a retrieval index (FAISS + BM25, hybrid)"
+EXAMPLE = """raft index build docs/ --out idx chunk_size=256 index_type=hnsw
+raft index add idx new_docs/a.md new_docs/b.pdf
+raft index delete idx a.md b.pdf
+raft index stats idx
+raft index search idx --queries questions.jsonl -k 5 --json
+raft index search idx "what does RAFT train?" -k 5 --mode hybrid --filter tenant=acme
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    b = sub.add_parser("build", help="load, chunk, embed and index a corpus (a file or a directory)",
+                       epilog="example:\n  raft index build docs/ --out idx chunk_size=256\n",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("corpus", metavar="CORPUS", help="file or directory (.txt .md .html .pdf .json .jsonl)")
+    b.add_argument("--out", "-o", required=True, metavar="DIR", help="index directory to write (replaced atomically)")
+    b.add_argument("--ray", action="store_true", help="embed through Ray Data with an embedder actor pool")
+    b.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_config_arguments(b, "index")
+
+    a = sub.add_parser("add", help="add (or replace) documents in an existing index",
+                       epilog="example:\n  raft index add idx new.md more_docs/\n",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("index", metavar="DIR")
+    a.add_argument("files", metavar="FILES", nargs="+", help="files or directories; doc ids are paths "
+                   "relative to each argument's parent (a JSONL record keeps its own id)")
+
+    d = sub.add_parser("delete", help="delete documents (all their chunks) by document id",
+                       epilog="example:\n  raft index delete idx a.md torchhub:12\n",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("index", metavar="DIR")
+    d.add_argument("ids", metavar="IDS", nargs="+", help="document ids")
+
+    s = sub.add_parser("stats", help="what an index holds", epilog="example:\n  raft index stats idx\n",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("index", metavar="DIR")
+    s.add_argument("--json", action="store_true", help="print JSON")
+
+    q = sub.add_parser("search", help="query an index",
+                       epilog="example:\n  raft index search idx \"what is RAFT?\" -k 5 --filter tenant=acme\n",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    q.add_argument("index", metavar="DIR")
+    q.add_argument("query", metavar="QUERY", nargs="?", help="the query text (or use --queries)")
+    q.add_argument("-k", type=int, default=5, help="results per query (default 5)")
+    q.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default="hybrid")
+    q.add_argument("--filter", action="append", metavar="key=value",
+                   help="exact match on metadata (or doc_id/source); repeat a key for any-of")
+    q.add_argument("--queries", metavar="FILE.jsonl", help="one JSON object per line with `id` and `question`")
+    q.add_argument("--json", action="store_true", help='one JSON line per query: {"id", "results": [...]}')
+    q.add_argument("--batch-size", type=int, default=64, help="queries embedded together with --queries")
+
+
+def run(args: argparse.Namespace) -> int:
+    return {"build": _build, "add": _add, "delete": _delete, "stats": _stats, "search": _search}[args.action](args)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _build(args) -> int:
+    import json
+
+    from raft.commands.common import load_command_config
+    from retrieval.config import IndexConfig
+    from retrieval.index import RetrievalIndex
+
+    cfg = load_command_config(args, IndexConfig, "index")
+    if cfg is None:
+        return 0
+    if args.ray:
+        cfg = cfg.model_copy(update={"ray": True})
+    con = _console()
+    con.print(f"building index of [bold]{args.corpus}[/] -> [bold]{args.out}[/] "
+              f"(embedder {cfg.embedder}, chunk {cfg.chunk_size}/{cfg.chunk_overlap} tokens"
+              f"{', Ray Data' if cfg.ray else ''})")
+    if cfg.ray:
+        _init_ray()
+    idx = RetrievalIndex.build(args.corpus, args.out, cfg, show_progress=not args.json)
+    s = idx.build_summary
+    if args.json:
+        print(json.dumps(s | {"skipped": [{"path": p, "reason": r} for p, r in s["skipped"]]}))
+        return 0
+    con.print(f"[green]done[/] in {s['seconds']:.1f}s: {s['documents']} documents, {s['chunks']} chunks "
+              f"({s['embedded']} embedded, {s['cached']} from cache), FAISS {s['index_type']}, written to {s['path']}")
+    if s["skipped"]:
+        con.print(f"[yellow]skipped {len(s['skipped'])} file(s)/record(s):[/]")
+        for p, r in s["skipped"][:50]:
+            con.print(f"  {p}: {r}")
+        if len(s["skipped"]) > 50:
+            con.print(f"  ... and {len(s['skipped']) - 50} more")
+    return 0
+
+
+def _init_ray() -> None:
+    import os
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False, log_to_driver=False)
+
+
+def _add(args) -> int:
+    import time
+
+    from retrieval.index import RetrievalIndex
+    from retrieval.loaders import load_corpus
+
+    t0 = time.time()
+    idx = RetrievalIndex.open(args.index)
+    docs, skipped = [], []
+    for f in args.files:
+        c = idx.config
+        d, s = load_corpus(f, c.id_field, c.title_field, c.text_field)
+        docs += d
+        skipped += s
+    ids = idx.add_documents(docs)
+    con = _console()
+    con.print(f"added {len(docs)} document(s) as {len(ids)} chunk(s) to {args.index} in {time.time() - t0:.1f}s; "
+              f"index now holds {len(idx)} chunks")
+    for p, r in skipped:
+        con.print(f"  [yellow]skipped[/] {p}: {r}")
+    return 0
+
+
+def _delete(args) -> int:
+    from retrieval.index import RetrievalIndex
+
+    idx = RetrievalIndex.open(args.index)
+    n = idx.delete_documents(args.ids)
+    _console().print(f"deleted {n} chunk(s) of {len(args.ids)} document id(s) from {args.index}; "
+                     f"{len(idx)} chunks remain")
+    return 0
+
+
+def _stats(args) -> int:
+    import json
+
+    from retrieval.index import RetrievalIndex
+
+    st = RetrievalIndex.open(args.index, verify=False).stats()
+    if args.json:
+        print(json.dumps(st))
+    else:
+        for k, v in st.items():
+            print(f"{k:>14}: {v}")
+    return 0
+
+
+def _read_queries(path: str) -> list[tuple[str, str]]:
+    import json
+    from pathlib import Path
+
+    from retrieval.errors import RetrievalError
+
+    p = Path(path)
+    if not p.is_file():
+        raise RetrievalError(f"queries file {path!r} does not exist")
+    out = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RetrievalError(f"{path}:{n}: bad JSON ({e.msg})") from None
+        q = rec.get("question", rec.get("query")) if isinstance(rec, dict) else None
+        if not isinstance(q, str) or not q.strip():
+            raise RetrievalError(f"{path}:{n}: needs a non-empty `question` field")
+        out.append((str(rec.get("id", n)), q))
+    return out
+
+
+def _search(args) -> int:
+    import json
+
+    from retrieval.errors import RetrievalError
+    from retrieval.filters import parse_filter_args
+    from retrieval.index import RetrievalIndex
+
+    if args.k <= 0:
+        raise RetrievalError(f"-k must be a positive integer, got {args.k}")
+    flt = parse_filter_args(args.filter)
+    if args.queries:
+        queries = _read_queries(args.queries)
+    elif args.query:
+        queries = [("0", args.query)]
+    else:
+        raise RetrievalError("give a QUERY or --queries FILE.jsonl")
+    idx = RetrievalIndex.open(args.index, verify=False)
+    for i in range(0, len(queries), max(1, args.batch_size)):
+        part = queries[i:i + args.batch_size]
+        results = idx.search_batch([q for _, q in part], k=args.k, mode=args.mode, filter=flt or None)
+        for (qid, q), hits in zip(part, results):
+            rows = [{"chunk_id": h.chunk.chunk_id, "doc_id": h.chunk.doc_id, "score": round(float(h.score), 6),
+                     "title": h.chunk.title, "text": h.chunk.text} for h in hits]
+            if args.json:
+                print(json.dumps({"id": qid, "results": rows}, ensure_ascii=False), flush=True)
+            else:
+                print(f"query {qid}: {q}")
+                for r, row in enumerate(rows, 1):
+                    snippet = " ".join(row["text"].split())[:160]
+                    print(f"  {r}. [{row['score']:.4f}] {row['doc_id']} ({row['chunk_id']}) {row['title']}\n"
+                          f"     {snippet}")
+    return 0

@@ -1,0 +1,159 @@
+import json
+
+import numpy as np
+import pytest
+
+from retrieval.errors import RetrievalError
+from retrieval.index import RetrievalIndex
+from retrieval.types import Document
+
+QUESTION = "Which island is the largest in the Veloria chain?"
+
+
+def test_build_writes_self_describing_dir_and_each_mode_finds_the_answer(built_index):
+    man = json.loads((built_index / "manifest.json").read_text())
+    assert man["embedder"] == {"name": "all-MiniLM-L6-v2", "dim": 384}
+    assert man["faiss"]["type"] == "flat" and man["counts"]["documents"] == 8
+    assert all(len(f["sha256"]) == 64 for f in man["files"].values())
+    idx = RetrievalIndex.open(built_index)
+    assert len(idx) == man["counts"]["chunks"] > 8
+    assert idx.dim == 384 and idx.embedder_name == "all-MiniLM-L6-v2"
+    for mode in ("dense", "bm25", "hybrid"):
+        hits = idx.search(QUESTION, k=3, mode=mode)
+        assert len(hits) == 3, mode
+        assert hits[0].chunk.doc_id == "veloria_geography.md", (mode, [h.chunk.doc_id for h in hits])
+        assert hits[0].score >= hits[1].score >= hits[2].score
+    batch = idx.search_batch([QUESTION, "glass exports"], k=2, mode="hybrid")
+    assert [h.chunk.chunk_id for h in batch[0]] == [h.chunk.chunk_id for h in idx.search(QUESTION, 2)]
+
+
+def test_embed_search_vectors_get_and_doc_chunks(built_index):
+    idx = RetrievalIndex.open(built_index)
+    v = idx.embed([QUESTION, "salt"])
+    assert v.dtype == np.float32 and v.shape == (2, 384)
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-4)
+    hits = idx.search_vectors(v, k=4)
+    assert [h.chunk.chunk_id for h in hits[0]] == [h.chunk.chunk_id for h in idx.search(QUESTION, 4, mode="dense")]
+    ids = idx.chunk_ids()
+    assert len(ids) == len(idx) and len(set(ids)) == len(ids)
+    got = idx.get([ids[3], ids[0], "nope"])
+    assert [c.chunk_id for c in got] == [ids[3], ids[0]]
+    doc_chunks = idx.chunks_for_doc("veloria_history.md")
+    assert doc_chunks and all(c.doc_id == "veloria_history.md" for c in doc_chunks)
+
+
+@pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
+def test_filters_apply_inside_search_and_return_k(built_index, mode):
+    idx = RetrievalIndex.open(built_index)
+    n_globex = sum(1 for c in idx.get(idx.chunk_ids()) if c.metadata["tenant"] == "globex")
+    k = 6
+    assert n_globex >= k
+    hits = idx.search(QUESTION, k=k, mode=mode, filter={"tenant": "globex"})
+    # geography (the best answer) is tenant acme: it must not leak, and k globex hits still come back
+    assert len(hits) == k if mode != "bm25" else 0 < len(hits) <= k
+    assert all(h.chunk.metadata["tenant"] == "globex" for h in hits)
+    admin = idx.search(QUESTION, k=50, mode=mode, filter={"acl": "admin"})
+    assert admin and {h.chunk.doc_id for h in admin} <= {"veloria_culture.md", "veloria_economy.md"}
+    anyof = idx.search(QUESTION, k=3, mode=mode, filter={"doc_id": ["veloria_history.md", "veloria_science.md"]})
+    assert anyof and {h.chunk.doc_id for h in anyof} <= {"veloria_history.md", "veloria_science.md"}
+    assert idx.search(QUESTION, k=3, mode=mode, filter={"tenant": "nobody"}) == []
+
+
+def test_bad_queries_are_clear_errors(built_index):
+    idx = RetrievalIndex.open(built_index)
+    for k in (0, -1, 1.5):
+        with pytest.raises(RetrievalError, match="k must be a positive integer"):
+            idx.search("x", k=k)
+    with pytest.raises(RetrievalError, match="unknown search mode"):
+        idx.search("x", mode="fuzzy")
+    with pytest.raises(RetrievalError, match="filter"):
+        idx.search("x", filter={"tenant": {"nested": 1}})
+    with pytest.raises(RetrievalError, match="filter"):
+        idx.search("x", filter="tenant=acme")
+
+
+def test_add_delete_survive_restart(index_copy):
+    idx = RetrievalIndex.open(index_copy)
+    n0 = len(idx)
+    new = [Document("news/zorblat.md", "The Zorblat festival of lanterns is held every spring on Marenta.",
+                    title="Zorblat", metadata={"tenant": "acme"})]
+    ids = idx.add_documents(new)
+    assert ids and len(idx) == n0 + len(ids)
+    assert idx.search("Zorblat lantern festival", k=1, mode="dense")[0].chunk.doc_id == "news/zorblat.md"
+    assert idx.search("Zorblat", k=1, mode="bm25")[0].chunk.chunk_id == ids[0]
+    # restart: a fresh process view sees the addition
+    idx2 = RetrievalIndex.open(index_copy)
+    assert len(idx2) == n0 + len(ids) and idx2.get(ids)[0].title == "Zorblat"
+    removed = idx2.delete_documents(["news/zorblat.md", "veloria_geography.md"])
+    assert removed > len(ids)
+    for mode in ("dense", "bm25", "hybrid"):
+        got = {h.chunk.doc_id for h in idx2.search("Zorblat festival largest island Marenta", k=50, mode=mode)}
+        assert not got & {"news/zorblat.md", "veloria_geography.md"}, mode
+    idx3 = RetrievalIndex.open(index_copy)
+    assert len(idx3) == n0 + len(ids) - removed
+    assert idx3.chunks_for_doc("veloria_geography.md") == []
+    got = {h.chunk.doc_id for h in idx3.search("largest island Marenta", k=50, mode="dense")}
+    assert "veloria_geography.md" not in got
+    assert idx3.delete_documents(["not-there"]) == 0
+    # re-adding a doc id replaces its chunks instead of duplicating them
+    idx3.add_documents([Document("d", "first version text")])
+    idx3.add_documents([Document("d", "second version text")])
+    assert [c.text for c in idx3.chunks_for_doc("d")] == ["second version text"]
+    # only the current generation's files remain
+    names = sorted(p.name for p in index_copy.iterdir())
+    assert len([n for n in names if n.startswith("store.")]) == 1
+
+
+def test_embedder_mismatch_and_broken_dirs_are_clear_errors(index_copy, tmp_path):
+    with pytest.raises(RetrievalError, match="built with embedder 'all-MiniLM-L6-v2'"):
+        RetrievalIndex.open(index_copy, embedder="BAAI/bge-small-en-v1.5")
+    RetrievalIndex.open(index_copy, embedder="sentence-transformers/all-MiniLM-L6-v2")  # an alias: fine
+    with pytest.raises(RetrievalError, match="does not exist"):
+        RetrievalIndex.open(tmp_path / "missing")
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "store.g1.sqlite").write_bytes(b"")
+    with pytest.raises(RetrievalError, match="half-written"):
+        RetrievalIndex.open(half)
+    man = json.loads((index_copy / "manifest.json").read_text())
+    (index_copy / man["faiss"]["files"][0]).unlink()
+    with pytest.raises(RetrievalError, match="half-written or damaged"):
+        RetrievalIndex.open(index_copy)
+
+
+def test_dimension_mismatch_is_detected(index_copy):
+    man = json.loads((index_copy / "manifest.json").read_text())
+    man["embedder"]["dim"] = 768  # as if built by a 768-d model under the same name
+    (index_copy / "manifest.json").write_text(json.dumps(man))
+    idx = RetrievalIndex.open(index_copy)
+    with pytest.raises(RetrievalError, match="dimension"):
+        idx.search("x", mode="dense")
+
+
+def test_empty_corpus_is_an_error(tmp_path, small_config):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "empty.md").write_text("")
+    with pytest.raises(RetrievalError, match="no usable documents"):
+        RetrievalIndex.build(tmp_path / "c", tmp_path / "out", small_config)
+
+
+def test_embedding_cache_skips_unchanged_chunks(tmp_path, tenant_docs, small_config):
+    out = tmp_path / "i"
+    first = RetrievalIndex.build(tenant_docs[:4], out, small_config)
+    assert first.build_summary["embedded"] == first.build_summary["chunks"]
+    again = RetrievalIndex.build(tenant_docs[:5], out, small_config)
+    s = again.build_summary
+    assert s["cached"] == first.build_summary["chunks"] and s["embedded"] == s["chunks"] - s["cached"] > 0
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf_flat", "ivf_pq"])
+def test_other_faiss_types_build_search_filter_and_delete(tmp_path, tenant_docs, small_config, kind):
+    cfg = small_config.model_copy(update={"index_type": kind, "pq_m": 8, "shards": 2})
+    idx = RetrievalIndex.build(tenant_docs, tmp_path / kind, cfg)
+    assert idx.manifest["faiss"]["type"] == kind and len(idx.manifest["faiss"]["files"]) == 3
+    assert idx.search(QUESTION, k=1, mode="dense")[0].chunk.doc_id == "veloria_geography.md"
+    hits = idx.search(QUESTION, k=5, mode="dense", filter={"tenant": "globex"})
+    assert len(hits) == 5 and all(h.chunk.metadata["tenant"] == "globex" for h in hits)
+    idx.delete_documents(["veloria_geography.md"])
+    re = RetrievalIndex.open(tmp_path / kind)
+    assert "veloria_geography.md" not in {h.chunk.doc_id for h in re.search(QUESTION, k=30, mode="dense")}
