@@ -22,12 +22,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", metavar="DIR", help="reuse an existing index directory (= build.index_dir)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     add_config_arguments(p, "build")
+    # CORPUS, options and key=value overrides may come in any order (plain parse_args would reject
+    # `raft build docs/ --out d seed=1`); parse_intermixed_args collects the positionals first.
+    p.parse_args = p.parse_intermixed_args
 
 
 def run(args: argparse.Namespace) -> int:
     from raft.data.config import BuildConfig
 
+    import os
+
     extra = []
+    if args.corpus and "=" in args.corpus and not os.path.exists(args.corpus):
+        args.overrides = [args.corpus] + list(args.overrides)  # no CORPUS given (--index): it was an override
+        args.corpus = None
     if args.questions:
         extra.append(f"questions_file={args.questions}")
     if args.index:

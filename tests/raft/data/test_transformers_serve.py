@@ -1,0 +1,79 @@
+"""Against a real `transformers serve` running the random tiny Llama: the model writes garbage, so the
+point is that the whole path works (requests, token accounting, parsing) and every drop is counted."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from raft.data.builder import Builder
+from raft.data.config import BuildConfig
+
+from build_fakes import FakeIndex, make_chunks
+
+KNOWN = {"empty", "truncated", "refused", "no_answer_tag", "empty_answer", "no_quotes", "quote_not_in_oracle",
+         "too_few_distractors"}
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.fixture()
+def tf_server(tiny_model_dir):
+    exe = shutil.which("transformers") or str(Path(os.sys.executable).parent / "transformers")
+    port = _free_port()
+    proc = subprocess.Popen([exe, "serve", str(tiny_model_dir), "--port", str(port), "--host", "127.0.0.1",
+                             "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"transformers serve exited: {proc.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("transformers serve did not become healthy in 120 s")
+        yield url + "/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_build_against_transformers_serve_counts_drops(tf_server, tiny_model_dir, tmp_path):
+    cfg = BuildConfig.model_validate({
+        "progress": False, "questions_per_chunk": 2, "max_chunks": 3, "max_attempts": 1,
+        "mix": {"num_distractors": 2},
+        "teacher": {"kind": "openai", "base_url": tf_server, "model": str(tiny_model_dir), "max_tokens": 24,
+                    "concurrency": 2, "timeout_s": 60, "temperature": 0.7}})
+    s = Builder(cfg, tmp_path / "o", index=FakeIndex(make_chunks(6, 1))).run()
+    assert s["teacher_calls"]["made"] >= 3 and s["tokens"]["completion"] > 0
+    a = s["answers"]
+    assert set(a["dropped_by_reason"]) <= KNOWN, a
+    assert a["kept"] + sum(v for k, v in a["dropped_by_reason"].items() if k != "too_few_distractors") \
+        == s["questions"]["count"]
+    # a random model cannot produce a quote-verified answer: whatever it asked, nothing is kept
+    assert a["kept"] == 0 and s["records"] == 0
+    if s["questions"]["count"] == 0:
+        assert s["questions"].get("chunks_without_questions", 0) == 3
+    assert json.loads((tmp_path / "o" / "manifest.json").read_text())["splits"] == []
