@@ -15,6 +15,7 @@ from typing import Any, Awaitable, Callable, Optional
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.auth import Principal
 from serving.chat import ChatService
@@ -113,6 +114,13 @@ def create_app(gateway: Optional[Gateway] = None) -> FastAPI:
                                 f"{e.get('msg')}" for e in errors[:5])
             msg = f"Invalid request: {details}"
         return _error(request, GatewayError(400, msg, "invalid_request_error", ".".join(loc) or None, None))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        # routing errors (unknown path, wrong method) in OpenAI's shape too
+        kind = "not_found" if exc.status_code == 404 else None
+        return _error(request, GatewayError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                                            "invalid_request_error", None, kind))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

@@ -1,0 +1,116 @@
+"""serve configs load; config errors name keys; engine command lines built from config, exactly."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from raft.config import ConfigError, load_config
+from serving.config import ServeConfig
+from serving.launchers import EngineProcess, engine_command, engine_url, transformers_command, vllm_command
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("serve_*.yaml")), ids=lambda p: p.name)
+def test_every_serve_config_loads(path):
+    cfg = load_config(ServeConfig, path, section="serve")
+    assert cfg.model_name
+
+
+def test_config_errors_are_reported_together(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("serve:\n  engine: {kind: openai}\n  port: 0\n  retrieval: {top_k: 500}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(ServeConfig, f, section="serve")
+    text = str(e.value)
+    assert "port" in text and "top_k" in text
+    f.write_text("serve:\n  engine: {kind: openai}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(ServeConfig, f, section="serve")
+    assert "engine.url is required" in str(e.value) and "retrieval.index_dir is required" in str(e.value)
+
+
+def test_api_keys_from_env(monkeypatch):
+    monkeypatch.setenv("RAFT_SERVE_API_KEYS", "k1:acme, k2:globex,bad")
+    cfg = ServeConfig.model_validate({"engine": {"kind": "openai", "url": "http://x"}, "retrieval": {"backend": "none"},
+                                      "auth": {"keys": {"k0": "initech"}}})
+    assert cfg.auth.resolved_keys() == {"k0": "initech", "k1": "acme", "k2": "globex"}
+
+
+def test_vllm_command_line_exact():
+    cfg = ServeConfig.model_validate({
+        "engine": {"kind": "vllm", "model": "meta-llama/Llama-3.1-8B-Instruct", "port": 8011, "host": "127.0.0.1",
+                   "adapters": {"raft": "/runs/a1", "raft-legal": "/runs/a2"}, "max_lora_rank": 32, "max_loras": 3,
+                   "max_model_len": 8192, "extra_args": ["--gpu-memory-utilization", "0.85"]},
+        "retrieval": {"backend": "none"}})
+    cmd = vllm_command(cfg)
+    assert Path(cmd[0]).name == "vllm"
+    assert cmd[1:] == ["serve", "meta-llama/Llama-3.1-8B-Instruct", "--host", "127.0.0.1", "--port", "8011",
+                       "--enable-lora", "--lora-modules", "raft=/runs/a1", "raft-legal=/runs/a2",
+                       "--max-lora-rank", "32", "--max-loras", "3", "--max-model-len", "8192",
+                       "--gpu-memory-utilization", "0.85"]
+    assert engine_command(cfg) == cmd and engine_url(cfg) == "http://127.0.0.1:8011"
+    from serving.models import served_models
+
+    models = served_models(cfg)
+    assert {n: (m.engine_model, m.retrieval) for n, m in models.items()} == {
+        "base": ("meta-llama/Llama-3.1-8B-Instruct", False), "raft": ("raft", True), "raft-legal": ("raft-legal", True)}
+
+
+def test_vllm_without_adapters_and_transformers_command():
+    cfg = ServeConfig.model_validate({"engine": {"kind": "vllm", "model": "m"}, "retrieval": {"backend": "none"}})
+    assert vllm_command(cfg)[1:] == ["serve", "m", "--host", "127.0.0.1", "--port", "8001"]
+    cfg = ServeConfig.model_validate({"engine": {"kind": "transformers", "model": "/m/merged", "port": 8002},
+                                      "retrieval": {"backend": "none"}})
+    cmd = transformers_command(cfg)
+    assert Path(cmd[0]).name == "transformers"
+    assert cmd[1:] == ["serve", "/m/merged", "--host", "127.0.0.1", "--port", "8002", "--device", "cpu"]
+    cfg = ServeConfig.model_validate({"engine": {"kind": "openai", "url": "http://h:1/v1"},
+                                      "retrieval": {"backend": "none"}})
+    assert engine_command(cfg) is None and engine_url(cfg) == "http://h:1/v1"
+
+
+def test_raft_serve_cli_prints_engine_command(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("serve:\n  engine: {kind: vllm, model: m, adapters: {raft: /a}}\n  retrieval: {backend: none}\n")
+    out = subprocess.run([sys.executable, "-m", "raft.cli", "serve", "--config", str(f), "--print-engine-command",
+                          "engine.port=9001"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("serve m --host 127.0.0.1 --port 9001 --enable-lora --lora-modules raft=/a "
+                                       "--max-lora-rank 16 --max-loras 4")
+    bad = subprocess.run([sys.executable, "-m", "raft.cli", "serve", "--config", str(f), "engine.kind=tgi"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "engine.kind" in bad.stderr
+
+
+def test_engine_that_exits_at_start_is_a_clear_error(tmp_path):
+    from raft.errors import RaftError
+
+    proc = EngineProcess([sys.executable, "-c", "import sys; print('boom: no model'); sys.exit(3)"],
+                         "http://127.0.0.1:1", str(tmp_path / "e.log")).start()
+    with pytest.raises(RaftError, match="exited with code 3(.|\n)*boom: no model"):
+        proc.wait_healthy(20)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_real_vllm_serves_the_tiny_model(tiny_model_dir, tmp_path):
+    if shutil.which("vllm") is None and not (VENV_BIN / "vllm").exists():
+        pytest.skip("vllm is not installed")
+    from gateway_helpers import free_port
+
+    cfg = ServeConfig.model_validate({"engine": {"kind": "vllm", "model": str(tiny_model_dir), "port": free_port(),
+                                                 "max_model_len": 1024, "startup_timeout_s": 600},
+                                      "retrieval": {"backend": "none"}})
+    with EngineProcess(engine_command(cfg), engine_url(cfg), str(tmp_path / "vllm.log")).start() as proc:
+        proc.wait_healthy(600)
+        r = httpx.post(engine_url(cfg) + "/v1/completions", json={"model": str(tiny_model_dir), "prompt": "Veloria",
+                                                                  "max_tokens": 4}, timeout=60)
+        assert r.status_code == 200 and r.json()["choices"][0]["text"] is not None
