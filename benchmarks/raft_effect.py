@@ -1,0 +1,222 @@
+"""RAFT vs domain fine-tuning on a synthetic reading task (the RAFT paper's Figure 6, in miniature).
+
+A tiny random Llama is trained two ways on the same questions, through the project's own pipeline:
+`raft build` (extractive teacher, questions file) -> `raft train` (Ray Train, LoRA) -> `raft export --merge`
+-> `transformers serve` -> `raft eval` (distractor sweep):
+
+- RAFT:        oracle + 4 distractors, oracle shown in 80% of examples (mix.num_distractors=4, p_oracle=0.8)
+- oracle-only: the oracle document alone (mix.num_distractors=0, p_oracle=1.0) = domain fine-tuning
+
+Both are then evaluated with 0..8 distractors shown next to the oracle. The task: every document states
+one fact, "The code of <name> is <value>."; the question asks for one name's code. Reading only one
+document teaches "copy the value you see"; only training with distractors teaches "find the right one".
+
+    python benchmarks/raft_effect.py                       # full run, about 10-15 min on 2 CPU cores
+    python benchmarks/raft_effect.py --docs 400 --steps 40 --eval-n 20 --out runs/raft_effect_smoke
+
+Writes OUT/raft_effect.json (accuracy per system and distractor count, the gap at 4 distractors) and
+OUT/raft_effect.png; the full `raft eval` report is in OUT/eval/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+CONSONANTS = "bdfgklmnprstvz"
+VOWELS = "aeiou"
+
+
+def word(rng: random.Random, syllables: int) -> str:
+    return "".join(rng.choice(CONSONANTS) + rng.choice(VOWELS) for _ in range(syllables))
+
+
+def make_task(out: Path, n_docs: int, seed: int) -> tuple[Path, Path, list[str]]:
+    """corpus.jsonl {id, title, text} and questions.jsonl {id, question, answers, gold_ids}; unique names
+    and values, so a distractor never holds the answer."""
+    rng = random.Random(seed)
+    names, values = set(), set()
+    while len(names) < n_docs:
+        names.add(word(rng, 3))
+    while len(values) < n_docs:
+        v = word(rng, 2)
+        if v not in names:
+            values.add(v)
+    names, values = sorted(names), sorted(values)
+    rng.shuffle(values)
+    corpus, questions, texts = [], [], []
+    for i, (name, value) in enumerate(zip(names, values)):
+        text = f"The code of {name} is {value}."
+        corpus.append({"id": f"d{i}", "title": name, "text": text})
+        questions.append({"id": f"q{i}", "question": f"What is the code of {name}?", "answers": [value],
+                          "gold_ids": [f"d{i}"]})
+        texts += [text, questions[-1]["question"]]
+    out.mkdir(parents=True, exist_ok=True)
+    cp, qp = out / "corpus.jsonl", out / "questions.jsonl"
+    cp.write_text("".join(json.dumps(r) + "\n" for r in corpus))
+    qp.write_text("".join(json.dumps(r) + "\n" for r in questions))
+    return cp, qp, texts
+
+
+def raft(*args: str, log: Path) -> None:
+    """Run one `raft` subcommand in a fresh process (as a user would); fail loudly with its log tail."""
+    cmd = [sys.executable, "-m", "raft.cli", *args]
+    t0 = time.perf_counter()
+    with log.open("a") as fh:
+        fh.write(f"\n$ raft {' '.join(args)}\n")
+        fh.flush()
+        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=ENV).returncode
+    tail = "\n".join(log.read_text().splitlines()[-25:])
+    if rc != 0:
+        sys.exit(f"`raft {args[0]}` failed (exit {rc}); log {log}:\n{tail}")
+    print(f"  raft {args[0]:<6} {time.perf_counter() - t0:6.1f} s", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_engine(log: Path) -> tuple[subprocess.Popen, str]:
+    """`transformers serve` without a forced model: it loads each merged model on first request, by path."""
+    import httpx
+
+    port = free_port()
+    exe = Path(sys.executable).with_name("transformers")
+    fh = log.open("a")
+    proc = subprocess.Popen([str(exe), "serve", "--port", str(port), "--device", "cpu", "--host", "127.0.0.1"],
+                            stdout=fh, stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"transformers serve exited; see {log}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc, f"http://127.0.0.1:{port}/v1"
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGTERM)
+    sys.exit(f"transformers serve did not start in 120 s; see {log}")
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for name, curve in result["accuracy"].items():
+        xs = sorted(int(k) for k in curve)
+        ax.plot(xs, [curve[str(x)] for x in xs], marker="o", label=name)
+    ax.axvline(result["train_distractors"], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("distractor documents shown with the oracle at test time")
+    ax.set_ylabel("exact match")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"RAFT vs oracle-only fine-tuning ({result['eval_questions']} test questions)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/raft_effect", help="work and result directory")
+    p.add_argument("--docs", type=int, default=2000, help="facts (documents) = questions")
+    p.add_argument("--steps", type=int, default=300, help="optimizer steps per training run")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--rank", type=int, default=32, help="LoRA rank")
+    p.add_argument("--hidden", type=int, default=64, help="tiny model width")
+    p.add_argument("--layers", type=int, default=2, help="tiny model depth")
+    p.add_argument("--train-distractors", type=int, default=4)
+    p.add_argument("--p-oracle", type=float, default=0.8)
+    p.add_argument("--eval-n", type=int, default=60, help="test questions evaluated")
+    p.add_argument("--sweep", default="0,1,2,4,6,8", help="distractor counts at test time")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+
+    out = (REPO / args.out).resolve() if not Path(args.out).is_absolute() else Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "pipeline.log"
+    t0 = time.perf_counter()
+    print(f"raft_effect: {args.docs} facts, {args.steps} steps per run, output {out}", flush=True)
+
+    corpus, questions, texts = make_task(out / "task", args.docs, args.seed)
+    from raft.prompt import SYSTEM_PROMPT
+    from raft.tiny_model import build_tiny_model
+
+    base = out / "base-model"
+    if not (base / "config.json").exists():  # a tokenizer that knows the task's words, a random model
+        build_tiny_model(base, texts + [SYSTEM_PROMPT] * 20, hidden_size=args.hidden, layers=args.layers,
+                         seed=args.seed)
+
+    runs = {"RAFT": (args.train_distractors, args.p_oracle), "oracle-only": (0, 1.0)}
+    index = None
+    for name, (d, p_oracle) in runs.items():
+        ds = out / f"data-{name}"
+        extra = ["--index", str(index)] if index else []
+        # overrides right after the corpus: argparse keeps the two positionals together
+        raft("build", str(corpus), "teacher.kind=extractive", f"mix.num_distractors={d}",
+             f"mix.p_oracle={p_oracle}", f"seed={args.seed}", "split.train=0.85", "split.validation=0.05",
+             "split.test=0.1", "--out", str(ds), "--questions", str(questions), "--quiet", *extra, log=log)
+        index = index or ds / "index"
+        adapter = out / f"adapter-{name}"
+        raft("train", f"model.name_or_path={base}", "model.dtype=fp32", f"data.path={ds}",
+             "data.max_seq_len=512", "lora.r=" + str(args.rank), "lora.alpha=" + str(args.rank),
+             "lora.dropout=0.0", f"optim.lr={args.lr}", f"optim.max_steps={args.steps}",
+             "optim.batch_tokens=4096", "optim.warmup_ratio=0.05", "optim.batching=pack",
+             "ray.num_workers=1", "ray.cpus_per_worker=1", f"ray.storage_path={out / 'ray'}",
+             f"ray.run_name=raft-effect-{name}-{args.seed}-{args.steps}", f"output_dir={adapter}",
+             f"save_every={args.steps}", "export=last", "log_every=25", f"seed={args.seed}", log=log)
+        raft("export", str(adapter), "--merge", "--out", str(out / f"merged-{name}"), log=log)
+
+    engine, url = start_engine(out / "engine.log")
+    try:
+        sweep = [int(x) for x in args.sweep.split(",")]
+        systems = [{"name": name, "base_url": url, "model": str(out / f"merged-{name}"), "retrieval": "record"}
+                   for name in runs]
+        raft("eval", "--data", str(out / "data-RAFT" / "raft" / "test.jsonl"), "--out", str(out / "eval"),
+             f"systems={json.dumps(systems)}", f"sweep.distractors={json.dumps(sweep)}",
+             f"limit={args.eval_n}", "max_tokens=40", "concurrency=2", "timeout=120", f"seed={args.seed}",
+             log=log)
+    finally:
+        os.killpg(engine.pid, signal.SIGTERM)
+        engine.wait(timeout=30)
+
+    report = json.loads((out / "eval" / "report.json").read_text())
+    acc = {name: {str(r["value"]): r["em"] for r in report["runs"]
+                  if r["system"] == name and r["sweep"] == "distractors"} for name in runs}
+    at4 = {name: acc[name].get("4") for name in runs}
+    gap = (at4["RAFT"] - at4["oracle-only"]) if None not in at4.values() else None
+    result = {"accuracy": acc, "em_at_4_distractors": at4, "gap_at_4_points": None if gap is None else round(100 * gap, 1),
+              "target_gap_points": 20, "met": gap is not None and gap >= 0.20,
+              "train_distractors": args.train_distractors, "p_oracle": args.p_oracle,
+              "eval_questions": report["n_items"], "args": vars(args),
+              "seconds": round(time.perf_counter() - t0, 1),
+              "main_runs": {r["system"]: {k: r[k] for k in ("em", "f1", "quote_validity", "answer_tag_rate")}
+                            for r in report["runs"] if r["sweep"] == "main"}}
+    (out / "raft_effect.json").write_text(json.dumps(result, indent=2))
+    plot(result, out / "raft_effect.png")
+    print(json.dumps({k: result[k] for k in ("accuracy", "gap_at_4_points", "met", "seconds")}, indent=1))
+    print(f"results: {out / 'raft_effect.json'}, plot: {out / 'raft_effect.png'}")
+    return 0 if result["met"] else 1
+
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+       "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+if __name__ == "__main__":
+    sys.exit(main())
