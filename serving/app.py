@@ -22,7 +22,7 @@ from serving.chat import ChatService
 from serving.completion import CompletionService
 from serving.documents import DocumentService
 from serving.errors import GatewayError, error_body
-from serving.gateway import Gateway
+from serving.gateway import Gateway, server_timing, start_timings
 from serving.protocol import (ChatCompletionRequest, CompletionRequest, DeleteResponse, DocumentsRequest,
                               DocumentsResponse, ErrorResponse, ModelCard, ModelList)
 
@@ -76,11 +76,13 @@ async def _serve(request: Request, gw: Gateway, endpoint: str,
     t0 = time.perf_counter()
     gw.metrics.in_flight.inc()
     streaming = False
+    timings = start_timings()
     try:
         result = await call(t0)
         if isinstance(result, dict):
             gw.metrics.count(endpoint, 200)
-            return JSONResponse(result)
+            timings["total"] = time.perf_counter() - t0
+            return JSONResponse(result, headers={"Server-Timing": server_timing(timings)})
         streaming = True
         return StreamingResponse(result, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -10,7 +10,7 @@ from raft.prompt import augment_messages, message_text
 from serving.auth import Principal
 from serving.citations import build_citations
 from serving.errors import bad_request
-from serving.gateway import Gateway
+from serving.gateway import Gateway, note_timing
 from serving.protocol import ChatCompletionRequest
 from serving.streaming import open_stream, relay
 
@@ -51,6 +51,7 @@ class ChatService:
                          t_start=t_start, t_gen=t_gen)
         resp = await gw.engine.post("/v1/chat/completions", payload)
         gw.metrics.observe("generation", time.perf_counter() - t_gen)
+        note_timing("generation", time.perf_counter() - t_gen)
         resp["model"] = model.name
         answer = "\n".join(((c.get("message") or {}).get("content") or "") for c in resp.get("choices") or [])
         resp["citations"] = build_citations(hits, answer)

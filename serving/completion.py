@@ -10,7 +10,7 @@ from raft.prompt import completion_prompt
 from serving.auth import Principal
 from serving.citations import build_citations
 from serving.errors import bad_request
-from serving.gateway import Gateway
+from serving.gateway import Gateway, note_timing
 from serving.protocol import CompletionRequest
 from serving.streaming import open_stream, relay
 
@@ -56,6 +56,7 @@ class CompletionService:
                          t_start=t_start, t_gen=t_gen)
         resp = await gw.engine.post("/v1/completions", payload)
         gw.metrics.observe("generation", time.perf_counter() - t_gen)
+        note_timing("generation", time.perf_counter() - t_gen)
         resp["model"] = model.name
         resp["citations"] = build_citations(hits, "\n".join(c.get("text") or "" for c in resp.get("choices") or []))
         return resp

@@ -8,6 +8,7 @@ serving/app.py. Nothing here knows about HTTP beyond raising GatewayError with a
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from typing import Any, Optional
@@ -26,6 +27,26 @@ from serving.retriever import Retriever
 from serving.tokens import TokenCounter, context_limit
 
 log = logging.getLogger("raft.serve")
+
+# Stage timings of the current request, returned as a `Server-Timing` header (non-streamed responses):
+# lets a client or a benchmark see the retrieval hop without scraping /metrics.
+_timings: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar("raft_timings", default=None)
+
+
+def start_timings() -> dict:
+    d: dict = {}
+    _timings.set(d)
+    return d
+
+
+def note_timing(stage: str, seconds: float) -> None:
+    d = _timings.get()
+    if d is not None:
+        d[stage] = d.get(stage, 0.0) + seconds
+
+
+def server_timing(d: dict) -> str:
+    return ", ".join(f"{k};dur={v * 1000:.2f}" for k, v in d.items())
 
 
 class Gateway:
@@ -93,9 +114,12 @@ class Gateway:
         except Exception as e:  # a dead actor or a broken index: the service, not the request
             log.exception("retrieval failed")
             raise RetrievalUnavailable(f"Retrieval is unavailable ({type(e).__name__}: {e}).") from None
-        self.metrics.observe("retrieval", time.perf_counter() - t0)
-        for stage, seconds in result.timings.items():
-            self.metrics.observe(stage, seconds)
+        took = time.perf_counter() - t0
+        self.metrics.observe("retrieval", took)
+        note_timing("retrieval", took)
+        for stage in ("embed", "search"):
+            if stage in result.timings:
+                self.metrics.observe(stage, result.timings[stage])
         hits = result.hits
         if who.tenant is not None:  # defence in depth: never show another tenant's chunk
             hits = [h for h in hits if (h.chunk.metadata or {}).get("tenant") == who.tenant]

@@ -12,6 +12,7 @@ backend cannot tell them apart), which the gateway exports as Prometheus histogr
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -50,10 +51,19 @@ def _tenants(chunks: Sequence[Any]) -> Optional[set]:
 
 
 class IndexRetriever:
-    """A RetrievalIndex opened in this process."""
+    """A RetrievalIndex opened in this process.
 
-    def __init__(self, index: Any):
+    Concurrent requests are micro-batched: while one `search_batch` runs (in a worker thread, so the
+    event loop keeps serving), arriving queries queue up and go together in the next batch. One query
+    embedding batch of 16 costs far less than 16 single ones, which is what keeps the retrieval hop
+    cheap at high concurrency; a lone request never waits for company.
+    """
+
+    def __init__(self, index: Any, max_batch: int = 32):
         self.index = index
+        self.max_batch = max_batch
+        self._queue: list[tuple[tuple, str, asyncio.Future]] = []
+        self._draining = False
         # The index embeds inside search(); timing its `embed` (per thread) splits a search into the
         # embed and search stages the metrics report, without reaching into the index's internals.
         self._tls = threading.local()
@@ -67,10 +77,6 @@ class IndexRetriever:
                 self._tls.embed = getattr(self._tls, "embed", 0.0) + time.perf_counter() - t0
 
         index.embed = timed_embed
-        # FAISS and the embedder release the GIL, but the document store and BM25 are not meant to be
-        # mutated while read: a lock orders writes against searches, reads still run concurrently
-        # with the event loop (in worker threads).
-        self._write_lock = asyncio.Lock()
 
     @classmethod
     def open(cls, index_dir: str, embedder: Optional[str] = None) -> "IndexRetriever":
@@ -78,26 +84,51 @@ class IndexRetriever:
 
         return cls(RetrievalIndex.open(index_dir, embedder=embedder))
 
-    def _search(self, query: str, k: int, mode: str, flt: Optional[dict]) -> SearchResult:
+    def _search_batch(self, queries: list[str], k: int, mode: str, flt: Optional[dict]):
         self._tls.embed = 0.0
         t0 = time.perf_counter()
-        hits = self.index.search(query, k=k, mode=mode, filter=flt)
+        results = self.index.search_batch(queries, k=k, mode=mode, filter=flt)
         total, embed = time.perf_counter() - t0, self._tls.embed
         timings = {"search": total - embed}
         if embed:
             timings["embed"] = embed
-        return SearchResult(list(hits), timings)
+        return [SearchResult(list(hits), dict(timings, batch=len(queries))) for hits in results]
 
     async def asearch(self, query, k, mode, filter):
-        return await asyncio.to_thread(self._search, query, k, mode, filter)
+        key = (k, mode, json.dumps(filter, sort_keys=True, default=str) if filter else None)
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.append((key, query, fut))
+        if not self._draining:
+            self._draining = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await fut
 
-    async def aadd(self, docs):
-        async with self._write_lock:
-            return await asyncio.to_thread(self.index.add_documents, list(docs))
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                key = self._queue[0][0]
+                batch = [item for item in self._queue if item[0] == key][: self.max_batch]
+                taken = {id(item) for item in batch}
+                self._queue = [item for item in self._queue if id(item) not in taken]
+                k, mode, flt = key[0], key[1], json.loads(key[2]) if key[2] else None
+                try:
+                    results = await asyncio.to_thread(self._search_batch, [q for _, q, _ in batch], k, mode, flt)
+                except Exception as e:
+                    for _, _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(e)
+                    continue
+                for (_, _, fut), res in zip(batch, results):
+                    if not fut.done():
+                        fut.set_result(res)
+        finally:
+            self._draining = False
+
+    async def aadd(self, docs):  # the index orders writes against reads itself (thread-safe)
+        return await asyncio.to_thread(self.index.add_documents, list(docs))
 
     async def adelete(self, doc_ids):
-        async with self._write_lock:
-            return await asyncio.to_thread(self.index.delete_documents, list(doc_ids))
+        return await asyncio.to_thread(self.index.delete_documents, list(doc_ids))
 
     async def adoc_tenants(self, doc_id):
         return _tenants(await asyncio.to_thread(self.index.chunks_for_doc, doc_id))

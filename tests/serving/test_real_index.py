@@ -96,3 +96,26 @@ def test_bad_filter_is_a_400_not_a_500(make_gateway, real_retriever):
     assert r.status_code == 400 and r.json()["error"]["param"] == "retrieval"
 
 
+
+
+def test_concurrent_searches_are_batched_and_each_gets_its_own_hits(real_retriever):
+    import asyncio
+
+    qs = ["capital of Veloria", "glass exports", "snow lynx", "railway", "parliament", "festival"] * 3
+    flts = [None, {"tenant": "acme"}, None]
+
+    async def run():
+        return await asyncio.gather(*(real_retriever.asearch(q, 3, "hybrid", flts[i % 3]) for i, q in enumerate(qs)))
+
+    results = asyncio.run(run())
+    for i, (q, res) in enumerate(zip(qs, results)):
+        alone = real_retriever.index.search(q, k=3, mode="hybrid", filter=flts[i % 3])
+        assert [h.chunk.chunk_id for h in res.hits] == [h.chunk.chunk_id for h in alone]
+    assert max(r.timings["batch"] for r in results) > 1  # queued queries went together
+
+
+def test_server_timing_header_reports_the_retrieval_hop(make_gateway, real_retriever):
+    srv, _ = make_gateway(retriever=real_retriever)
+    r = httpx.post(srv.url + "/v1/chat/completions", json={"model": "raft", "messages": [{"role": "user", "content": "x"}]})
+    stages = dict(p.strip().split(";dur=") for p in r.headers["server-timing"].split(","))
+    assert set(stages) == {"retrieval", "generation", "total"} and float(stages["retrieval"]) > 0
