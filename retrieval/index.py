@@ -278,12 +278,17 @@ class RetrievalIndex:
             raise RetrievalError(f"query vectors have dimension {v.shape[1]}, the index holds {self.dim}")
         return self._hits(self._dense_rows(v, k, normalize_filter(filter)))
 
-    def _dense_rows(self, vecs: np.ndarray, k: int, flt: dict) -> list[list[tuple[int, float]]]:
+    def _dense_rows(self, vecs: np.ndarray, k: int, flt: dict,
+                    partition: tuple[int, int] | None = None) -> list[list[tuple[int, float]]]:
+        """Best-first (row, score) lists. `partition=(n, i)`: this dense index holds only rows with
+        row % n == i (a shard), so filtered candidates are restricted to those rows too."""
         dense = self.dense
         if not flt:
             d, i = dense.search(vecs, k)
             return [[(int(r), float(s)) for r, s in zip(ri, di) if r >= 0] for di, ri in zip(d, i)]
         allowed = self.store.rows_matching(flt)
+        if partition is not None:
+            allowed = allowed[allowed % partition[0] == partition[1]]
         if len(allowed) == 0:
             return [[] for _ in range(len(vecs))]
         if len(allowed) <= EXACT_FILTER_LIMIT:

@@ -112,7 +112,11 @@ def _html_text(html: str) -> tuple[str, str]:
 
 
 def _pdf_text(f: Path) -> tuple[str, str]:
+    import logging
+
     from pypdf import PdfReader
+
+    logging.getLogger("pypdf").setLevel(logging.ERROR)  # the skip reason says it; no warning spam
 
     try:
         reader = PdfReader(str(f))

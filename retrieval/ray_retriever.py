@@ -1,0 +1,264 @@
+"""RayRetriever: an index served by Ray actors, an embedder pool and index shards.
+
+Each shard actor opens the index directory and keeps the dense vectors of its partition (row % N);
+BM25 runs on every shard restricted to the same partition, so BM25 scores (global FTS statistics)
+and inner products merge exactly: the merged result equals `RetrievalIndex.search` on one process.
+A query's vectors go from the embedder actor straight to the shards (an ObjectRef argument), and
+shards return chunks with text, so one query is one embed call plus one parallel shard call.
+
+Writes (add/delete) go through one writer actor that saves a new index generation; shards then
+reload. The index directory must be readable by every node (local disk for local Ray, shared storage
+on a cluster reached with RAY_ADDRESS).
+"""
+
+from __future__ import annotations
+
+import os
+from itertools import count
+from typing import Any
+
+import numpy as np
+
+from retrieval.errors import RetrievalError
+from retrieval.filters import normalize_filter
+from retrieval.fusion import fuse
+from retrieval.types import Chunk, Document, Hit
+
+
+class ShardServer:
+    """One shard of an index (wrapped as a Ray actor by RayRetriever)."""
+
+    def __init__(self, index_dir: str, shard: int, num_shards: int, embedder: str | None = None):
+        self.index_dir, self.shard, self.num_shards, self.embedder = index_dir, shard, num_shards, embedder
+        self._load()
+
+    def _load(self) -> None:
+        from retrieval.dense import DenseIndex
+        from retrieval.index import RetrievalIndex
+
+        idx = RetrievalIndex.open(self.index_dir, embedder=self.embedder, verify=False)
+        dense = idx.dense
+        stored = len(dense.shards)
+        if stored % self.num_shards == 0:
+            # the index was written with a multiple of our shard count: take our stored shards as they are
+            mine = [s for j, s in enumerate(dense.shards) if j % self.num_shards == self.shard]
+            idx.dense = DenseIndex(dense.kind, dense.dim, dense.params, mine, dense.tombstones)
+            # stored shard j holds rows with row % stored == j; as our count divides `stored`, our shards
+            # together hold exactly the rows with row % num_shards == shard
+        else:
+            # repartition from the cached vectors (exact inner products: a flat index of our rows)
+            rows, hashes = idx.store.all_rows_and_hashes()
+            mask = rows % self.num_shards == self.shard
+            rows = rows[mask]
+            hs = [h for h, m in zip(hashes, mask) if m]
+            got = idx.cache.get_many(list(set(hs)))
+            if any(h not in got for h in hs):
+                raise RetrievalError(f"cannot split index {self.index_dir!r} into {self.num_shards} shards: the "
+                                     "embedding cache is incomplete; rebuild with shards="
+                                     f"{self.num_shards} or use num_shards={stored}")
+            vecs = np.stack([got[h] for h in hs]) if hs else np.zeros((0, idx.dim), "float32")
+            new = DenseIndex.create("flat", idx.dim, {}, 1, None)
+            new.add(vecs, rows)
+            idx.dense = new
+        self.idx = idx
+        self.generation = idx.manifest["generation"]
+
+    def reload(self) -> int:
+        self.idx.close()
+        self._load()
+        return self.generation
+
+    def _mine(self, flt: dict) -> str:  # SQL: rows of this shard
+        return f"c.row % {int(self.num_shards)} = {int(self.shard)}"
+
+    def search(self, vectors: np.ndarray | None, queries: list[str], k: int, mode: str, flt: dict,
+               ncand: int) -> list[dict]:
+        """Per query: {"dense": [(row, score, chunk)], "bm25": [...]}, restricted to this shard."""
+        from retrieval.store import fts_query
+
+        idx = self.idx
+        out = [{"dense": [], "bm25": []} for _ in queries]
+        if mode in ("dense", "hybrid") and vectors is not None:
+            dense = idx._dense_rows(vectors, ncand, flt, (self.num_shards, self.shard))
+            for o, d in zip(out, dense):
+                o["dense"] = d
+        if mode in ("bm25", "hybrid"):
+            from retrieval.filters import filter_sql
+
+            where, params = filter_sql(flt)
+            for o, q in zip(out, queries):
+                fq = fts_query(q)
+                if not fq:
+                    continue
+                sql = ("SELECT f.rowid, bm25(chunks_fts, 0.5, 1.0) AS s FROM chunks_fts f JOIN chunks c ON "
+                       f"c.row = f.rowid WHERE chunks_fts MATCH ? AND {where} AND {self._mine(flt)} "
+                       "ORDER BY s LIMIT ?")
+                with idx.store.lock:
+                    o["bm25"] = [(int(r), -float(s)) for r, s in idx.store.con.execute(sql, [fq, *params, ncand])]
+        rows = {r for o in out for lst in o.values() for r, _ in lst}
+        chunks = idx.store.get_rows(rows)
+        return [{key: [(r, s, chunks[r].to_dict()) for r, s in lst if r in chunks] for key, lst in o.items()}
+                for o in out]
+
+    def count(self) -> int:
+        return int(self.idx.dense.ntotal)
+
+    def chunks(self) -> int:
+        return len(self.idx)
+
+
+class EmbedServer:
+    def __init__(self, index_dir: str, embedder: str | None = None):
+        from retrieval.index import RetrievalIndex, read_manifest
+
+        man = read_manifest(index_dir)
+        self.idx = RetrievalIndex.open(index_dir, embedder=embedder, verify=False)
+        self.dim = man["embedder"]["dim"]
+        self.idx.embed(["warm up"])  # load the model now, not on the first user query
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self.idx.embed(texts)
+
+
+class WriterServer:
+    def __init__(self, index_dir: str, embedder: str | None = None):
+        from retrieval.index import RetrievalIndex
+
+        self.index_dir, self.embedder = index_dir, embedder
+        self.open = RetrievalIndex.open
+
+    def add(self, docs: list[dict]) -> list[str]:
+        idx = self.open(self.index_dir, embedder=self.embedder, verify=False)
+        try:
+            return idx.add_documents([Document(**d) for d in docs])
+        finally:
+            idx.close()
+
+    def delete(self, doc_ids: list[str]) -> int:
+        idx = self.open(self.index_dir, embedder=self.embedder, verify=False)
+        try:
+            return idx.delete_documents(doc_ids)
+        finally:
+            idx.close()
+
+
+class RayRetriever:
+    """Search an index through Ray actors; same search/add/delete methods as RetrievalIndex."""
+
+    def __init__(self, index_dir: str, num_shards: int = 2, num_embedders: int = 1, embedder: str | None = None,
+                 shard_cpus: float = 0.25, embedder_cpus: float = 0.5, embedder_gpus: float = 0.0):
+        import ray
+
+        from retrieval.index import read_manifest
+
+        if num_shards < 1 or num_embedders < 1:
+            raise RetrievalError(f"num_shards ({num_shards}) and num_embedders ({num_embedders}) must be >= 1")
+        self.index_dir = os.path.abspath(str(index_dir))
+        man = read_manifest(self.index_dir)  # fail fast, in the caller, on a bad directory
+        self.manifest = man
+        self.embedder_name, self.dim = man["embedder"]["name"], int(man["embedder"]["dim"])
+        from retrieval.config import IndexConfig
+
+        self.config = IndexConfig(**man["config"])
+        if not ray.is_initialized():
+            ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False, log_to_driver=False)
+        self._ray = ray
+        self.num_shards = num_shards
+        shard_cls = ray.remote(num_cpus=shard_cpus)(ShardServer)
+        emb_cls = ray.remote(num_cpus=embedder_cpus, num_gpus=embedder_gpus)(EmbedServer)
+        self._writer_cls = ray.remote(num_cpus=0)(WriterServer)
+        self._writer = None
+        self.shards = [shard_cls.remote(self.index_dir, i, num_shards, embedder) for i in range(num_shards)]
+        self.embedders = [emb_cls.remote(self.index_dir, embedder) for _ in range(num_embedders)]
+        self._embedder_arg = embedder
+        self._rr = count()
+        ray.get([s.count.remote() for s in self.shards] + [e.embed.remote(["x"]) for e in self.embedders])
+
+    # ---- search -------------------------------------------------------------------------------
+    def _dispatch(self, queries: list[str], k, mode: str, filter: dict | None):
+        from retrieval.index import MODES, _check_k
+
+        k = _check_k(k)
+        if mode not in MODES:
+            raise RetrievalError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}")
+        flt = normalize_filter(filter)
+        ncand = max(k, self.config.candidates) if mode == "hybrid" else k
+        vec_ref = None
+        if mode in ("dense", "hybrid"):
+            emb = self.embedders[next(self._rr) % len(self.embedders)]
+            vec_ref = emb.embed.remote(list(queries))
+        refs = [s.search.remote(vec_ref, list(queries), k, mode, flt, ncand) for s in self.shards]
+        return refs, k, mode, ncand
+
+    def _merge(self, parts: list[list[dict]], k: int, mode: str, ncand: int) -> list[list[Hit]]:
+        out = []
+        for qi in range(len(parts[0]) if parts else 0):
+            lists, chunks = {}, {}
+            for key in ("dense", "bm25"):
+                merged = [x for p in parts for x in p[qi][key]]
+                merged.sort(key=lambda x: -x[1])
+                merged = merged[:ncand]
+                lists[key] = [(r, s) for r, s, _ in merged]
+                chunks.update({r: c for r, _, c in merged})
+            if mode == "dense":
+                ranked = lists["dense"]
+            elif mode == "bm25":
+                ranked = lists["bm25"]
+            else:
+                ranked = fuse(self.config.fusion, lists["dense"], lists["bm25"], self.config.dense_weight,
+                              self.config.rrf_k)
+            out.append([Hit(Chunk.from_dict(chunks[r]), s) for r, s in ranked[:k]])
+        return out
+
+    def search(self, query: str, k: int = 5, mode: str = "hybrid", filter: dict | None = None) -> list[Hit]:
+        return self.search_batch([query], k, mode, filter)[0]
+
+    def search_batch(self, queries: list[str], k: int = 5, mode: str = "hybrid",
+                     filter: dict | None = None) -> list[list[Hit]]:
+        if not queries:
+            return []
+        refs, k, mode, ncand = self._dispatch(queries, k, mode, filter)
+        return self._merge(self._ray.get(refs), k, mode, ncand)
+
+    async def asearch(self, query: str, k: int = 5, mode: str = "hybrid", filter: dict | None = None) -> list[Hit]:
+        import asyncio
+
+        refs, k, mode, ncand = self._dispatch([query], k, mode, filter)
+        parts = await asyncio.gather(*refs)
+        return self._merge(list(parts), k, mode, ncand)[0]
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        emb = self.embedders[next(self._rr) % len(self.embedders)]
+        return self._ray.get(emb.embed.remote(list(texts)))
+
+    def search_vectors(self, vectors: np.ndarray, k: int, filter: dict | None = None) -> list[list[Hit]]:
+        from retrieval.index import _check_k
+
+        k = _check_k(k)
+        v = np.atleast_2d(np.asarray(vectors, dtype="float32"))
+        refs = [s.search.remote(v, [""] * len(v), k, "dense", normalize_filter(filter), k) for s in self.shards]
+        return self._merge(self._ray.get(refs), k, "dense", k)
+
+    # ---- writes -------------------------------------------------------------------------------
+    def _write(self, method: str, payload: Any):
+        if self._writer is None:
+            self._writer = self._writer_cls.remote(self.index_dir, self._embedder_arg)
+        result = self._ray.get(getattr(self._writer, method).remote(payload))
+        self._ray.get([s.reload.remote() for s in self.shards])
+        return result
+
+    def add_documents(self, docs: list[Document]) -> list[str]:
+        return self._write("add", [d.__dict__ for d in docs])
+
+    def delete_documents(self, doc_ids: list[str]) -> int:
+        return self._write("delete", list(doc_ids))
+
+    def __len__(self) -> int:
+        return int(self._ray.get(self.shards[0].chunks.remote()))
+
+    def shutdown(self) -> None:
+        for a in [*self.shards, *self.embedders, *([self._writer] if self._writer else [])]:
+            try:
+                self._ray.kill(a)
+            except Exception:
+                pass

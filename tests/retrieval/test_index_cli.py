@@ -1,0 +1,57 @@
+import json
+
+import pytest
+
+from raft.cli import main
+
+
+def test_cli_build_search_json_queries_add_delete_stats(tmp_path, corpus_dir, embedder_path, capsys):
+    out = tmp_path / "idx"
+    corpus = tmp_path / "corpus"
+    import shutil
+
+    shutil.copytree(corpus_dir, corpus)
+    (corpus / "broken.pdf").write_bytes(b"not a pdf")
+    assert main(["index", "build", str(corpus), "--out", str(out), f"embedder={embedder_path}",
+                 "chunk_size=64", "chunk_overlap=8"]) == 0
+    err = capsys.readouterr().err
+    assert "8 documents" in err and "broken.pdf" in err and str(out) in err
+    q = tmp_path / "q.jsonl"
+    q.write_text(json.dumps({"id": "q1", "question": "Which island is the largest?"}) + "\n"
+                 + json.dumps({"id": "q2", "question": "What does Veloria export?"}) + "\n")
+    assert main(["index", "search", str(out), "--queries", str(q), "-k", "3", "--json"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["id"] for x in lines] == ["q1", "q2"]
+    for x in lines:
+        assert len(x["results"]) == 3
+        assert set(x["results"][0]) == {"chunk_id", "doc_id", "score", "title", "text"}
+    assert lines[0]["results"][0]["doc_id"] == "veloria_geography.md"
+    assert main(["index", "search", str(out), "largest island", "-k", "2", "--mode", "bm25", "--json",
+                 "--filter", "doc_id=veloria_history.md"]) == 0
+    res = json.loads(capsys.readouterr().out)["results"]
+    assert res and all(r["doc_id"] == "veloria_history.md" for r in res)
+    new = tmp_path / "new.md"
+    new.write_text("# Zorblat\n\nThe Zorblat festival is held each spring.")
+    assert main(["index", "add", str(out), str(new)]) == 0
+    assert main(["index", "search", str(out), "Zorblat festival", "-k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["doc_id"] == "new.md"
+    assert main(["index", "delete", str(out), "new.md"]) == 0
+    assert main(["index", "stats", str(out), "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["documents"] == 8 and st["embedder"] == "all-MiniLM-L6-v2"
+
+
+def test_cli_errors_are_clean(tmp_path, built_index, capsys):
+    assert main(["index", "search", str(tmp_path / "nope"), "q"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["index", "search", str(built_index), "q", "-k", "0"]) == 2
+    assert "positive" in capsys.readouterr().err
+    assert main(["index", "search", str(built_index), "q", "--filter", "tenant"]) == 2
+    assert "bad filter expression" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["index", "build", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "no usable documents" in capsys.readouterr().err
+    assert main(["index", "build", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["index", "search", str(built_index), "q", "--mode", "nope"])

@@ -1,0 +1,61 @@
+import asyncio
+
+import pytest
+
+from retrieval.index import RetrievalIndex
+from retrieval.types import Document
+
+QUERIES = ["Which island is the largest in the Veloria chain?", "What does Veloria export?",
+           "Who governs the islands?"]
+
+
+def _ids(hits):
+    return [(h.chunk.chunk_id, round(h.score, 5)) for h in hits]
+
+
+@pytest.mark.parametrize("num_shards", [2, 3])
+def test_ray_retriever_matches_local_search(ray_local, built_index, num_shards):
+    from retrieval.ray_retriever import RayRetriever
+
+    local = RetrievalIndex.open(built_index)
+    r = RayRetriever(built_index, num_shards=num_shards, num_embedders=1)
+    try:
+        assert len(r) == len(local)
+        for mode in ("dense", "bm25", "hybrid"):
+            for flt in (None, {"tenant": "globex"}):
+                got = r.search_batch(QUERIES, k=5, mode=mode, filter=flt)
+                want = local.search_batch(QUERIES, k=5, mode=mode, filter=flt)
+                assert [_ids(g) for g in got] == [_ids(w) for w in want], (mode, flt)
+        hits = asyncio.run(r.asearch(QUERIES[0], k=3, mode="hybrid"))
+        assert _ids(hits) == _ids(local.search(QUERIES[0], k=3))
+        assert hits[0].chunk.text and hits[0].chunk.doc_id == "veloria_geography.md"
+    finally:
+        r.shutdown()
+
+
+def test_ray_retriever_live_add_delete(ray_local, index_copy):
+    from retrieval.ray_retriever import RayRetriever
+
+    r = RayRetriever(index_copy, num_shards=2)
+    try:
+        n0 = len(r)
+        ids = r.add_documents([Document("z.md", "The Zorblat festival of lanterns happens in spring.")])
+        assert len(r) == n0 + len(ids)
+        assert r.search("Zorblat lanterns", k=1, mode="dense")[0].chunk.doc_id == "z.md"
+        assert r.delete_documents(["z.md"]) == len(ids)
+        assert "z.md" not in {h.chunk.doc_id for h in r.search("Zorblat lanterns", k=20)}
+        assert len(RetrievalIndex.open(index_copy)) == n0
+    finally:
+        r.shutdown()
+
+
+def test_ray_data_build_matches_local_vectors(ray_local, tmp_path, tenant_docs, small_config, built_index):
+    cfg = small_config.model_copy(update={"ray": True, "ray_actors": 1})
+    idx = RetrievalIndex.build(tenant_docs[:3], tmp_path / "rayidx", cfg)
+    assert idx.build_summary["embedded"] == idx.build_summary["chunks"] > 0
+    local = RetrievalIndex.open(built_index)
+    q = idx.embed(["largest island"])
+    a = idx.search_vectors(q, k=3)[0]
+    b = local.search_vectors(q, k=3, filter={"doc_id": [d.doc_id for d in tenant_docs[:3]]})[0]
+    assert [h.chunk.chunk_id for h in a] == [h.chunk.chunk_id for h in b]
+    assert [round(h.score, 4) for h in a] == [round(h.score, 4) for h in b]
