@@ -76,6 +76,12 @@ class RetrievalSettings(Config):
     """Default search mode."""
     timeout_s: float = Field(5.0, gt=0)
     """Longest a retrieval may take before the request fails with 503."""
+    torch_threads: Optional[int] = Field(1, ge=1)
+    """local backend: torch intra-op threads for query embedding in the gateway process. Queries are
+    tiny and concurrent requests are batched, so 1 avoids thread oversubscription (on a busy 2-core box
+    2 threads made one query embedding ~15x slower); null keeps torch's default."""
+    max_batch: int = Field(32, ge=1)
+    """local backend: most queries embedded and searched together when requests arrive concurrently."""
 
 
 class AuthConfig(Config):

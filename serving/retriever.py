@@ -191,4 +191,10 @@ def open_retriever(settings: Any) -> Optional[Retriever]:
         return None
     if settings.backend == "ray":
         return RayRetrieverAdapter.open(settings.index_dir, settings.num_shards, settings.num_embedders)
-    return IndexRetriever.open(settings.index_dir, settings.embedder)
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    r = IndexRetriever.open(settings.index_dir, settings.embedder)
+    r.max_batch = settings.max_batch
+    return r
