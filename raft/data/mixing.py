@@ -83,12 +83,31 @@ def _jaccard(a: frozenset, b: frozenset) -> float:
     return inter / (len(a) + len(b) - inter)
 
 
-def answer_pattern(answer: str) -> re.Pattern | None:
-    """Whole-word, case/whitespace-insensitive pattern of an answer (None when too short to test)."""
+class _WholeWords:
+    """Whole-word substring test (str.find + boundary check: compiling a regex per question cost more than
+    the FAISS search when mining 100k questions)."""
+
+    __slots__ = ("needle",)
+
+    def __init__(self, needle: str):
+        self.needle = needle
+
+    def search(self, text: str) -> bool:
+        n, i = self.needle, text.find(self.needle)
+        while i >= 0:
+            j = i + len(n)
+            if (i == 0 or not text[i - 1].isalnum()) and (j == len(text) or not text[j].isalnum()):
+                return True
+            i = text.find(n, i + 1)
+        return False
+
+
+def answer_pattern(answer: str) -> _WholeWords | None:
+    """Whole-word, case/whitespace-insensitive matcher of an answer (None when too short to test)."""
     a = normalize_for_match(answer).strip(" .")
     if len(a) < 2:
         return None
-    return re.compile(r"(?<!\w)" + re.escape(a) + r"(?!\w)")
+    return _WholeWords(a)
 
 
 def mine_distractors(index, items: Sequence[MineItem], all_ids: Sequence[str], cfg: MixConfig, seed: int,
@@ -105,10 +124,12 @@ def mine_distractors(index, items: Sequence[MineItem], all_ids: Sequence[str], c
     texts = _TextCache(index.get)
     pools: dict[str | None, list[str]] = {None: list(all_ids)}
     use_split = bool(cfg.within_split and doc_split)
+    chunk_split: dict[str, str | None] | None = None
     if use_split:
         texts.ensure(all_ids)
+        chunk_split = {cid: doc_split.get(texts.doc[cid]) for cid in all_ids}
         for cid in all_ids:
-            pools.setdefault(doc_split.get(texts.doc[cid]), []).append(cid)
+            pools.setdefault(chunk_split[cid], []).append(cid)
     n_hard_want = round(D * cfg.hard_ratio)
     for start in range(0, len(items), cfg.batch_size):
         batch = items[start:start + cfg.batch_size]
@@ -118,11 +139,12 @@ def mine_distractors(index, items: Sequence[MineItem], all_ids: Sequence[str], c
             vecs = index.embed([it.question for it in batch])
         hits = index.search_vectors(vecs, cfg.mine_k) if cfg.hard_ratio > 0 and D > 0 else [[] for _ in batch]
         texts.ensure([o for it in batch for o in it.oracle_ids])
+        norm = texts.norm
         for it, hs in zip(batch, hits):
             for h in hs:
-                texts.add(h.chunk)
-            chosen = _choose(it, hs, texts, pools, doc_split if use_split else None, cfg, n_hard_want, seed,
-                             res.stats)
+                if h.chunk.chunk_id not in norm:
+                    texts.add(h.chunk)
+            chosen = _choose(it, hs, texts, pools, chunk_split, cfg, n_hard_want, seed, res.stats)
             if chosen is not None:
                 res.distractors[it.key] = chosen
         if progress:
@@ -130,8 +152,8 @@ def mine_distractors(index, items: Sequence[MineItem], all_ids: Sequence[str], c
     return res
 
 
-def _choose(it: MineItem, hits, texts: _TextCache, pools, doc_split: dict[str, str] | None, cfg: MixConfig,
-            n_hard_want: int, seed: int, stats: Counter) -> list[str] | None:
+def _choose(it: MineItem, hits, texts: _TextCache, pools, chunk_split: dict[str, str | None] | None,
+            cfg: MixConfig, n_hard_want: int, seed: int, stats: Counter) -> list[str] | None:
     D = cfg.num_distractors
     need = D + len(it.oracle_ids)
     oracle = set(it.oracle_ids)
@@ -141,16 +163,15 @@ def _choose(it: MineItem, hits, texts: _TextCache, pools, doc_split: dict[str, s
     pats = [p for p in map(answer_pattern, it.answers) if p is not None] if cfg.exclude_answer else []
     seen: set[str] = set(oracle)
     reasons = stats
-    use_split = doc_split is not None
+    use_split = chunk_split is not None
 
     def ok(cid: str, split_only: bool) -> bool:
         if cid in seen:
             return False
+        if split_only and use_split and chunk_split.get(cid) != it.split:
+            return False  # not marked seen: may still serve in the cross-split fallback
         seen.add(cid)
         norm = texts.norm[cid]
-        if split_only and use_split and doc_split.get(texts.doc[cid]) != it.split:
-            seen.discard(cid)  # may still be usable in the cross-split fallback
-            return False
         if not norm.strip():
             reasons["excluded_empty"] += 1
             return False

@@ -1,7 +1,7 @@
 """Teachers behind one interface: `await teacher.questions(...)` and `await teacher.answer(...)` return a
 `Completion` (raw text + finish reason + token usage); parsing and checking happen in the builder.
 
-- `OpenAITeacher`: any OpenAI-compatible endpoint (vLLM, OpenAI, `transformers serve`) over async httpx,
+- `OpenAITeacher`: any OpenAI-compatible endpoint (vLLM, OpenAI, `transformers serve`) over async aiohttp,
   bounded concurrency, per-request timeout, retries with exponential backoff and full jitter on
   429/5xx/timeouts/dropped connections (Retry-After honoured), token accounting.
 - `VLLMOfflineTeacher`: vLLM's in-process batch engine; concurrent requests are gathered into batches for
@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import re
@@ -101,33 +102,48 @@ def request_body(cfg: TeacherConfig, messages, max_tokens: int, seed: int | None
 
 
 class OpenAITeacher(ChatTeacher):
+    """Chat completions over aiohttp (httpx's connection pool tops out near 35 requests/s here, far below
+    what a 64-way build needs; see benchmarks/build_throughput.py)."""
+
     kind = "openai"
 
     def __init__(self, cfg: TeacherConfig):
         super().__init__(cfg)
-        import httpx
-
-        self._httpx = httpx
         key = os.environ.get(cfg.api_key_env, "") or "EMPTY"
         self.base_url = cfg.base_url.rstrip("/")
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url, headers={"Authorization": f"Bearer {key}"},
-            timeout=httpx.Timeout(cfg.timeout_s, connect=min(cfg.timeout_s, cfg.connect_check_s)),
-            limits=httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency))
+        self._headers = {"Authorization": f"Bearer {key}"}
+        self._session = None
         self._sem = asyncio.Semaphore(cfg.concurrency)
 
+    def _client(self):
+        import aiohttp
+
+        if self._session is None:  # created inside the running event loop, as aiohttp requires
+            self._session = aiohttp.ClientSession(
+                headers=self._headers,
+                connector=aiohttp.TCPConnector(limit=self.cfg.concurrency, ttl_dns_cache=300),
+                timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s,
+                                              connect=min(self.cfg.timeout_s, self.cfg.connect_check_s)))
+        return self._session
+
     async def check(self) -> None:
+        import aiohttp
+
         try:
-            r = await self._client.get("/models", timeout=self.cfg.connect_check_s)
-        except self._httpx.HTTPError as e:
+            async with self._client().get(self.base_url + "/models",
+                                          timeout=aiohttp.ClientTimeout(total=self.cfg.connect_check_s)) as r:
+                status = r.status
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             raise RaftError(f"teacher endpoint {self.base_url} is unreachable ({type(e).__name__}: {e}); start "
                             "the server or fix build.teacher.base_url") from None
-        if r.status_code in (401, 403):
-            raise RaftError(f"teacher endpoint {self.base_url} refused the API key (HTTP {r.status_code}); set "
+        if status in (401, 403):
+            raise RaftError(f"teacher endpoint {self.base_url} refused the API key (HTTP {status}); set "
                             f"${self.cfg.api_key_env} or build.teacher.api_key_env")
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     def _backoff(self, retry: int, retry_after: str | None) -> float:
         cap = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * (2 ** retry))
@@ -140,8 +156,10 @@ class OpenAITeacher(ChatTeacher):
         return delay
 
     async def complete(self, messages, max_tokens: int, seed: int | None) -> Completion:
+        import aiohttp
+
         body = request_body(self.cfg, messages, max_tokens, seed)
-        httpx = self._httpx
+        url = self.base_url + "/chat/completions"
         async with self._sem:
             last = ("error", "")
             for retry in range(self.cfg.max_retries + 1):
@@ -150,23 +168,24 @@ class OpenAITeacher(ChatTeacher):
                     self.stats.retries += 1
                 retry_after = None
                 try:
-                    r = await self._client.post("/chat/completions", json=body)
-                except httpx.TimeoutException as e:
+                    async with self._client().post(url, json=body) as r:
+                        status, text = r.status, await r.text(errors="replace")
+                        retry_after = r.headers.get("Retry-After")
+                except asyncio.TimeoutError as e:
                     last = ("timeout", str(e))
-                except httpx.TransportError as e:
+                except (aiohttp.ClientError, OSError) as e:
                     last = ("connection", f"{type(e).__name__}: {e}")
                 else:
-                    if r.status_code == 200:
+                    if status == 200:
                         try:
-                            return self._parse(r.json())
+                            return self._parse(json.loads(text))
                         except (ValueError, KeyError, IndexError, TypeError) as e:
-                            last = ("malformed_response", f"{type(e).__name__}: {r.text[:120]!r}")
-                    elif r.status_code == 429 or r.status_code >= 500:
-                        last = (f"http_{r.status_code}", r.text[:200])
-                        retry_after = r.headers.get("retry-after")
+                            last = ("malformed_response", f"{type(e).__name__}: {text[:120]!r}")
+                    elif status == 429 or status >= 500:
+                        last = (f"http_{status}", text[:200])
                     else:  # 4xx other than 429: asking again will not help
-                        self.stats.errors[f"http_{r.status_code}"] += 1
-                        raise TeacherRequestError(f"http_{r.status_code}", r.text[:200])
+                        self.stats.errors[f"http_{status}"] += 1
+                        raise TeacherRequestError(f"http_{status}", text[:200])
                 if retry < self.cfg.max_retries:
                     await asyncio.sleep(self._backoff(retry, retry_after))
             self.stats.errors[last[0]] += 1
