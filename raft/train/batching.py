@@ -1,8 +1,11 @@
 """Micro-batches by token budget, and their tensors.
 
-- `pack`: padding-free. Examples are concatenated into one row of at most `batch_tokens` tokens; position_ids
-  restart at 0 for each example and no attention mask is passed, so transformers builds a block-diagonal
-  causal mask from the position_ids (sdpa/eager on CPU) or uses varlen kernels (flash-attention on GPU).
+- `pack`: padding-free. Examples are first-fit into rows of `row_len` tokens; position_ids restart at 0 for
+  each example and no attention mask is passed, so transformers builds a block-diagonal causal mask from the
+  position_ids (sdpa/eager) or uses varlen kernels (flash-attention). With flash-attention a micro-batch is
+  one row of `batch_tokens` (its varlen path wants batch size 1); with sdpa/eager rows are `max_seq_len`
+  long, `batch_tokens // max_seq_len` of them, so the dense masked attention costs O(max_seq_len^2) per row,
+  not O(batch_tokens^2). Rows are nearly full; the short tail that evens them out is its own segment.
   Labels at each example's first token are -100 (it is a prompt token), so nothing is learned across
   example boundaries.
 - `group`: length-grouped padded batches: examples sorted by length inside shuffled windows, cut so that
@@ -19,21 +22,29 @@ import random
 
 
 def make_batches(lengths: list[int], batch_tokens: int, mode: str, seed: int, max_seq_len: int,
-                 window: int = 256) -> list[list[int]]:
+                 window: int = 256, row_len: int | None = None) -> list[list[int]]:
     order = list(range(len(lengths)))
     rng = random.Random(seed)
     rng.shuffle(order)
     batches: list[list[int]] = []
     if mode == "pack":
-        cur, used = [], 0
+        # first-fit into rows of `row_len` tokens, `batch_tokens // row_len` rows per micro-batch
+        row_len = row_len or max_seq_len
+        rows_per = max(1, batch_tokens // row_len)
+        rows: list[list] = []  # [used, [indices]]
         for i in order:
-            if cur and used + lengths[i] > batch_tokens:
-                batches.append(cur)
-                cur, used = [], 0
-            cur.append(i)
-            used += lengths[i]
-        if cur:
-            batches.append(cur)
+            for r in rows:
+                if r[0] + lengths[i] <= row_len:
+                    r[0] += lengths[i]
+                    r[1].append(i)
+                    break
+            else:
+                if len(rows) == rows_per:
+                    batches.append([j for r in rows for j in r[1]])
+                    rows = []
+                rows.append([lengths[i], [i]])
+        if rows:
+            batches.append([j for r in rows for j in r[1]])
     elif mode == "group":
         for w in range(0, len(order), window):
             chunk = sorted(order[w:w + window], key=lambda i: lengths[i])
@@ -61,17 +72,31 @@ def shard(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:
     return batches[rank::world][:n]
 
 
-def collate(examples: list[dict], idx: list[int], mode: str, pad_id: int) -> dict:
+def collate(examples: list[dict], idx: list[int], mode: str, pad_id: int, row_len: int | None = None) -> dict:
     """Tensors for one micro-batch (`pack`: one row with position_ids; else padded rows with a mask)."""
     import torch
 
     rows = [examples[i] for i in idx]
     if mode == "pack":
-        ids = [t for r in rows for t in r["input_ids"]]
-        labels = [t for r in rows for t in r["labels"]]
-        pos = [p for r in rows for p in range(len(r["input_ids"]))]
-        return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
-                "position_ids": torch.tensor([pos])}
+        # split into rows of <= row_len in order (make_batches laid the indices out row by row)
+        packed, cur = [], []
+        for r in rows:
+            if cur and sum(len(x["input_ids"]) for x in cur) + len(r["input_ids"]) > (row_len or 1 << 62):
+                packed.append(cur)
+                cur = []
+            cur.append(r)
+        packed.append(cur)
+        width = max(sum(len(x["input_ids"]) for x in row) for row in packed)
+        ids, labels, pos = [], [], []
+        for row in packed:
+            i = [t for x in row for t in x["input_ids"]]
+            lab = [t for x in row for t in x["labels"]]
+            p = [k for x in row for k in range(len(x["input_ids"]))]
+            pad = width - len(i)  # the padding tail is its own segment (positions restart): attends to itself only
+            ids.append(i + [pad_id] * pad)
+            labels.append(lab + [-100] * pad)
+            pos.append(p + list(range(pad)))
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(pos)}
     longest = max(len(r["input_ids"]) for r in rows)
     ids = [r["input_ids"] + [pad_id] * (longest - len(r["input_ids"])) for r in rows]
     labels = [r["labels"] + [-100] * (longest - len(r["labels"])) for r in rows]
@@ -79,8 +104,6 @@ def collate(examples: list[dict], idx: list[int], mode: str, pad_id: int) -> dic
     return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
 
 
-def real_tokens(batch: dict) -> int:
-    """Non-padding tokens in a collated batch."""
-    if "attention_mask" in batch:
-        return int(batch["attention_mask"].sum())
-    return int(batch["input_ids"].numel())
+def real_tokens(examples: list[dict], idx: list[int]) -> int:
+    """Tokens of the examples in a micro-batch (padding excluded)."""
+    return sum(len(examples[i]["input_ids"]) for i in idx)

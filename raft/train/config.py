@@ -132,7 +132,8 @@ class TrainConfig(Config):
     seed: int = 0
     """Seed for LoRA init, shuffling and dropout."""
     fail_at_steps: list[int] = []
-    """Testing aid: a worker (rank 1, or 0 if alone) dies at each of these steps, once per step and run."""
+    """Testing aid: a worker (rank 1, or 0 if alone) dies after each of these steps (after its checkpoint, if
+    the step saves one), once per step and run (marker files under STORAGE/RUN/.fail_markers)."""
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "TrainConfig":

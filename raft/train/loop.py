@@ -98,6 +98,13 @@ def train_func(config: dict) -> None:
     peft_model = attach_lora(base, cfg.model, cfg.lora, cfg.seed)
     if cfg.lora.quantize != "4bit":
         peft_model.to(device)
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:  # adapter weights go in before wrapping (FSDP shards them; DDP broadcasts rank 0's)
+        from safetensors.torch import load_file
+
+        with ckpt.as_directory() as d:
+            set_peft_model_state_dict(peft_model, load_file(str(Path(d) / ADAPTER_SUBDIR /
+                                                                 "adapter_model.safetensors"), device=str(device)))
     kwargs = {"use_orig_params": True} if cfg.ray.strategy == "fsdp" else None
     model = ray.train.torch.prepare_model(peft_model, move_to_device=cfg.lora.quantize != "4bit",
                                           parallel_strategy=cfg.ray.strategy if world > 1 else None,
@@ -106,10 +113,13 @@ def train_func(config: dict) -> None:
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
 
     lengths = [len(e["input_ids"]) for e in train]
+    flash = (cfg.model.attn_implementation or "").startswith("flash")
+    row_len = cfg.optim.batch_tokens if flash else cfg.data.max_seq_len  # see raft/train/batching.py
     mode, accum = cfg.optim.batching, cfg.optim.grad_accum
 
     def epoch_batches(epoch: int) -> list[list[int]]:
-        b = make_batches(lengths, cfg.optim.batch_tokens, mode, cfg.seed * 1000 + epoch, cfg.data.max_seq_len)
+        b = make_batches(lengths, cfg.optim.batch_tokens, mode, cfg.seed * 1000 + epoch, cfg.data.max_seq_len,
+                         row_len=row_len)
         return shard(b, rank, world)
 
     micro_per_epoch = len(epoch_batches(0))
@@ -123,15 +133,12 @@ def train_func(config: dict) -> None:
                           num_training_steps=total)
 
     step, epoch, micro = 0, 0, 0
-    ckpt = ray.train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
             st = torch.load(Path(d) / STATE_FILE, weights_only=False, map_location="cpu")
-            from safetensors.torch import load_file
-
-            set_peft_model_state_dict(peft_model, load_file(str(Path(d) / ADAPTER_SUBDIR /
-                                                                 "adapter_model.safetensors"), device=str(device)))
-            opt.load_state_dict(st["optimizer"])
+            opt_file = Path(d) / f"optimizer_rank{rank}.pt"  # FSDP: this worker's shard of the state
+            opt.load_state_dict(torch.load(opt_file, weights_only=False, map_location="cpu")
+                                if opt_file.is_file() else st["optimizer"])
             sched.load_state_dict(st["scheduler"])
             step, epoch, micro = st["step"], st["epoch"], st["micro"]
             rng_file = Path(d) / f"rng_rank{rank}.pt"
@@ -146,34 +153,61 @@ def train_func(config: dict) -> None:
     fail_dir = config.get("fail_marker_dir")
     fail_rank = 1 if world > 1 else 0
 
+    # DDP: evaluate the unwrapped model (its forward would broadcast buffers, a collective that deadlocks when
+    # workers hold different numbers of eval batches). FSDP must run the wrapped model on every worker, so
+    # every worker runs the same number of batches (repeats weigh 0).
+    fsdp = cfg.ray.strategy == "fsdp" and world > 1
+    eval_model = model if fsdp else peft_model
+    eval_batches = make_batches([len(e["input_ids"]) for e in evals], cfg.optim.batch_tokens, mode, 0,
+                                cfg.data.max_seq_len, row_len=row_len) if evals else []
+    per_rank = -(-len(eval_batches) // world)
+
     def evaluate() -> float | None:
         if not evals:
             return None
-        model.eval()
+        eval_model.eval()
         tot = torch.zeros(2, dtype=torch.float64, device=device)
-        eb = shard(make_batches([len(e["input_ids"]) for e in evals], cfg.optim.batch_tokens, mode, 0,
-                                cfg.data.max_seq_len), rank, 1)
-        mine = eb[rank::world]
+        mine = [(b, 1.0) for b in eval_batches[rank::world]]
+        mine += [(eval_batches[0], 0.0)] * (per_rank - len(mine))
         with torch.no_grad():
-            for b in mine:
-                batch = {k: v.to(device) for k, v in collate(evals, b, mode, pad_id).items()}
+            for b, weight in mine:
+                batch = {k: v.to(device) for k, v in collate(evals, b, mode, pad_id, row_len).items()}
                 n = int((batch["labels"][:, 1:] != -100).sum())
-                out = model(**batch, use_cache=False, num_items_in_batch=max(1, n))
-                tot += torch.tensor([float(out.loss) * n, n], dtype=torch.float64, device=device)
+                out = eval_model(**batch, use_cache=False, num_items_in_batch=max(1, n))
+                tot += torch.tensor([float(out.loss) * n * weight, n * weight], dtype=torch.float64,
+                                    device=device)
         if world > 1:
             dist.all_reduce(tot)
-        model.train()
+        eval_model.train()
         return float(tot[0] / max(1.0, float(tot[1])))
 
+    def adapter_state() -> dict | None:
+        """LoRA weights on rank 0 (FSDP: gathered from the shards; every worker must call this)."""
+        if fsdp:
+            from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT,
+                                      FullStateDictConfig(offload_to_cpu=True, rank0_only=True)):
+                full = model.state_dict()
+            if rank != 0:
+                return None
+            full = {k.removeprefix("_fsdp_wrapped_module."): v for k, v in full.items()}
+            return get_peft_model_state_dict(peft_model, state_dict=full)
+        return get_peft_model_state_dict(peft_model) if rank == 0 else None
+
     def save(metrics: dict) -> None:
+        state = adapter_state()
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(_rng_state(), Path(tmp) / f"rng_rank{rank}.pt")
+            if fsdp:
+                torch.save(opt.state_dict(), Path(tmp) / f"optimizer_rank{rank}.pt")
             if rank == 0:
-                peft_model.save_pretrained(Path(tmp) / ADAPTER_SUBDIR,
-                                           state_dict=get_peft_model_state_dict(peft_model))
-                torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
+                peft_model.save_pretrained(Path(tmp) / ADAPTER_SUBDIR, state_dict=state)
+                torch.save({"optimizer": None if fsdp else opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
                             "epoch": epoch, "micro": micro, "metrics": metrics}, Path(tmp) / STATE_FILE)
                 probe = (evals or train)[0]["input_ids"]
+            if rank == 0 and not fsdp:  # logits of the saved adapter, to check that reloading reproduces them
                 with torch.no_grad():
                     peft_model.eval()
                     logits = peft_model(input_ids=torch.tensor([probe], device=device)).logits[0, -8:]
@@ -190,7 +224,7 @@ def train_func(config: dict) -> None:
         if micro + accum > len(batches):
             epoch, micro = epoch + 1, 0
             batches = epoch_batches(epoch)
-        group = [collate(train, batches[micro + k], mode, pad_id) for k in range(accum)]
+        group = [collate(train, batches[micro + k], mode, pad_id, row_len) for k in range(accum)]
         n_items = sum(int((g["labels"][:, 1:] != -100).sum()) for g in group)
         for k, g in enumerate(group):
             g = {key: v.to(device) for key, v in g.items()}
@@ -200,7 +234,7 @@ def train_func(config: dict) -> None:
                 out = model(**g, use_cache=False, num_items_in_batch=max(1, n_items))
                 out.loss.backward()
             loss_sum += float(out.loss.detach()) * n_items
-            tokens += real_tokens(g)
+            tokens += real_tokens(train, batches[micro + k])
         loss_n += n_items
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
         opt.step()
@@ -214,7 +248,7 @@ def train_func(config: dict) -> None:
             if world > 1:
                 dist.all_reduce(tk)
             m = {"train_loss": float(tk[1]) / max(1.0, float(tk[2])), "tokens_per_s": float(tk[0]) / max(dt, 1e-9),
-                 "lr": sched.get_last_lr()[0], "grad_norm": float(norm),
+                 "window_tokens": int(tk[0]), "window_s": dt, "lr": sched.get_last_lr()[0], "grad_norm": float(norm),
                  "epoch": epoch + micro / max(1, len(batches))}
             log.write(step, m)
             if rank == 0:
@@ -237,7 +271,11 @@ def train_func(config: dict) -> None:
             if not marker.exists():
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.write_text(str(os.getpid()))
-                print(f"[raft train] injected failure: worker rank {rank} exits at step {step}", flush=True)
+                # Die during the next step, once the controller has polled the report above (every
+                # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S): a worker that dies right after ray.train.report can take
+                # the not-yet-registered checkpoint with it, and the run then resumes from the one before.
+                time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")) + 1)
+                print(f"[raft train] injected failure: worker rank {rank} exits after step {step}", flush=True)
                 os._exit(1)
     log.close()
 

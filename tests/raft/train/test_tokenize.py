@@ -71,7 +71,13 @@ def test_packed_loss_equals_padded_loss(tiny_model_dir, tok, records):
     with torch.no_grad():
         packed = model(**collate(enc, [0, 1, 2], "pack", tok.pad_token_id), num_items_in_batch=n).loss
         padded = model(**collate(enc, [0, 1, 2], "group", tok.pad_token_id), num_items_in_batch=n).loss
+        # rows of bounded length (sdpa path): two rows, the shorter one ends in a padding segment
+        row_len = len(enc[0]["input_ids"]) + len(enc[1]["input_ids"])
+        rows = collate(enc, [0, 1, 2], "pack", tok.pad_token_id, row_len=row_len)
+        assert rows["input_ids"].shape[0] == 2 and "attention_mask" not in rows
+        multi = model(**rows, num_items_in_batch=n).loss
     assert packed.item() == pytest.approx(padded.item(), rel=1e-4)
+    assert multi.item() == pytest.approx(padded.item(), rel=1e-4)
 
 
 def test_reads_gorilla_and_chat_records(tmp_path, records):

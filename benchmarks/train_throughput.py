@@ -1,0 +1,171 @@
+"""Training throughput, two comparisons in one run on the same model and data (ratios, not absolute times):
+
+1. `raft train` (1 Ray worker) vs a plain transformers `Trainer` + peft on identical padded batches
+   (same rows per batch, same LoRA, same steps): the cost of the framework. Target >= 0.95x.
+   `raft train` with packing vs the same Trainer is reported too.
+2. Padding-free packing and length-grouped batches vs naive padded batches on RAFT-length examples
+   (1-8 shown documents, so lengths vary a lot), all through `raft train`. Target >= 1.5x.
+
+Tokens/s counts real (non-padding) tokens per second of training steps, after `--warmup` steps.
+Writes benchmarks/results/train_throughput.{json,png}.
+
+    python benchmarks/train_throughput.py                 # tiny-ish Llama built locally, CPU, a few minutes
+    python benchmarks/train_throughput.py --steps 30 --hidden 384
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def raft_run(model: Path, data: Path, storage: Path, mode: str, args) -> dict:
+    from rich.console import Console
+
+    from raft.train.config import TrainConfig
+    from raft.train.trainer import run_training
+
+    cfg = TrainConfig.model_validate({
+        "model": {"name_or_path": str(model), "dtype": "fp32"},
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
+        "data": {"path": str(data), "max_seq_len": args.max_seq_len, "eval_split": None},
+        "optim": {"lr": 1e-3, "max_steps": args.steps, "batch_tokens": args.batch_tokens, "batching": mode,
+                  "warmup_ratio": 0.0},
+        "ray": {"num_workers": 1, "cpus_per_worker": 1, "storage_path": str(storage), "run_name": f"bench-{mode}",
+                "max_failures": 0},
+        "save_every": 10_000, "log_every": 1, "seed": 0})
+    run_training(cfg, console=Console(quiet=True))
+    rows = [json.loads(x) for x in (storage / f"bench-{mode}" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "window_tokens" in r][args.warmup:]
+    toks, secs = sum(r["window_tokens"] for r in rows), sum(r["window_s"] for r in rows)
+    return {"tokens_per_s": toks / secs, "tokens": toks, "seconds": secs, "steps": len(rows),
+            "step_s_median": statistics.median(r["window_s"] for r in rows)}
+
+
+def hf_trainer_run(model_dir: Path, data: Path, out: Path, args) -> dict:
+    """A plain Trainer + peft loop on the same tokenized examples and padded batches as `batching=pad`."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
+                              TrainerCallback, TrainingArguments)
+
+    from raft.train.data import load_examples
+    from raft.train.model import linear_module_names
+    from raft.train.tokenize import Renderer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    ex, _ = load_examples(str(data), "train")
+    enc, _ = Renderer(tok, args.max_seq_len).encode_all(ex)
+    torch.set_num_threads(1)  # a Ray worker with 1 CPU runs torch on one thread too
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                             target_modules=linear_module_names(model)))
+    rows = max(1, args.batch_tokens // args.max_seq_len)
+    times, tokens = [], []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, a, s, c, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, a, s, c, **kw):
+            times.append(time.perf_counter() - self.t)
+
+    class CountingTrainer(Trainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            tokens.append(int(inputs["attention_mask"].sum()))
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    targs = TrainingArguments(output_dir=str(out), per_device_train_batch_size=rows, max_steps=args.steps,
+                              learning_rate=1e-3, lr_scheduler_type="cosine", logging_steps=10_000,
+                              save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0,
+                              remove_unused_columns=False, disable_tqdm=True, seed=0)
+    trainer = CountingTrainer(model=model, args=targs, train_dataset=enc,
+                              data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100),
+                              callbacks=[Clock()])
+    trainer.train()
+    toks, secs = sum(tokens[args.warmup:]), sum(times[args.warmup:])
+    return {"tokens_per_s": toks / secs, "tokens": toks, "seconds": secs, "steps": len(times) - args.warmup,
+            "step_s_median": statistics.median(times[args.warmup:])}
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["runs"])
+    vals = [results["runs"][n]["tokens_per_s"] for n in names]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    bars = ax.bar(names, vals, color=["#888", "#4a7", "#27a", "#a52"][: len(names)])
+    ax.bar_label(bars, fmt="%.0f")
+    ax.set_ylabel("real tokens / s (training steps)")
+    r = results["ratios"]
+    ax.set_title(f"raft(pad)/Trainer {r['raft_pad_vs_hf_trainer']:.2f}x, pack/pad {r['pack_vs_pad']:.2f}x, "
+                 f"group/pad {r['group_vs_pad']:.2f}x", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--examples", type=int, default=160)
+    ap.add_argument("--max-seq-len", type=int, default=1024)
+    ap.add_argument("--batch-tokens", type=int, default=4096)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = ap.parse_args()
+
+    import ray
+
+    from raft.tiny_model import build_tiny_model, corpus_texts
+    from raft.train.sample_data import write_dataset
+
+    corpus = REPO / "raft" / "quickstart" / "corpus"
+    work = Path(tempfile.mkdtemp(prefix="raft-bench-"))
+    model = build_tiny_model(work / "model", corpus_texts(corpus), hidden_size=args.hidden, layers=args.layers,
+                             heads=4, kv_heads=2)
+    data = write_dataset(work / "data", corpus, n_train=args.examples, n_val=0, docs_min=1, docs_max=8)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                                       "OMP_NUM_THREADS": "1"}})
+    runs = {}
+    t = time.time()
+    runs["hf_trainer_pad"] = hf_trainer_run(model, data, work / "hf", args)
+    for mode in ("pad", "group", "pack"):
+        runs[f"raft_{mode}"] = raft_run(model, data, work / "runs", mode, args)
+    ray.shutdown()
+    tps = {k: v["tokens_per_s"] for k, v in runs.items()}
+    ratios = {"raft_pad_vs_hf_trainer": tps["raft_pad"] / tps["hf_trainer_pad"],
+              "raft_pack_vs_hf_trainer": tps["raft_pack"] / tps["hf_trainer_pad"],
+              "pack_vs_pad": tps["raft_pack"] / tps["raft_pad"], "group_vs_pad": tps["raft_group"] / tps["raft_pad"]}
+    results = {"args": vars(args), "runs": runs, "ratios": ratios, "wall_s": round(time.time() - t, 1),
+               "host": {"cpus": os.cpu_count(), "torch_threads": 1}, "date": time.strftime("%Y-%m-%d %H:%M")}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_throughput.json").write_text(json.dumps(results, indent=2))
+    plot(results, out / "train_throughput.png")
+    for k, v in tps.items():
+        print(f"{k:>16}: {v:8.0f} tokens/s")
+    for k, v in ratios.items():
+        print(f"{k:>24}: {v:.2f}x")
+    print(f"results: {out / 'train_throughput.json'}, {out / 'train_throughput.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
