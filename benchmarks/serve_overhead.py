@@ -202,8 +202,12 @@ def main() -> int:
                                "--delay-ms", str(a.engine_delay_ms)], env=env, cwd=REPO)
     cfg = Path(tempfile.mkdtemp()) / "serve.yaml"
     cfg.write_text(json.dumps({"serve": {
-        "engine": {"kind": "openai", "url": f"http://127.0.0.1:{eport}/v1", "model": "fake-model"},
-        "retrieval": {"backend": "local", "index_dir": str(index_dir), "top_k": a.top_k, "mode": a.mode},
+        # generous timeouts: on a shared 2-core box a burst of 64 connects or a queued retrieval can
+        # exceed the defaults (which are tuned to fail fast when something is really down)
+        "engine": {"kind": "openai", "url": f"http://127.0.0.1:{eport}/v1", "model": "fake-model",
+                   "connect_timeout_s": 10.0},
+        "retrieval": {"backend": "local", "index_dir": str(index_dir), "top_k": a.top_k, "mode": a.mode,
+                      "timeout_s": 60.0},
         "runner": "uvicorn", "port": gport, "log_level": "warning"}}))
     gateway = subprocess.Popen([sys.executable, "-m", "raft.cli", "serve", "--config", str(cfg)], env=env, cwd=REPO)
     results: dict = {"setup": {"chunks": a.chunks, "engine_delay_ms": a.engine_delay_ms, "mode": a.mode,

@@ -18,6 +18,9 @@ from serving.errors import EngineUnavailable, GatewayError
 
 log = logging.getLogger("raft.serve.engine")
 
+# A pooled keep-alive connection the engine closed a moment ago fails like this before the engine read
+# anything; one retry on a fresh connection is safe (generation has no side effects) and hides the race.
+_STALE = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 _DOWN = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError,
          httpx.WriteError, httpx.PoolTimeout, httpx.CloseError)
 
@@ -36,7 +39,10 @@ class EngineClient:
         self.timeout = httpx.Timeout(request_timeout, connect=connect_timeout, pool=connect_timeout * 4)
         self._client = httpx.AsyncClient(
             base_url=self.url, headers=headers, timeout=self.timeout,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            # expire idle connections before the engine's own keep-alive timeout (uvicorn, hence vLLM and
+            # transformers serve: 5 s) so the gateway rarely reuses one the engine is closing
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
+                                keepalive_expiry=2.0),
         )
 
     async def aclose(self) -> None:
@@ -71,7 +77,10 @@ class EngineClient:
     async def post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Non-streamed call, e.g. post("/v1/chat/completions", body) -> the engine's JSON."""
         try:
-            resp = await self._client.post(path, json=payload)
+            try:
+                resp = await self._client.post(path, json=payload)
+            except _STALE:
+                resp = await self._client.post(path, json=payload)
         except _DOWN as e:
             raise self._down(e) from None
         except httpx.TimeoutException as e:
@@ -88,6 +97,21 @@ class EngineClient:
     async def stream(self, path: str, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Streamed call: yields each SSE `data:` chunk as a dict; ends at `[DONE]` or end of body.
         Raises EngineUnavailable if the engine goes away mid-stream."""
+        started = False
+        try:
+            async for chunk in self._stream_once(path, payload):
+                started = True
+                yield chunk
+        except _STALE:
+            if started:
+                raise self._down(httpx.ReadError("the engine closed the stream mid-answer")) from None
+            try:
+                async for chunk in self._stream_once(path, payload):  # stale pooled connection: once more
+                    yield chunk
+            except _STALE as e:
+                raise self._down(e) from None
+
+    async def _stream_once(self, path: str, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         try:
             async with self._client.stream("POST", path, json=payload) as resp:
                 if resp.status_code != 200:
@@ -110,6 +134,8 @@ class EngineClient:
                         raise GatewayError(502, f"The model engine failed mid-stream: {msg}", "api_error",
                                            None, "engine_error")
                     yield chunk
+        except _STALE:
+            raise
         except _DOWN as e:
             raise self._down(e) from None
         except httpx.TimeoutException as e:
