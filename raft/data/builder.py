@@ -266,8 +266,11 @@ class Builder:
         for it in kept:
             it.split = doc_split[by_id[it.oracle_ids[0]].doc_id]
         task = prog.add("mining distractors", len(kept))
+        # with a questions file, no chunk of a gold document is a distractor (it may hold a supporting fact)
+        gold_docs = (lambda it: it.gold_ids) if cfg.questions_file else (lambda it: [])
         mined = mine_distractors(self.index, [MineItem(it.key, it.question, it.oracle_ids,
-                                                       [it.final_answer] + it.answers, it.split) for it in kept],
+                                                       [it.final_answer] + it.answers, it.split, gold_docs(it))
+                                              for it in kept],
                                  sorted(by_id), cfg.mix, cfg.seed, doc_split,
                                  progress=lambda n: prog.advance(task, n))
         stats = mined.stats

@@ -41,6 +41,7 @@ class MineItem:
     oracle_ids: list[str]
     answers: list[str] = field(default_factory=list)
     split: str | None = None
+    exclude_docs: list[str] = field(default_factory=list)  # e.g. the gold documents of a given question
 
 
 @dataclass
@@ -160,6 +161,7 @@ def _choose(it: MineItem, hits, texts: _TextCache, pools, chunk_split: dict[str,
     oracle_words = [texts.words(o) for o in it.oracle_ids]
     oracle_norm = {texts.norm[o] for o in it.oracle_ids}
     oracle_docs = {texts.doc[o] for o in it.oracle_ids}
+    banned_docs = set(it.exclude_docs)
     pats = [p for p in map(answer_pattern, it.answers) if p is not None] if cfg.exclude_answer else []
     seen: set[str] = set(oracle)
     reasons = stats
@@ -177,6 +179,9 @@ def _choose(it: MineItem, hits, texts: _TextCache, pools, chunk_split: dict[str,
             return False
         if cfg.exclude_same_doc and texts.doc[cid] in oracle_docs:
             reasons["excluded_same_doc"] += 1
+            return False
+        if banned_docs and texts.doc[cid] in banned_docs:
+            reasons["excluded_gold_doc"] += 1
             return False
         if norm in oracle_norm or any(_jaccard(texts.words(cid), w) >= cfg.dup_jaccard for w in oracle_words):
             reasons["excluded_near_duplicate"] += 1

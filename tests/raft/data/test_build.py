@@ -108,6 +108,9 @@ def test_questions_file_maps_gold_docs_to_oracle_chunks(tmp_path, index):
     assert recs["a"]["final_answer"] == "Zq3x1"
     assert {index.chunks[c].doc_id for c in recs["b"]["oracle_ids"]} == {"doc004", "doc005"}
     assert len(recs["b"]["doc_ids"]) == 3 + len(recs["b"]["oracle_ids"])
+    for r in recs.values():  # no chunk of a gold document serves as a distractor
+        gold = {"a": {"doc003"}, "b": {"doc004", "doc005"}}[r["id"]]
+        assert all(index.chunks[c].doc_id not in gold for c in r["doc_ids"] if c not in r["oracle_ids"])
     assert s["answers"]["dropped_by_reason"] == {"gold_doc_not_in_corpus": 1}
     ev = _read(tmp_path / "o", "eval")["train"]
     assert {e["id"]: e["gold_ids"] for e in ev}["b"] == ["doc004", "doc005"]
