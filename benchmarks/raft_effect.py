@@ -155,13 +155,18 @@ def main() -> int:
     print(f"raft_effect: {args.docs} facts, {args.steps} steps per run, output {out}", flush=True)
 
     corpus, questions, texts = make_task(out / "task", args.docs, args.seed)
-    from raft.prompt import SYSTEM_PROMPT
+    from raft.prompt import SYSTEM_PROMPT, cot_answer, render_user
     from raft.tiny_model import build_tiny_model
 
     base = out / "base-model"
-    if not (base / "config.json").exists():  # a tokenizer that knows the task's words, a random model
-        build_tiny_model(base, texts + [SYSTEM_PROMPT] * 20, hidden_size=args.hidden, layers=args.layers,
-                         seed=args.seed)
+    if not (base / "config.json").exists():
+        # a random model whose tokenizer has seen whole rendered prompts, so the prompt's fixed parts
+        # (system prompt, document tags, chat roles) become few tokens: shorter sequences, faster training
+        docs = [{"title": t.split()[3], "text": t} for t in texts[::2][:500]]
+        rendered = [f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
+                    + render_user(texts[2 * i + 1], docs[i:i + 5]) + "<|im_end|>\n<|im_start|>assistant\n"
+                    + cot_answer("The context states:", [texts[2 * i]], "x") for i in range(0, 495, 5)]
+        build_tiny_model(base, texts + rendered, hidden_size=args.hidden, layers=args.layers, seed=args.seed)
 
     runs = {"RAFT": (args.train_distractors, args.p_oracle), "oracle-only": (0, 1.0)}
     index = None

@@ -184,3 +184,29 @@ def test_failed_requests_are_counted_not_fatal(tmp_path, server, dataset):
                  f'systems=[{{"name": "bad", "base_url": "{server.base_url}/x", "model": "reader"}}]']) == 1
     run = json.loads((tmp_path / "report" / "report.json").read_text())["runs"][0]
     assert run["errors"] == 6 and run["em"] is None and "404" in run["first_error"]
+
+
+@pytest.mark.slow  # embeds with the bundled MiniLM: seconds alone, minutes on a busy 2-core machine
+def test_local_retrieval_against_a_real_index(tmp_path, server, embedder_path):
+    """A plain engine with retrieval done by the eval client: RetrievalIndex search -> RAFT prompt."""
+    from retrieval.config import IndexConfig
+    from retrieval.index import RetrievalIndex
+    from retrieval.types import Document
+
+    docs = [Document(doc_id, fact(n, v), title=n) for doc_id, (n, v) in CORPUS.items()]
+    RetrievalIndex.build(docs, tmp_path / "idx", IndexConfig(embedder=embedder_path)).close()
+    qs = tmp_path / "q.jsonl"
+    qs.write_text("".join(json.dumps({"id": f"x{i}", "question": f"What is the key of {n}?", "answers": [v],
+                                      "gold_ids": [d]}) + "\n" for i, (d, (n, v)) in enumerate(CORPUS.items())))
+    rc = main(["eval", "--data", str(qs), "--out", str(tmp_path / "r"), f"index={tmp_path / 'idx'}",
+               f'systems=[{{"name": "rag", "base_url": "{server.base_url}", "model": "reader", '
+               '"retrieval": "local", "top_k": 3, "search_mode": "bm25"}]', "sweep.top_k=[1]"])
+    assert rc == 0
+    runs = {r["label"]: r for r in json.loads((tmp_path / "r" / "report.json").read_text())["runs"]}
+    # BM25 finds the one document that names the key: first rank, so the reader answers everything
+    assert runs["rag"]["recall@1"] == 1.0 and runs["rag"]["mrr"] == 1.0 and runs["rag"]["em"] == 1.0
+    assert runs["rag"]["quote_validity"] == 1.0 and runs["rag"]["citation_precision"] == 1.0
+    assert runs["rag top_k=1"]["em"] == 1.0
+    # the engine saw the RAFT prompt with exactly top_k rendered documents
+    shown = [r["messages"][-1]["content"].count("<DOCUMENT>") for r in server.requests]
+    assert sorted(set(shown)) == [1, 3]
