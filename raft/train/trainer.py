@@ -63,8 +63,23 @@ def prepare_data(cfg: TrainConfig, tokenizer, console) -> tuple[dict, dict]:
                         "would be cut off); raise train.data.max_seq_len")
     stats = {"train_source": where, "eval_source": eval_where, "label_mode": renderer.label_mode,
              "chat_template": renderer.use_chat, "train": tstats.summary(), "eval": estats.summary()}
+    check_batches(cfg, [len(e["input_ids"]) for e in train])
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return {"train": train, "eval": evals, "pad_id": pad}, stats
+
+
+def check_batches(cfg: TrainConfig, lengths: list[int]) -> None:
+    """Every worker needs at least one optimizer step's worth of micro-batches per epoch."""
+    from raft.train.batching import make_batches
+
+    flash = (cfg.model.attn_implementation or "").startswith("flash")
+    n = len(make_batches(lengths, cfg.optim.batch_tokens, cfg.optim.batching, cfg.seed * 1000,
+                         cfg.data.max_seq_len, row_len=cfg.optim.batch_tokens if flash else cfg.data.max_seq_len))
+    need = cfg.ray.num_workers * cfg.optim.grad_accum
+    if n < need:
+        raise RaftError(f"{len(lengths)} training examples make {n} micro-batches of optim.batch_tokens="
+                        f"{cfg.optim.batch_tokens}, fewer than ray.num_workers x optim.grad_accum = {need}; "
+                        "lower optim.batch_tokens, grad_accum or num_workers, or add data")
 
 
 def print_stats(stats: dict, console) -> None:

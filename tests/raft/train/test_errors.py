@@ -116,3 +116,8 @@ def test_config_cross_checks_are_reported_together():
                                         "data.max_seq_len=512"])
     text = str(e.value)
     assert "QLoRA" in text and "fp16" in text and "batch_tokens" in text
+
+
+def test_too_little_data_for_the_workers(make_cfg):
+    with pytest.raises(RaftError, match="fewer than ray.num_workers x optim.grad_accum = 4"):
+        _run(make_cfg(data__max_examples=2, optim__grad_accum=2))
