@@ -110,6 +110,8 @@ class Embedder:
 
     @property
     def dim(self) -> int:
+        if self._model is None and self.name == "all-MiniLM-L6-v2":
+            return 384  # known without loading the model (a --ray build never loads it in the driver)
         return int(self.model.get_embedding_dimension())
 
     @property

@@ -162,13 +162,14 @@ class RetrievalIndex:
             why = "; ".join(f"{p}: {r}" for p, r in skipped[:5])
             raise RetrievalError(f"corpus {where!r} has no usable documents" + (f" (skipped: {why})" if why else
                                  "") + "; give .txt/.md/.html/.pdf/.json/.jsonl files with text")
-        tok = load_tokenizer(cfg.embedder)
+        embedder = shared_embedder(cfg.embedder, cfg.device, cfg.batch_size, cfg.max_seq_length)
+        # the loaded model's tokenizer when there is one; else the tokenizer alone (--ray: no model here)
+        tok = embedder.tokenizer if embedder._model is not None else load_tokenizer(cfg.embedder)
         chunks = chunk_documents(docs, tok, cfg.chunk_size, cfg.chunk_overlap)
         if not chunks:
             raise RetrievalError(f"corpus {where!r} produced no chunks (all documents empty after tokenizing)")
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        embedder = shared_embedder(cfg.embedder, cfg.device, cfg.batch_size, cfg.max_seq_length)
         texts = [_embed_text(c) for c in chunks]
         vectors, encoded = _embed_chunks(texts, embedder, out, cfg, show_progress)
         idx = cls._write_new(out, chunks, vectors, cfg, embedder.name, embedder)
@@ -180,8 +181,9 @@ class RetrievalIndex:
     @classmethod
     def _write_new(cls, out: Path, chunks: list[Chunk], vectors: np.ndarray, cfg: IndexConfig,
                    embedder_name: str, embedder: Embedder | None = None,
-                   hashes: list[str] | None = None) -> "RetrievalIndex":
-        """Write a fresh generation from chunks and their vectors (also used by benchmarks)."""
+                   hashes: list[str] | None = None, dense: DenseIndex | None = None) -> "RetrievalIndex":
+        """Write a fresh generation from chunks and their vectors (also used by benchmarks, which may
+        pass a prebuilt `dense` whose ids are the rows 1..n the store assigns)."""
         out.mkdir(parents=True, exist_ok=True)
         old_gen = 0
         try:
@@ -200,17 +202,20 @@ class RetrievalIndex:
         st.close()
         _fsync_rename(tmp, out / store_name)
         _crash_point("after_store")
-        kind = choose_type(cfg.index_type, len(chunks))
-        params = make_params(kind, dim, len(chunks), cfg)
-        rng = np.random.default_rng(0)
-        train = vectors[rng.permutation(len(vectors))] if kind.startswith("ivf") else None
-        dense = DenseIndex.create(kind, dim, dict(params, use_gpu=cfg.use_gpu), cfg.shards, train)
-        dense.add(vectors, rows)
+        if dense is None:
+            kind = choose_type(cfg.index_type, len(chunks))
+            params = make_params(kind, dim, len(chunks), cfg)
+            rng = np.random.default_rng(0)
+            train = vectors[rng.permutation(len(vectors))[:200_000]] if kind.startswith("ivf") else None
+            dense = DenseIndex.create(kind, dim, dict(params, use_gpu=cfg.use_gpu), cfg.shards, train)
+            dense.add(vectors, rows)
+        else:
+            kind, params = dense.kind, {k: v for k, v in dense.params.items() if k != "use_gpu"}
         dense_files = dense.save(out, gen)
         _crash_point("after_dense")
         man = {"format": FORMAT, "format_version": FORMAT_VERSION, "generation": gen,
                "embedder": {"name": embedder_name, "dim": dim},
-               "faiss": {"type": kind, "params": params, "shards": cfg.shards, "files": dense_files,
+               "faiss": {"type": kind, "params": params, "shards": len(dense.shards), "files": dense_files,
                          "metric": "inner_product"},
                "store": store_name, "config": cfg.model_dump(mode="json"),
                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

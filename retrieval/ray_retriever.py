@@ -30,6 +30,7 @@ class ShardServer:
 
     def __init__(self, index_dir: str, shard: int, num_shards: int, embedder: str | None = None):
         self.index_dir, self.shard, self.num_shards, self.embedder = index_dir, shard, num_shards, embedder
+        _limit_threads()
         self._load()
 
     def _load(self) -> None:
@@ -107,8 +108,27 @@ class ShardServer:
         return len(self.idx)
 
 
+def _limit_threads() -> None:
+    """One query is small: OpenMP/torch thread pools only add wake-up latency and oversubscribe the
+    CPUs an actor shares with the others (RAFT_ACTOR_THREADS overrides)."""
+    n = int(os.environ.get("RAFT_ACTOR_THREADS", "1"))
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+    except Exception:
+        pass
+    try:
+        import torch
+
+        torch.set_num_threads(n)
+    except Exception:
+        pass
+
+
 class EmbedServer:
     def __init__(self, index_dir: str, embedder: str | None = None):
+        _limit_threads()
         from retrieval.index import RetrievalIndex, read_manifest
 
         man = read_manifest(index_dir)
