@@ -145,6 +145,8 @@ class TrainConfig(Config):
         if self.optim.batch_tokens < self.data.max_seq_len and self.optim.batching != "pad":
             problems.append(f"optim.batch_tokens ({self.optim.batch_tokens}) must be >= data.max_seq_len "
                             f"({self.data.max_seq_len}) so that the longest example fits one micro-batch")
+        if self.ray.strategy == "fsdp" and not self.ray.use_gpu:
+            problems.append("ray.strategy=fsdp needs ray.use_gpu=true (Ray Train's FSDP is GPU-only); use ddp on CPU")
         if self.lora.quantize == "4bit" and self.ray.strategy == "fsdp":
             problems.append("lora.quantize=4bit with ray.strategy=fsdp is not supported; use ddp")
         if problems:

@@ -113,9 +113,9 @@ def test_every_train_config_loads(path):
 def test_config_cross_checks_are_reported_together():
     with pytest.raises(ConfigError) as e:
         load_config(TrainConfig, None, ["lora.quantize=4bit", "model.dtype=fp16", "optim.batch_tokens=100",
-                                        "data.max_seq_len=512"])
+                                        "data.max_seq_len=512", "ray.strategy=fsdp"])
     text = str(e.value)
-    assert "QLoRA" in text and "fp16" in text and "batch_tokens" in text
+    assert "QLoRA" in text and "fp16" in text and "batch_tokens" in text and "fsdp needs ray.use_gpu" in text
 
 
 def test_too_little_data_for_the_workers(make_cfg):
