@@ -4,7 +4,8 @@ batched distractor mining on 100k synthetic chunks.
 1. A local endpoint (its own process, asyncio, HTTP/1.1 keep-alive) answers every chat completion after a
    fixed delay (default 200 ms) with a valid RAFT answer. N questions go through the builder's real answer
    path (OpenAITeacher -> quote verification -> SQLite cache) at concurrency 1, 8 and 64; the ideal rate
-   is concurrency / delay, the target at 64 is >= 90 % of it.
+   is concurrency / delay, the target at 64 is >= 90 % of it. A bare asyncio socket client (no JSON, no
+   checks, no cache) runs the same load right after, as the ceiling this machine allows at that moment.
 2. Mining: 100k chunks with random unit vectors (dim 384, like MiniLM) in a FAISS IVF-Flat index (random
    vectors are HNSW's worst case: building it alone took over 3 minutes here), one question per chunk; all
    100k questions mined with
@@ -94,6 +95,32 @@ def _free_port() -> int:
     return port
 
 
+async def _raw_client(port: int, n: int, c: int) -> float:
+    """The machine's ceiling: a bare asyncio HTTP/1.1 client over c keep-alive sockets (no JSON, no checks)."""
+    body = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "q"}]}).encode()
+    req = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+           b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    pool: asyncio.Queue = asyncio.Queue()
+    for _ in range(c):
+        pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+
+    async def one() -> None:
+        r, w = await pool.get()
+        w.write(req)
+        await w.drain()
+        head = await r.readuntil(b"\r\n\r\n")
+        length = next(int(x.split(b":", 1)[1]) for x in head.split(b"\r\n") if x.lower().startswith(b"content-length"))
+        await r.readexactly(length)
+        pool.put_nowait((r, w))
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(n)))
+    dt = time.perf_counter() - t0
+    while not pool.empty():
+        pool.get_nowait()[1].close()
+    return dt
+
+
 def bench_teacher(delay: float, levels: list[int], seconds_per_level: float) -> list[dict]:
     from raft.data.builder import Builder, Item
     from raft.data.cache import TeacherCache
@@ -137,8 +164,12 @@ def bench_teacher(delay: float, levels: list[int], seconds_per_level: float) -> 
             rows.append({"concurrency": c, "questions": n, "kept": int(sum(oks)), "seconds": round(dt, 3),
                          "questions_per_s": round(n / dt, 1), "ideal_per_s": round(ideal, 1),
                          "ratio_to_ideal": round(n / dt / ideal, 3)})
+            raw = _run_loop(_raw_client(port, n, c))
+            rows[-1].update(raw_client_per_s=round(n / raw, 1), raw_client_ratio_to_ideal=round(n / raw / ideal, 3),
+                            ratio_to_raw_client=round(raw / dt, 3))
             print(f"teacher  concurrency {c:>3}: {n / dt:7.1f} q/s  ideal {ideal:6.1f}  ratio {n / dt / ideal:.3f}"
-                  f"  (kept {sum(oks)}/{n})", flush=True)
+                  f"  (kept {sum(oks)}/{n}); bare-socket client {n / raw:7.1f} q/s = ratio {n / raw / ideal:.3f}; "
+                  f"builder/bare {raw / dt:.3f}", flush=True)
     finally:
         proc.terminate()
         proc.join(5)
@@ -209,12 +240,17 @@ def bench_mining(n: int, dim: int, subset: int) -> dict:
         it.split = doc_split[c.doc_id]
     cfg = MixConfig()
     ids = idx.chunk_ids()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = mine_distractors(idx, items, ids, cfg, seed=0, doc_split=doc_split, vectors=q)
-    full = time.perf_counter() - t0
+    full, cpu = time.perf_counter() - t0, time.process_time() - c0
+    t0 = time.perf_counter()
+    for i in range(0, n, cfg.batch_size):  # the FAISS part alone, for scale
+        idx.index.search(q[i:i + cfg.batch_size], cfg.mine_k)
+    faiss_s = time.perf_counter() - t0
     ok = len(res.distractors)
     print(f"mining   {n} questions (D={cfg.num_distractors}, k={cfg.mine_k}, within-split) in {full:.1f}s "
-          f"= {n / full:,.0f} q/s; target <= 60 s: ratio {full / 60:.2f}; mined {ok}/{n}", flush=True)
+          f"= {n / full:,.0f} q/s; target <= 60 s: ratio {full / 60:.2f}; mined {ok}/{n}; process CPU {cpu:.1f}s "
+          f"(FAISS search alone {faiss_s:.1f}s wall); load average {os.getloadavg()[0]:.1f}", flush=True)
     # batched vs one query per search call, on a subset
     sub = items[:subset]
     t0 = time.perf_counter()
@@ -226,7 +262,8 @@ def bench_mining(n: int, dim: int, subset: int) -> dict:
     print(f"mining   {subset} questions: batched {batched:.2f}s vs one-by-one {single:.2f}s "
           f"(speed-up {single / batched:.1f}x)", flush=True)
     return {"chunks": n, "dim": dim, "index": idx.desc, "index_build_seconds": round(idx.build_seconds, 1),
-            "questions": n, "mined": ok, "seconds": round(full, 2), "questions_per_s": round(n / full, 1),
+            "questions": n, "mined": ok, "seconds": round(full, 2), "process_cpu_seconds": round(cpu, 2),
+            "faiss_search_seconds": round(faiss_s, 2), "load_average_after": os.getloadavg(), "questions_per_s": round(n / full, 1),
             "target_seconds": 60, "ratio_to_target": round(full / 60, 3), "stats": dict(res.stats),
             "subset": subset, "subset_batched_seconds": round(batched, 3),
             "subset_single_seconds": round(single, 3), "batching_speedup": round(single / batched, 2)}
@@ -243,6 +280,7 @@ def plot(result: dict, path: Path) -> None:
     xs = [r["concurrency"] for r in t]
     a.plot(xs, [r["questions_per_s"] for r in t], "o-", label="measured")
     a.plot(xs, [r["ideal_per_s"] for r in t], "k--", label="ideal = concurrency / delay")
+    a.plot(xs, [r.get("raw_client_per_s", 0) for r in t], "s:", label="bare-socket client (machine ceiling)")
     a.set_xscale("log", base=2)
     a.set_yscale("log")
     a.set_xlabel("concurrency")

@@ -228,10 +228,12 @@ def _sample(pool: Sequence[str], n: int, rng: random.Random, texts: _TextCache, 
     out: list[str] = []
     tries = 0
     budget = max(8 * n, 64)
+    norm, size = texts.norm, len(pool)
     while len(out) < n and tries < budget:  # fast path: random draws (pool is usually large)
-        cid = pool[rng.randrange(len(pool))]
+        cid = pool[rng.randrange(size)]
         tries += 1
-        texts.ensure([cid])
+        if cid not in norm:
+            texts.ensure([cid])
         if ok(cid):
             out.append(cid)
     if len(out) < n:  # slow path: walk a seeded permutation of the whole pool
