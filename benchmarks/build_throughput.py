@@ -289,9 +289,11 @@ def plot(result: dict, path: Path) -> None:
     a.legend()
     m = result.get("mining")
     if m:
-        b.bar(["mining 100k", "target"], [m["seconds"], m["target_seconds"]], color=["tab:blue", "tab:gray"])
+        b.bar(["wall", "process CPU", "FAISS search\n(wall)", "target"],
+              [m["seconds"], m.get("process_cpu_seconds", 0), m.get("faiss_search_seconds", 0), m["target_seconds"]],
+              color=["tab:blue", "tab:green", "tab:orange", "tab:gray"])
         b.set_ylabel("seconds")
-        b.set_title(f"distractor mining, {m['chunks']:,} chunks")
+        b.set_title(f"mining {m['questions']:,} questions over {m['chunks']:,} chunks")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
