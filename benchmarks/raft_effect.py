@@ -69,6 +69,31 @@ def make_task(out: Path, n_docs: int, seed: int) -> tuple[Path, Path, list[str]]
     return cp, qp, texts
 
 
+def unmark_raft_tags(model_dir: Path) -> None:
+    """The tiny tokenizer registers the RAFT tags as *special* tokens, and engines decode with
+    skip_special_tokens, so a served model's `<ANSWER>:` and quote tags vanish from its replies and
+    nothing can be scored. Keep them atomic but not special (reported upstream for raft/tiny_model.py)."""
+    from raft.prompt import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE
+
+    tags = {ANSWER_TAG, BEGIN_QUOTE, END_QUOTE}
+    tj = model_dir / "tokenizer.json"
+    data = json.loads(tj.read_text())
+    for tok in data.get("added_tokens", []):
+        if tok["content"] in tags:
+            tok["special"] = False
+    tj.write_text(json.dumps(data, ensure_ascii=False))
+    tc = model_dir / "tokenizer_config.json"
+    if tc.exists():
+        cfg = json.loads(tc.read_text())
+        for tok in (cfg.get("added_tokens_decoder") or {}).values():
+            if tok.get("content") in tags:
+                tok["special"] = False
+        extra = cfg.get("extra_special_tokens") or cfg.get("additional_special_tokens")
+        if isinstance(extra, list):
+            extra[:] = [t for t in extra if t not in tags]
+        tc.write_text(json.dumps(cfg, ensure_ascii=False, indent=2))
+
+
 def raft(*args: str, log: Path) -> None:
     """Run one `raft` subcommand in a fresh process (as a user would); fail loudly with its log tail."""
     cmd = [sys.executable, "-m", "raft.cli", *args]
@@ -137,7 +162,7 @@ def main() -> int:
     p.add_argument("--out", default="runs/raft_effect", help="work and result directory")
     p.add_argument("--docs", type=int, default=2000, help="facts (documents) = questions")
     p.add_argument("--steps", type=int, default=300, help="optimizer steps per training run")
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--rank", type=int, default=32, help="LoRA rank")
     p.add_argument("--hidden", type=int, default=64, help="tiny model width")
     p.add_argument("--layers", type=int, default=2, help="tiny model depth")
@@ -167,24 +192,30 @@ def main() -> int:
                     + render_user(texts[2 * i + 1], docs[i:i + 5]) + "<|im_end|>\n<|im_start|>assistant\n"
                     + cot_answer("The context states:", [texts[2 * i]], "x") for i in range(0, 495, 5)]
         build_tiny_model(base, texts + rendered, hidden_size=args.hidden, layers=args.layers, seed=args.seed)
+    unmark_raft_tags(base)
 
     runs = {"RAFT": (args.train_distractors, args.p_oracle), "oracle-only": (0, 1.0)}
     index = None
     for name, (d, p_oracle) in runs.items():
         ds = out / f"data-{name}"
         extra = ["--index", str(index)] if index else []
-        # overrides right after the corpus: argparse keeps the two positionals together
-        raft("build", str(corpus), "teacher.kind=extractive", f"mix.num_distractors={d}",
-             f"mix.p_oracle={p_oracle}", f"seed={args.seed}", "split.train=0.85", "split.validation=0.05",
-             "split.test=0.1", "--out", str(ds), "--questions", str(questions), "--quiet", *extra, log=log)
         index = index or ds / "index"
+        if (ds / "manifest.json").exists() and (ds / "raft" / "test.jsonl").exists():
+            print(f"  raft build     (reusing {ds})", flush=True)  # a finished build from an earlier run
+        else:
+            # overrides right after the corpus: argparse keeps the two positionals together
+            raft("build", str(corpus), "teacher.kind=extractive", f"mix.num_distractors={d}",
+                 f"mix.p_oracle={p_oracle}", f"seed={args.seed}", "split.train=0.85", "split.validation=0.05",
+                 "split.test=0.1", "--out", str(ds), "--questions", str(questions), "--quiet", *extra, log=log)
         adapter = out / f"adapter-{name}"
         raft("train", f"model.name_or_path={base}", "model.dtype=fp32", f"data.path={ds}",
              "data.max_seq_len=512", "lora.r=" + str(args.rank), "lora.alpha=" + str(args.rank),
+             # a random base learns only through its adapters: adapt the output head too
+             "lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head]",
              "lora.dropout=0.0", f"optim.lr={args.lr}", f"optim.max_steps={args.steps}",
              "optim.batch_tokens=4096", "optim.warmup_ratio=0.05", "optim.batching=pack",
              "ray.num_workers=1", "ray.cpus_per_worker=1", f"ray.storage_path={out / 'ray'}",
-             f"ray.run_name=raft-effect-{name}-{args.seed}-{args.steps}", f"output_dir={adapter}",
+             f"ray.run_name=raft-effect-{name}-{args.seed}-{args.steps}-{args.lr:g}-{args.rank}", f"output_dir={adapter}",
              f"save_every={args.steps}", "export=last", "log_every=25", f"seed={args.seed}", log=log)
         raft("export", str(adapter), "--merge", "--out", str(out / f"merged-{name}"), log=log)
 
