@@ -86,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         top.print_help()
         return 0
     parser, module = command_parser(argv[0])
-    args = parser.parse_args(argv[1:])
+    try:
+        # options, positionals and key=value overrides in any order (`raft train --config c.yaml lr=1`)
+        args = parser.parse_intermixed_args(argv[1:])
+    except TypeError:  # commands with sub-subcommands (raft index ...) cannot be parsed intermixed
+        args = parser.parse_args(argv[1:])
     try:
         return int(module.run(args) or 0)
     except _user_errors() as e:

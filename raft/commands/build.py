@@ -21,10 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "generation (= build.questions_file)")
     p.add_argument("--index", metavar="DIR", help="reuse an existing index directory (= build.index_dir)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
-    add_config_arguments(p, "build")
-    # CORPUS, options and key=value overrides may come in any order (plain parse_args would reject
-    # `raft build docs/ --out d seed=1`); parse_intermixed_args collects the positionals first.
-    p.parse_args = p.parse_intermixed_args
+    add_config_arguments(p, "build")  # raft/cli.py parses intermixed: CORPUS, options and overrides in any order
 
 
 def run(args: argparse.Namespace) -> int:
