@@ -259,6 +259,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--work", default=tempfile.gettempdir())
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    ap.add_argument("--name", help="result file stem (default retrieval_speed[_nN])")
     a = ap.parse_args()
     res: dict = {"args": vars(a), "cpu_count": os.cpu_count(),
                  "note": "2 shared CPU cores, other jobs running: absolute times drift, compare ratios"}
@@ -267,10 +268,10 @@ def main() -> int:
         {"ann": part_ann, "ray": part_ray, "ingest": part_ingest}[part](a, res, state)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    suffix = "" if a.n == 1_000_000 else f"_n{a.n}"
-    (out / f"retrieval_speed{suffix}.json").write_text(json.dumps(res, indent=2))
-    _plot(res, out / f"retrieval_speed{suffix}.png")
-    print(f"wrote {out}/retrieval_speed{suffix}.json and .png")
+    stem = a.name or ("retrieval_speed" + ("" if a.n == 1_000_000 else f"_n{a.n}"))
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=2))
+    _plot(res, out / f"{stem}.png")
+    print(f"wrote {out}/{stem}.json and .png")
     return 0
 
 
