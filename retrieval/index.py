@@ -291,7 +291,7 @@ class RetrievalIndex:
         if not flt:
             d, i = dense.search(vecs, k)
             return [[(int(r), float(s)) for r, s in zip(ri, di) if r >= 0] for di, ri in zip(d, i)]
-        allowed = self.store.rows_matching(flt)
+        allowed = self._allowed_rows(flt)
         if partition is not None:
             allowed = allowed[allowed % partition[0] == partition[1]]
         if len(allowed) == 0:
@@ -306,6 +306,18 @@ class RetrievalIndex:
             if dense.kind == "flat" or all(int((ri >= 0).sum()) >= want for ri in i):
                 break
         return [[(int(r), float(s)) for r, s in zip(ri, di) if r >= 0] for di, ri in zip(d, i)]
+
+    def _allowed_rows(self, flt: dict) -> np.ndarray:
+        """Rows matching a filter, memoised per store generation: resolving a filter scans the metadata
+        (O(chunks)), and the same few tenant filters repeat on every query."""
+        store = self.store
+        key = (id(store), json.dumps(flt, sort_keys=True, default=str))
+        cache = self.__dict__.setdefault("_allowed_cache", {})
+        if key not in cache:
+            if len(cache) >= 64:
+                cache.pop(next(iter(cache)))
+            cache[key] = store.rows_matching(flt)
+        return cache[key]
 
     def _exact(self, vecs: np.ndarray, rows: np.ndarray, k: int):
         """Exact inner products against the cached vectors of `rows` (None if any vector is missing)."""
@@ -423,6 +435,7 @@ class RetrievalIndex:
                 raise
             old_store = self.store
             self.store, self.dense, self.manifest = final, dense, new
+            self.__dict__.pop("_allowed_cache", None)
             old_store.close()
             _sweep(self.path, new)
 
