@@ -30,7 +30,7 @@ SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"]
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000):
     """A byte-level BPE tokenizer trained on `texts`, wrapped as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -38,11 +38,14 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS + [BEGIN_QUOTE, END_QUOTE, ANSWER_TAG],
+        special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(list(texts), trainer=trainer)
+    # The RAFT tags are single tokens (cheap to learn) but NOT special: engines decode replies with
+    # skip_special_tokens, which would strip `<ANSWER>:` and the quote marks from every answer.
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in (BEGIN_QUOTE, END_QUOTE, ANSWER_TAG)])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>", eos_token="<|im_end|>", unk_token="<unk>", pad_token="<pad>",

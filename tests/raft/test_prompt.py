@@ -36,3 +36,17 @@ def test_record_roundtrip_matches_instruction():
     msgs = messages_from_record(rec)
     assert msgs[1]["content"] == render_user("Which is first?", DOCS)
     assert msgs[-1] == {"role": "assistant", "content": "x\n<ANSWER>: Alpha"}
+
+
+def test_tiny_tokenizer_keeps_raft_tags_atomic_and_decodable(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from raft.prompt import BEGIN_QUOTE, END_QUOTE
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = f"x {BEGIN_QUOTE}Portivel{END_QUOTE}\n{ANSWER_TAG} Portivel"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    for tag in (BEGIN_QUOTE, END_QUOTE, ANSWER_TAG):
+        assert tok.convert_tokens_to_ids(tag) in ids, tag
+    # engines decode with skip_special_tokens=True: the tags must survive it
+    assert tok.decode(ids, skip_special_tokens=True) == text
