@@ -192,9 +192,6 @@ class Pipeline:
         self.raft("7. evaluate base vs base+RAG vs RAFT+RAG", "eval", "--config", cfg,
                   f"data={QUESTIONS}", f"index={self.p('dataset/index')}", f"out={self.p('eval')}",
                   "systems=" + json.dumps(systems))
-        report_md = self.out / "eval" / "report.md"
-        if report_md.exists():
-            self.console.print(report_md.read_text())
         report_json = self.out / "eval" / "report.json"
         return json.loads(report_json.read_text()) if report_json.exists() else {}
 
