@@ -169,7 +169,9 @@ def part_ray(a, res: dict, state: dict) -> None:
     RetrievalIndex._write_new(out_dir, chunks, xb, IndexConfig(index_type="hnsw", shards=a.shards), "all-MiniLM-L6-v2",
                               hashes=[f"{i}" for i in range(n)], dense=dense).close()
     write_s = time.time() - t0
-    del chunks, dense, xb, state["dense"]
+    del chunks, dense, xb
+    state.pop("dense", None)
+    state.pop("xb", None)
     print(f"ray: index of {n} chunks written in {write_s:.0f}s", flush=True)
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
