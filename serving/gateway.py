@@ -49,6 +49,29 @@ def server_timing(d: dict) -> str:
     return ", ".join(f"{k};dur={v * 1000:.2f}" for k, v in d.items())
 
 
+def check_prompt_versions(cfg: ServeConfig) -> list[str]:
+    """Warn when a served adapter or merged model was trained with another RAFT prompt version: the
+    model would read documents rendered differently from how it learned them."""
+    import json
+    from pathlib import Path
+
+    from raft.prompt import PROMPT_VERSION
+
+    e = cfg.engine
+    dirs = list(e.adapters.values()) + ([e.model] if e.kind == "transformers" and e.model else [])
+    warnings = []
+    for d in dirs:
+        meta = Path(d) / "raft_meta.json"
+        try:
+            version = json.loads(meta.read_text()).get("prompt_version")
+        except (OSError, ValueError):
+            continue
+        if version and version != PROMPT_VERSION:
+            warnings.append(f"{d} was trained with prompt {version!r}, this gateway renders {PROMPT_VERSION!r}")
+            log.warning("prompt version mismatch: %s", warnings[-1])
+    return warnings
+
+
 class Gateway:
     def __init__(self, cfg: ServeConfig, engine: EngineClient, retriever: Optional[Retriever]):
         self.cfg = cfg
@@ -60,7 +83,7 @@ class Gateway:
         local_model = cfg.engine.model if cfg.engine.kind == "transformers" else None
         self.tokens = TokenCounter(cfg.tokenizer or local_model)
         self.max_context = cfg.engine.max_model_len or context_limit(cfg.engine.model)
-        self._warned_fields: set[str] = set()
+        check_prompt_versions(cfg)
 
     @classmethod
     def from_config(cls, cfg: ServeConfig, engine_url: str, retriever: Optional[Retriever]) -> "Gateway":
@@ -133,10 +156,15 @@ class Gateway:
         for key, value in (req.model_extra or {}).items():
             if key in SAMPLING_FIELDS:
                 out[key] = value
-            elif key not in self._warned_fields or len(self._warned_fields) > 1000:
-                self._warned_fields.add(key)
-                log.info("%s: ignoring unknown request field %r", endpoint, key)
+            else:
+                self._ignored(endpoint, key)
+        opts = getattr(req, "retrieval", None)
+        for key in (opts.model_extra or {}) if opts is not None else ():
+            self._ignored(endpoint, f"retrieval.{key}")
         return out
+
+    def _ignored(self, endpoint: str, key: str) -> None:
+        log.info("%s: ignoring unknown request field %r", endpoint, key)
 
     def check_context(self, prompt_tokens: int, max_tokens: Optional[int]) -> None:
         if not self.max_context:

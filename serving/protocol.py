@@ -17,9 +17,10 @@ class _Open(BaseModel):
 
 
 class RetrievalOptions(BaseModel):
-    """Extension field `retrieval` (OpenAI client: `extra_body={"retrieval": {...}}`)."""
+    """Extension field `retrieval` (OpenAI client: `extra_body={"retrieval": {...}}`); unknown keys in
+    it are ignored with a log line, like unknown top-level fields."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="allow")
     enabled: Optional[bool] = None
     """Retrieve for this request; default: on for the RAFT model and adapters, off for the base model."""
     top_k: Optional[int] = Field(None, ge=1)

@@ -114,3 +114,21 @@ def test_real_vllm_serves_the_tiny_model(tiny_model_dir, tmp_path):
         r = httpx.post(engine_url(cfg) + "/v1/completions", json={"model": str(tiny_model_dir), "prompt": "Veloria",
                                                                   "max_tokens": 4}, timeout=60)
         assert r.status_code == 200 and r.json()["choices"][0]["text"] is not None
+
+
+def test_prompt_version_mismatch_is_warned(tmp_path, caplog):
+    import json
+    import logging
+
+    from raft.prompt import PROMPT_VERSION
+    from serving.gateway import check_prompt_versions
+
+    old, ok = tmp_path / "old", tmp_path / "ok"
+    for d, v in ((old, "raft-prompt-v0"), (ok, PROMPT_VERSION)):
+        d.mkdir()
+        (d / "raft_meta.json").write_text(json.dumps({"prompt_version": v}))
+    cfg = ServeConfig.model_validate({"engine": {"kind": "vllm", "model": "m", "adapters": {"a": str(old), "b": str(ok)}},
+                                      "retrieval": {"backend": "none"}})
+    with caplog.at_level(logging.WARNING, logger="raft.serve"):
+        warnings = check_prompt_versions(cfg)
+    assert len(warnings) == 1 and "raft-prompt-v0" in warnings[0] and "raft-prompt-v0" in caplog.text
