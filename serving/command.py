@@ -79,7 +79,8 @@ def _run_uvicorn(cfg, url: str, console, t0: float) -> None:
     gw = Gateway.from_config(cfg, url, open_retriever(cfg.retrieval))
     _banner(cfg, console, t0, "uvicorn")
     try:
-        uvicorn.run(create_app(gw), host=cfg.host, port=cfg.port, log_level=cfg.log_level)
+        # keep-alive longer than clients' usual idle expiry, so they close idle connections first
+        uvicorn.run(create_app(gw), host=cfg.host, port=cfg.port, log_level=cfg.log_level, timeout_keep_alive=30)
     finally:
         asyncio.run(gw.close())
         if gw.retriever is not None:
