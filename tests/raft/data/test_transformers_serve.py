@@ -2,14 +2,7 @@
 point is that the whole path works (requests, token accounting, parsing) and every drop is counted."""
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import time
-from pathlib import Path
 
-import httpx
 import pytest
 
 from raft.data.builder import Builder
@@ -21,46 +14,9 @@ KNOWN = {"empty", "truncated", "refused", "no_answer_tag", "empty_answer", "no_q
          "too_few_distractors"}
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-@pytest.fixture()
-def tf_server(tiny_model_dir):
-    exe = shutil.which("transformers") or str(Path(os.sys.executable).parent / "transformers")
-    port = _free_port()
-    proc = subprocess.Popen([exe, "serve", str(tiny_model_dir), "--port", str(port), "--host", "127.0.0.1",
-                             "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"transformers serve exited: {proc.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("transformers serve did not become healthy in 120 s")
-        yield url + "/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.mark.slow
-def test_build_against_transformers_serve_counts_drops(tf_server, tiny_model_dir, tmp_path):
+def test_build_against_transformers_serve_counts_drops(tiny_engine, tiny_model_dir, tmp_path):
+    tf_server, _ = tiny_engine
     cfg = BuildConfig.model_validate({
         "progress": False, "questions_per_chunk": 2, "max_chunks": 3, "max_attempts": 1,
         "mix": {"num_distractors": 2},
