@@ -3,20 +3,22 @@ training (raft.prompt.augment_messages), generate, and attach citations."""
 
 from __future__ import annotations
 
-import time
 from typing import Any, AsyncIterator, Union
 
 from raft.prompt import augment_messages, message_text
 from serving.auth import Principal
-from serving.citations import build_citations
 from serving.errors import bad_request
-from serving.gateway import Gateway, note_timing
+from serving.gateway import Gateway
 from serving.protocol import ChatCompletionRequest
-from serving.streaming import open_stream, relay
+from serving.streaming import generate
 
 
 def _delta_text(choice: dict) -> str:
     return (choice.get("delta") or {}).get("content") or ""
+
+
+def _message_text(choice: dict) -> str:
+    return (choice.get("message") or {}).get("content") or ""
 
 
 class ChatService:
@@ -42,17 +44,6 @@ class ChatService:
         payload.update(model=model.engine_model, messages=messages, stream=req.stream)
         gw.check_context(gw.tokens.count_messages(messages), req.max_completion_tokens or req.max_tokens)
 
-        t_gen = time.perf_counter()
-        if req.stream:
-            agen = gw.engine.stream("/v1/chat/completions", payload)
-            first = await open_stream(agen)
-            return relay(gw, agen, first, model_name=model.name, hits=hits, text_of=_delta_text,
-                         object_name="chat.completion.chunk", endpoint=self.endpoint,
-                         t_start=t_start, t_gen=t_gen)
-        resp = await gw.engine.post("/v1/chat/completions", payload)
-        gw.metrics.observe("generation", time.perf_counter() - t_gen)
-        note_timing("generation", time.perf_counter() - t_gen)
-        resp["model"] = model.name
-        answer = "\n".join(((c.get("message") or {}).get("content") or "") for c in resp.get("choices") or [])
-        resp["citations"] = build_citations(hits, answer)
-        return resp
+        return await generate(gw, "/v1/chat/completions", payload, stream=req.stream, model_name=model.name,
+                              hits=hits, stream_text=_delta_text, final_text=_message_text,
+                              object_name="chat.completion.chunk", endpoint=self.endpoint, t_start=t_start)

@@ -3,16 +3,14 @@ raft.prompt.completion_prompt(question, retrieved chunks), the text completion-s
 
 from __future__ import annotations
 
-import time
 from typing import Any, AsyncIterator, Union
 
 from raft.prompt import completion_prompt
 from serving.auth import Principal
-from serving.citations import build_citations
 from serving.errors import bad_request
-from serving.gateway import Gateway, note_timing
+from serving.gateway import Gateway
 from serving.protocol import CompletionRequest
-from serving.streaming import open_stream, relay
+from serving.streaming import generate
 
 
 def _choice_text(choice: dict) -> str:
@@ -47,16 +45,6 @@ class CompletionService:
         payload = gw.forward_fields(req, self.endpoint)
         payload.update(model=model.engine_model, prompt=prompt, stream=req.stream)
 
-        t_gen = time.perf_counter()
-        if req.stream:
-            agen = gw.engine.stream("/v1/completions", payload)
-            first = await open_stream(agen)
-            return relay(gw, agen, first, model_name=model.name, hits=hits, text_of=_choice_text,
-                         object_name="text_completion", endpoint=self.endpoint,
-                         t_start=t_start, t_gen=t_gen)
-        resp = await gw.engine.post("/v1/completions", payload)
-        gw.metrics.observe("generation", time.perf_counter() - t_gen)
-        note_timing("generation", time.perf_counter() - t_gen)
-        resp["model"] = model.name
-        resp["citations"] = build_citations(hits, "\n".join(c.get("text") or "" for c in resp.get("choices") or []))
-        return resp
+        return await generate(gw, "/v1/completions", payload, stream=req.stream, model_name=model.name,
+                              hits=hits, stream_text=_choice_text, final_text=_choice_text,
+                              object_name="text_completion", endpoint=self.endpoint, t_start=t_start)

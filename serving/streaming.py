@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator, Callable, Optional, Sequence
 
 from serving.citations import build_citations
 from serving.errors import GatewayError, error_body
+from serving.gateway import note_timing
 
 log = logging.getLogger("raft.serve")
 
@@ -69,3 +70,24 @@ async def relay(gw: Any, agen: AsyncIterator[dict], first: Optional[dict], *, mo
         gw.metrics.count(endpoint, status)
         gw.metrics.observe("total", time.perf_counter() - t_start)
         gw.metrics.in_flight.dec()
+
+
+async def generate(gw: Any, path: str, payload: dict, *, stream: bool, model_name: str, hits: Sequence,
+                   stream_text: Callable[[dict], str], final_text: Callable[[dict], str], object_name: str,
+                   endpoint: str, t_start: float) -> Any:
+    """Send the rendered request to the engine; relay the stream, or return the body with citations.
+
+    Shared by chat and completions: only the path, the payload and where the answer text sits differ.
+    """
+    t_gen = time.perf_counter()
+    if stream:
+        agen = gw.engine.stream(path, payload)
+        first = await open_stream(agen)
+        return relay(gw, agen, first, model_name=model_name, hits=hits, text_of=stream_text,
+                     object_name=object_name, endpoint=endpoint, t_start=t_start, t_gen=t_gen)
+    resp = await gw.engine.post(path, payload)
+    gw.metrics.observe("generation", time.perf_counter() - t_gen)
+    note_timing("generation", time.perf_counter() - t_gen)
+    resp["model"] = model_name
+    resp["citations"] = build_citations(hits, "\n".join(final_text(c) for c in resp.get("choices") or []))
+    return resp

@@ -41,6 +41,11 @@ def test_engine_killed_mid_stream_then_restarted(make_gateway):
         assert e.value.status_code == 503 and time.monotonic() - t0 < 1.0
 
         engine = start_fake_engine_process(port)  # the engine comes back on the same address
+        # "back" is what the gateway's own health says; on a loaded box the first connect may lag
+        deadline = time.monotonic() + 15
+        while httpx.get(srv.url + "/health", timeout=5).status_code != 200:
+            assert time.monotonic() < deadline, "the gateway never saw the engine come back"
+            time.sleep(0.2)
         r = c.chat.completions.create(model="raft", messages=[{"role": "user", "content": "capital of Veloria"}])
         assert r.model_extra["citations"] and "##begin_quote##" in r.choices[0].message.content
         chunks = list(c.chat.completions.create(model="raft", stream=True,
