@@ -43,6 +43,8 @@ def canonical_name(name: str) -> str:
             return "all-MiniLM-L6-v2"
     except Exception:
         pass
+    if Path(name).exists():  # a local model: store its absolute path, or another working directory
+        return str(Path(name).resolve())  # (the gateway, a Ray node) would read it as a hub id
     return name
 
 

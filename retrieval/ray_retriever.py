@@ -177,6 +177,11 @@ class RayRetriever:
         man = read_manifest(self.index_dir)  # fail fast, in the caller, on a bad directory
         self.manifest = man
         self.embedder_name, self.dim = man["embedder"]["name"], int(man["embedder"]["dim"])
+        from retrieval.embedders import canonical_name
+
+        if embedder is not None and canonical_name(embedder) != self.embedder_name:
+            raise RetrievalError(f"index {self.index_dir} was built with embedder {self.embedder_name!r}, not "
+                                 f"{embedder!r}; use the index's embedder or rebuild the index")
         from retrieval.config import IndexConfig
 
         self.config = IndexConfig(**man["config"])

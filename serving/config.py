@@ -156,6 +156,10 @@ class ServeConfig(Config):
         if r.backend != "none" and not r.index_dir:
             problems.append(f"retrieval.index_dir is required when retrieval.backend is {r.backend!r} "
                             "(or set retrieval.backend: none)")
+        if r.backend == "local" and self.ray.num_replicas > 1 and self.runner == "ray":
+            problems.append(f"retrieval.backend 'local' with ray.num_replicas={self.ray.num_replicas}: each replica "
+                            "would hold its own copy of the index and live document writes would not reach the "
+                            "others; use retrieval.backend: ray (shared retriever actors) or one replica")
         if r.top_k > r.max_top_k:
             problems.append(f"retrieval.top_k ({r.top_k}) is larger than retrieval.max_top_k ({r.max_top_k})")
         if problems:

@@ -66,7 +66,7 @@ class EngineProcess:
                  env: Optional[dict[str, str]] = None):
         self.cmd, self.url = cmd, url.rstrip("/")
         self.log_path = log_path or tempfile.mkstemp(prefix="raft-engine-", suffix=".log")[1]
-        self.env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), **(env or {})}
+        self.env = {**os.environ, **(env or {})}
         self.proc: Optional[subprocess.Popen] = None
 
     def start(self) -> "EngineProcess":
@@ -127,7 +127,11 @@ def launch_engine(cfg: ServeConfig, log_path: Optional[str] = None) -> tuple[str
     cmd = engine_command(cfg)
     if cmd is None:
         return url, None
-    proc = EngineProcess(cmd, url, log_path).start()
+    # A local model directory needs no hub: keep the engine offline so a typo fails fast instead of
+    # trying to download. A hub name (e.g. meta-llama/...) is the user's explicit choice: leave the hub on.
+    local = bool(cfg.engine.model) and Path(cfg.engine.model).exists()
+    env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")} if local else None
+    proc = EngineProcess(cmd, url, log_path, env=env).start()
     try:
         proc.wait_healthy(cfg.engine.startup_timeout_s)
     except BaseException:

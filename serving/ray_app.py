@@ -45,7 +45,21 @@ def build_application(cfg: ServeConfig, engine_url: str, retriever: Optional[Any
     r = cfg.ray
     dep = RaftGateway.options(num_replicas=r.num_replicas, max_ongoing_requests=r.max_ongoing_requests,
                               ray_actor_options={"num_cpus": r.num_cpus})
-    return dep.bind(cfg.model_dump(mode="json"), engine_url, retriever)
+    return dep.bind(replica_config(cfg), engine_url, retriever)
+
+
+def replica_config(cfg: ServeConfig) -> dict[str, Any]:
+    """The config a replica is built from, with secrets read from the driver's environment resolved in.
+
+    Replicas may run on other nodes whose environment lacks RAFT_SERVE_API_KEYS / RAFT_ENGINE_API_KEY;
+    left to read them there, a cluster gateway would silently run open.
+    """
+    import os
+
+    data = cfg.model_dump(mode="json")
+    data["auth"]["keys"] = cfg.auth.resolved_keys()
+    data["engine"]["api_key"] = cfg.engine.api_key or os.environ.get("RAFT_ENGINE_API_KEY")
+    return data
 
 
 def run_on_ray(cfg: ServeConfig, engine_url: str, retriever: Optional[Any] = None,

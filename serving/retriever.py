@@ -150,10 +150,12 @@ class RayRetrieverAdapter:
         self.r = retriever
 
     @classmethod
-    def open(cls, index_dir: str, num_shards: int = 2, num_embedders: int = 1) -> "RayRetrieverAdapter":
+    def open(cls, index_dir: str, num_shards: int = 2, num_embedders: int = 1,
+             embedder: Optional[str] = None) -> "RayRetrieverAdapter":
         from retrieval.ray_retriever import RayRetriever
 
-        return cls(RayRetriever(index_dir, num_shards=num_shards, num_embedders=num_embedders))
+        return cls(RayRetriever(index_dir, num_shards=num_shards, num_embedders=num_embedders,
+                                embedder=embedder))
 
     async def asearch(self, query, k, mode, filter):
         t0 = time.perf_counter()
@@ -197,7 +199,8 @@ def open_retriever(settings: Any) -> Optional[Retriever]:
     if settings.backend == "none":
         return None
     if settings.backend == "ray":
-        return RayRetrieverAdapter.open(settings.index_dir, settings.num_shards, settings.num_embedders)
+        return RayRetrieverAdapter.open(settings.index_dir, settings.num_shards, settings.num_embedders,
+                                        settings.embedder)
     if settings.torch_threads:
         import torch
 

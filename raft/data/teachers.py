@@ -247,15 +247,22 @@ class VLLMOfflineTeacher(ChatTeacher):
         return await fut
 
     async def _flush_later(self) -> None:
+        # Requests that arrive while a batch is generating wait for the next round of this same loop
+        # (returning after one batch would strand them: nothing else would start a flusher).
         await asyncio.sleep(self._wait)
-        batch, self._queue = self._queue, []
+        while self._queue:
+            batch, self._queue = self._queue, []
+            await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list) -> None:
         convs, params = vllm_batch(self.cfg, [req for req, _ in batch])
         sampling = [self._SamplingParams(**p) for p in params]
         try:
             outs = await asyncio.to_thread(self._llm.chat, convs, sampling, use_tqdm=False)
         except Exception as e:  # one failing batch drops its requests, counted, and the build goes on
             for _, fut in batch:
-                fut.set_exception(TeacherRequestError("vllm_error", str(e)))
+                if not fut.done():
+                    fut.set_exception(TeacherRequestError("vllm_error", str(e)))
             return
         for (_, fut), out in zip(batch, outs):
             o = out.outputs[0]
@@ -263,7 +270,8 @@ class VLLMOfflineTeacher(ChatTeacher):
             self.stats.requests += 1
             self.stats.prompt_tokens += c.prompt_tokens
             self.stats.completion_tokens += c.completion_tokens
-            fut.set_result(c)
+            if not fut.done():  # a cancelled waiter must not kill the flusher for the rest of the batch
+                fut.set_result(c)
 
 
 _SENT_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])|\n+")

@@ -157,3 +157,13 @@ def test_other_faiss_types_build_search_filter_and_delete(tmp_path, tenant_docs,
     idx.delete_documents(["veloria_geography.md"])
     re = RetrievalIndex.open(tmp_path / kind)
     assert "veloria_geography.md" not in {h.chunk.doc_id for h in re.search(QUESTION, k=30, mode="dense")}
+
+
+def test_local_embedder_path_is_stored_absolute(tmp_path, monkeypatch):
+    from retrieval.embedders import canonical_name
+
+    (tmp_path / "models" / "emb").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert canonical_name("models/emb") == str((tmp_path / "models" / "emb").resolve())
+    assert canonical_name("sentence-transformers/all-MiniLM-L6-v2") == "all-MiniLM-L6-v2"
+    assert canonical_name("BAAI/bge-small-en-v1.5") == "BAAI/bge-small-en-v1.5"  # hub ids stay as named

@@ -132,3 +132,26 @@ def test_prompt_version_mismatch_is_warned(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="raft.serve"):
         warnings = check_prompt_versions(cfg)
     assert len(warnings) == 1 and "raft-prompt-v0" in warnings[0] and "raft-prompt-v0" in caplog.text
+
+
+def test_replicas_get_the_drivers_keys_and_local_index_needs_one_replica(monkeypatch):
+    """Replicas on other nodes lack the driver's environment: keys must travel in the replica config."""
+    from serving.config import ServeConfig
+    from serving.ray_app import replica_config
+
+    monkeypatch.setenv("RAFT_SERVE_API_KEYS", "k1:acme")
+    monkeypatch.setenv("RAFT_ENGINE_API_KEY", "engine-secret")
+    cfg = ServeConfig.model_validate({"engine": {"kind": "openai", "url": "http://e:1/v1"},
+                                      "retrieval": {"backend": "ray", "index_dir": "idx"},
+                                      "ray": {"num_replicas": 2}})
+    data = replica_config(cfg)
+    monkeypatch.delenv("RAFT_SERVE_API_KEYS")
+    monkeypatch.delenv("RAFT_ENGINE_API_KEY")
+    rebuilt = ServeConfig.model_validate(data)  # what a replica on another node sees
+    assert rebuilt.auth.resolved_keys() == {"k1": "acme"}
+    assert rebuilt.engine.api_key == "engine-secret"
+
+    with pytest.raises(ValueError, match="each replica"):
+        ServeConfig.model_validate({"engine": {"kind": "openai", "url": "http://e:1/v1"},
+                                    "retrieval": {"backend": "local", "index_dir": "idx"},
+                                    "ray": {"num_replicas": 2}})

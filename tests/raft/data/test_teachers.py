@@ -137,3 +137,36 @@ def test_extractive_teacher_makes_verifiable_answers():
     assert a.rstrip().endswith("1655") and all(quote_in(q, text) for q in extract_quotes(a))
     hinted = _run(t.answer("Where is the hall?", [text], "general", hint="Portivel")).text
     assert "Portivel" in extract_quotes(hinted)[0] and hinted.rstrip().endswith("Portivel")
+
+
+def test_vllm_offline_batcher_serves_requests_that_arrive_mid_batch():
+    """A request queued while a batch is generating must be answered (it once waited forever)."""
+    import asyncio
+    import time
+    from types import SimpleNamespace
+
+    from raft.data.teachers import ChatTeacher, VLLMOfflineTeacher
+
+    class SlowLLM:
+        def __init__(self):
+            self.batches = []
+
+        def chat(self, convs, sampling, use_tqdm=False):
+            self.batches.append(len(convs))
+            time.sleep(0.3)
+            return [SimpleNamespace(prompt_token_ids=[1, 2], outputs=[SimpleNamespace(
+                text=f"answer {c[-1]['content']}", finish_reason="stop", token_ids=[3])]) for c in convs]
+
+    t = VLLMOfflineTeacher.__new__(VLLMOfflineTeacher)
+    ChatTeacher.__init__(t, TeacherConfig(kind="vllm_offline", model="m"))
+    t._SamplingParams, t._llm, t._queue, t._wait, t._flusher = dict, SlowLLM(), [], 0.01, None
+
+    async def scenario():
+        first = asyncio.create_task(t.complete([{"role": "user", "content": "a"}], 8, None))
+        await asyncio.sleep(0.1)  # the first batch is generating now
+        second = asyncio.create_task(t.complete([{"role": "user", "content": "b"}], 8, None))
+        return await asyncio.wait_for(asyncio.gather(first, second), timeout=5)
+
+    a, b = asyncio.run(scenario())
+    assert (a.text, b.text) == ("answer a", "answer b")
+    assert t._llm.batches == [1, 1] and t.stats.requests == 2
