@@ -160,8 +160,10 @@ class Evaluator:
              [{**c, "text": " ".join(c.get("quotes") or [])} for c in reply.citations])
         row["n_quotes"], row["n_valid_quotes"] = quote_validity(reply.text, shown)
         if s.retrieval == "gateway" and spec.sweep != "distractors":
+            # cited = passages the answer quotes, exactly as for local/record systems (not every
+            # retrieved passage: that would score retrieval, and make the rows incomparable)
             quoted = [c for c in reply.citations if c.get("quotes")]
-            cited = [str(c.get(key)) for c in (quoted or reply.citations) if c.get(key) is not None]
+            cited = [str(c.get(key)) for c in quoted if c.get(key) is not None]
         else:
             cited = quoted_doc_ids(reply.text, shown, key)
         row["cited"] = cited

@@ -182,3 +182,16 @@ def test_models_health_and_metrics(make_gateway):
     assert 'raft_stage_latency_seconds_count{stage="generation"} 1.0' in m
     assert 'raft_requests_total{endpoint="chat",status="200"} 1.0' in m
     assert 'raft_requests_total{endpoint="chat",status="404"} 1.0' in m
+
+
+def test_estimated_context_check_leaves_borderline_requests_to_the_engine(make_gateway):
+    """With no tokenizer the prompt count is an estimate: a prompt estimated just over the window is
+    forwarded (the engine has the real count), one far over it is refused."""
+    srv, _ = make_gateway()
+    url = srv.url + "/v1/chat/completions"
+    near = httpx.post(url, json={"model": "raft", "max_tokens": 16, "retrieval": {"enabled": False},
+                                 "messages": [{"role": "user", "content": "abcd" * 2100}]})
+    assert near.status_code == 200, near.text
+    far = httpx.post(url, json={"model": "raft", "max_tokens": 16, "retrieval": {"enabled": False},
+                                "messages": [{"role": "user", "content": "abcd" * 4000}]})
+    assert far.status_code == 400 and far.json()["error"]["code"] == "context_length_exceeded"
