@@ -64,6 +64,9 @@ class IndexRetriever:
         self.max_batch = max_batch
         self._queue: list[tuple[tuple, str, asyncio.Future]] = []
         self._draining = False
+        # FAISS forbids adding/removing while searching, and a write swaps (and closes) the SQLite store
+        # under a reader: writes and searches take turns. Searches are already one at a time (_drain).
+        self._turn = threading.Lock()
         # The index embeds inside search(); timing its `embed` (per thread) splits a search into the
         # embed and search stages the metrics report, without reaching into the index's internals.
         self._tls = threading.local()
@@ -87,7 +90,8 @@ class IndexRetriever:
     def _search_batch(self, queries: list[str], k: int, mode: str, flt: Optional[dict]):
         self._tls.embed = 0.0
         t0 = time.perf_counter()
-        results = self.index.search_batch(queries, k=k, mode=mode, filter=flt)
+        with self._turn:
+            results = self.index.search_batch(queries, k=k, mode=mode, filter=flt)
         total, embed = time.perf_counter() - t0, self._tls.embed
         timings = {"search": total - embed}
         if embed:
@@ -124,14 +128,18 @@ class IndexRetriever:
         finally:
             self._draining = False
 
-    async def aadd(self, docs):  # the index orders writes against reads itself (thread-safe)
-        return await asyncio.to_thread(self.index.add_documents, list(docs))
+    def _locked(self, fn, *args):
+        with self._turn:
+            return fn(*args)
+
+    async def aadd(self, docs):
+        return await asyncio.to_thread(self._locked, self.index.add_documents, list(docs))
 
     async def adelete(self, doc_ids):
-        return await asyncio.to_thread(self.index.delete_documents, list(doc_ids))
+        return await asyncio.to_thread(self._locked, self.index.delete_documents, list(doc_ids))
 
     async def adoc_tenants(self, doc_id):
-        return _tenants(await asyncio.to_thread(self.index.chunks_for_doc, doc_id))
+        return _tenants(await asyncio.to_thread(self._locked, self.index.chunks_for_doc, doc_id))
 
     async def ahealth(self):
         return {"status": "ok", "backend": "local", "chunks": len(self.index),
