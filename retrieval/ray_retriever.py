@@ -107,6 +107,9 @@ class ShardServer:
     def chunks(self) -> int:
         return len(self.idx)
 
+    def chunks_for_doc(self, doc_id: str) -> list[dict]:
+        return [c.to_dict() for c in self.idx.chunks_for_doc(doc_id)]  # every shard holds the whole store
+
 
 def _limit_threads() -> None:
     """One query is small: OpenMP/torch thread pools only add wake-up latency and oversubscribe the
@@ -277,6 +280,10 @@ class RayRetriever:
 
     def delete_documents(self, doc_ids: list[str]) -> int:
         return self._write("delete", list(doc_ids))
+
+    def chunks_for_doc(self, doc_id: str) -> list[Chunk]:
+        """All chunks of a document, exactly (from the store, not a vector search)."""
+        return [Chunk.from_dict(d) for d in self._ray.get(self.shards[0].chunks_for_doc.remote(doc_id))]
 
     def __len__(self) -> int:
         return int(self._ray.get(self.shards[0].chunks.remote()))

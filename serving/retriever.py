@@ -183,14 +183,7 @@ class RayRetrieverAdapter:
         return await self._call("delete_documents", list(doc_ids))
 
     async def adoc_tenants(self, doc_id):
-        if hasattr(self.r, "chunks_for_doc"):
-            return _tenants(await self._call("chunks_for_doc", doc_id))
-        # RayRetriever has no chunks_for_doc: a dense search restricted to the document finds its chunks
-        import numpy as np
-
-        probe = np.zeros((1, int(self.r.dim)), dtype="float32")
-        hits = (await asyncio.to_thread(self.r.search_vectors, probe, 1000, {"doc_id": doc_id}))[0]
-        return _tenants([h.chunk for h in hits])
+        return _tenants(await self._call("chunks_for_doc", doc_id))
 
     async def ahealth(self):
         n = await asyncio.to_thread(len, self.r)

@@ -42,7 +42,9 @@ def test_ray_retriever_live_add_delete(ray_local, index_copy):
         ids = r.add_documents([Document("z.md", "The Zorblat festival of lanterns happens in spring.")])
         assert len(r) == n0 + len(ids)
         assert r.search("Zorblat lanterns", k=1, mode="dense")[0].chunk.doc_id == "z.md"
+        assert sorted(c.chunk_id for c in r.chunks_for_doc("z.md")) == sorted(ids)  # exact, from the store
         assert r.delete_documents(["z.md"]) == len(ids)
+        assert r.chunks_for_doc("z.md") == []
         assert "z.md" not in {h.chunk.doc_id for h in r.search("Zorblat lanterns", k=20)}
         assert len(RetrievalIndex.open(index_copy)) == n0
     finally:
