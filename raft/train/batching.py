@@ -1,8 +1,10 @@
 """Micro-batches by token budget, and their tensors.
 
 - `pack`: padding-free. Examples are first-fit into rows of `row_len` tokens; position_ids restart at 0 for
-  each example and no attention mask is passed, so transformers builds a block-diagonal causal mask from the
-  position_ids (sdpa/eager) or uses varlen kernels (flash-attention). With flash-attention a micro-batch is
+  each example. With sdpa/eager an explicit block-diagonal causal mask (4-D, additive) keeps attention
+  inside each example: transformers does not derive one from restarted position_ids (measured: without
+  it a packed example's logits differ from the same example alone). Flash-attention gets no mask and uses
+  its varlen kernels on the position_ids. With flash-attention a micro-batch is
   one row of `batch_tokens` (its varlen path wants batch size 1); with sdpa/eager rows are `max_seq_len`
   long, `batch_tokens // max_seq_len` of them, so the dense masked attention costs O(max_seq_len^2) per row,
   not O(batch_tokens^2). Rows are nearly full; the short tail that evens them out is its own segment.
@@ -72,8 +74,21 @@ def shard(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:
     return batches[rank::world][:n]
 
 
-def collate(examples: list[dict], idx: list[int], mode: str, pad_id: int, row_len: int | None = None) -> dict:
-    """Tensors for one micro-batch (`pack`: one row with position_ids; else padded rows with a mask)."""
+def segment_mask(segments: list[list[int]]):
+    """Additive 4-D mask [rows, 1, T, T]: causal, and a token sees only its own segment (example)."""
+    import torch
+
+    seg = torch.tensor(segments)
+    T = seg.shape[1]
+    causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    allowed = causal[None] & (seg[:, :, None] == seg[:, None, :])
+    return torch.where(allowed, 0.0, torch.finfo(torch.float32).min)[:, None]
+
+
+def collate(examples: list[dict], idx: list[int], mode: str, pad_id: int, row_len: int | None = None,
+            mask_segments: bool = True) -> dict:
+    """Tensors for one micro-batch (`pack`: rows with position_ids and, unless the attention kernel is
+    varlen flash-attention (`mask_segments=False`), a block-diagonal mask; else padded rows with a mask)."""
     import torch
 
     rows = [examples[i] for i in idx]
@@ -87,16 +102,21 @@ def collate(examples: list[dict], idx: list[int], mode: str, pad_id: int, row_le
             cur.append(r)
         packed.append(cur)
         width = max(sum(len(x["input_ids"]) for x in row) for row in packed)
-        ids, labels, pos = [], [], []
+        ids, labels, pos, segs = [], [], [], []
         for row in packed:
             i = [t for x in row for t in x["input_ids"]]
             lab = [t for x in row for t in x["labels"]]
             p = [k for x in row for k in range(len(x["input_ids"]))]
+            s = [j for j, x in enumerate(row) for _ in x["input_ids"]]
             pad = width - len(i)  # the padding tail is its own segment (positions restart): attends to itself only
             ids.append(i + [pad_id] * pad)
             labels.append(lab + [-100] * pad)
             pos.append(p + list(range(pad)))
-        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(pos)}
+            segs.append(s + [len(row)] * pad)
+        out = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(pos)}
+        if mask_segments:
+            out["attention_mask"] = segment_mask(segs)
+        return out
     longest = max(len(r["input_ids"]) for r in rows)
     ids = [r["input_ids"] + [pad_id] * (longest - len(r["input_ids"])) for r in rows]
     labels = [r["labels"] + [-100] * (longest - len(r["labels"])) for r in rows]

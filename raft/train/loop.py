@@ -116,6 +116,12 @@ def train_func(config: dict) -> None:
     flash = (cfg.model.attn_implementation or "").startswith("flash")
     row_len = cfg.optim.batch_tokens if flash else cfg.data.max_seq_len  # see raft/train/batching.py
     mode, accum = cfg.optim.batching, cfg.optim.grad_accum
+    mask_dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+
+    def to_device(batch: dict) -> dict:
+        # a packed row's additive 4-D mask must match the compute dtype (sdpa refuses a float32 mask in bf16)
+        return {k: (v.to(device, mask_dtype) if k == "attention_mask" and v.dim() == 4 else v.to(device))
+                for k, v in batch.items()}
 
     def epoch_batches(epoch: int) -> list[list[int]]:
         b = make_batches(lengths, cfg.optim.batch_tokens, mode, cfg.seed * 1000 + epoch, cfg.data.max_seq_len,
@@ -171,7 +177,7 @@ def train_func(config: dict) -> None:
         mine += [(eval_batches[0], 0.0)] * (per_rank - len(mine))
         with torch.no_grad():
             for b, weight in mine:
-                batch = {k: v.to(device) for k, v in collate(evals, b, mode, pad_id, row_len).items()}
+                batch = to_device(collate(evals, b, mode, pad_id, row_len, not flash))
                 n = int((batch["labels"][:, 1:] != -100).sum())
                 out = eval_model(**batch, use_cache=False, num_items_in_batch=max(1, n))
                 tot += torch.tensor([float(out.loss) * n * weight, n * weight], dtype=torch.float64,
@@ -224,10 +230,10 @@ def train_func(config: dict) -> None:
         if micro + accum > len(batches):
             epoch, micro = epoch + 1, 0
             batches = epoch_batches(epoch)
-        group = [collate(train, batches[micro + k], mode, pad_id, row_len) for k in range(accum)]
+        group = [collate(train, batches[micro + k], mode, pad_id, row_len, not flash) for k in range(accum)]
         n_items = sum(int((g["labels"][:, 1:] != -100).sum()) for g in group)
         for k, g in enumerate(group):
-            g = {key: v.to(device) for key, v in g.items()}
+            g = to_device(g)
             sync = k == accum - 1 or world == 1 or cfg.ray.strategy != "ddp"
             ctxm = model.no_sync() if not sync else _nullcontext()
             with ctxm:

@@ -74,10 +74,32 @@ def test_packed_loss_equals_padded_loss(tiny_model_dir, tok, records):
         # rows of bounded length (sdpa path): two rows, the shorter one ends in a padding segment
         row_len = len(enc[0]["input_ids"]) + len(enc[1]["input_ids"])
         rows = collate(enc, [0, 1, 2], "pack", tok.pad_token_id, row_len=row_len)
-        assert rows["input_ids"].shape[0] == 2 and "attention_mask" not in rows
+        assert rows["input_ids"].shape[0] == 2 and rows["attention_mask"].dim() == 4
         multi = model(**rows, num_items_in_batch=n).loss
     assert packed.item() == pytest.approx(padded.item(), rel=1e-4)
     assert multi.item() == pytest.approx(padded.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_example_sees_only_itself(tiny_model_dir, tok, records, attn):
+    """Each packed example's logits equal the same example run alone: no attention across examples."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from raft.train.batching import collate
+
+    enc, _ = Renderer(tok, 1024).encode_all([example_from_record(r, "t") for r in records[:3]])
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32,
+                                                 attn_implementation=attn).eval()
+    with torch.no_grad():
+        packed = model(**{k: v for k, v in collate(enc, [0, 1, 2], "pack", tok.pad_token_id).items()
+                          if k != "labels"}).logits[0]
+        start = 0
+        for e in enc:
+            n = len(e["input_ids"])
+            alone = model(input_ids=torch.tensor([e["input_ids"]])).logits[0]
+            assert torch.allclose(packed[start:start + n], alone, atol=1e-4), (attn, start)
+            start += n
 
 
 def test_reads_gorilla_and_chat_records(tmp_path, records):
