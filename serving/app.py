@@ -40,6 +40,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+# Longer than any client's idle-connection expiry (httpx/openai: 5 s): a server that closes an idle
+# keep-alive connection just as a client reuses it makes that request fail with a read error.
+KEEP_ALIVE_S = 30
+
+
 def set_default_gateway(gw: Optional[Gateway]) -> None:
     """The gateway an app without its own (`app.state.gateway`) uses: how a Ray Serve replica plugs in."""
     global _DEFAULT

@@ -70,7 +70,7 @@ def _run_uvicorn(cfg, url: str, console, t0: float) -> None:
 
     import uvicorn
 
-    from serving.app import create_app
+    from serving.app import KEEP_ALIVE_S, create_app
     from serving.gateway import Gateway
     from serving.retriever import open_retriever
 
@@ -80,7 +80,7 @@ def _run_uvicorn(cfg, url: str, console, t0: float) -> None:
     _banner(cfg, console, t0, "uvicorn")
     try:
         # keep-alive longer than clients' usual idle expiry, so they close idle connections first
-        uvicorn.run(create_app(gw), host=cfg.host, port=cfg.port, log_level=cfg.log_level, timeout_keep_alive=30)
+        uvicorn.run(create_app(gw), host=cfg.host, port=cfg.port, log_level=cfg.log_level, timeout_keep_alive=KEEP_ALIVE_S)
     finally:
         asyncio.run(gw.close())
         if gw.retriever is not None:

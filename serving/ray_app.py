@@ -65,6 +65,8 @@ def replica_config(cfg: ServeConfig) -> dict[str, Any]:
 def run_on_ray(cfg: ServeConfig, engine_url: str, retriever: Optional[Any] = None,
                app_name: str = "raft-gateway", blocking: bool = False):
     """Start Serve's HTTP proxy on cfg.host:cfg.port and deploy the gateway; returns the handle."""
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    from serving.app import KEEP_ALIVE_S
+
+    serve.start(http_options={"host": cfg.host, "port": cfg.port, "keep_alive_timeout_s": KEEP_ALIVE_S})
     return serve.run(build_application(cfg, engine_url, retriever), name=app_name, route_prefix="/",
                      blocking=blocking)

@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 
 from retrieval.types import Document
-from serving.app import create_app
+from serving.app import KEEP_ALIVE_S, create_app
 from serving.config import ServeConfig
 from serving.fake_engine import create_engine_app
 from serving.gateway import Gateway
@@ -44,7 +44,8 @@ class ServerThread:
     def __init__(self, app, port: int | None = None):
         self.port = port or free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    access_log=False, lifespan="off"))
+                                                    access_log=False, lifespan="off",
+                                                    timeout_keep_alive=KEEP_ALIVE_S))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
