@@ -178,23 +178,16 @@ def _stats(args) -> int:
 
 
 def _read_queries(path: str) -> list[tuple[str, str]]:
-    import json
     from pathlib import Path
 
+    from raft.jsonl import iter_jsonl
     from retrieval.errors import RetrievalError
 
-    p = Path(path)
-    if not p.is_file():
+    if not Path(path).is_file():
         raise RetrievalError(f"queries file {path!r} does not exist")
     out = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RetrievalError(f"{path}:{n}: bad JSON ({e.msg})") from None
-        q = rec.get("question", rec.get("query")) if isinstance(rec, dict) else None
+    for n, rec in iter_jsonl(path, RetrievalError):
+        q = rec.get("question", rec.get("query"))
         if not isinstance(q, str) or not q.strip():
             raise RetrievalError(f"{path}:{n}: needs a non-empty `question` field")
         out.append((str(rec.get("id", n)), q))

@@ -7,13 +7,13 @@ an answer, else the one with the most words in common with the question and answ
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from raft.errors import RaftError
+from raft.jsonl import iter_jsonl
 from raft.prompt import normalize_for_match
 
 _WORD = re.compile(r"\w+")
@@ -33,15 +33,7 @@ def load_questions(path: str | Path) -> list[GivenQuestion]:
     if not p.is_file():
         raise RaftError(f"questions file {str(p)!r} does not exist")
     out, seen = [], set()
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RaftError(f"{p}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(d, dict):
-            raise RaftError(f"{p}:{n}: expected a JSON object, got {type(d).__name__}")
+    for n, d in iter_jsonl(p):
         q = d.get("question")
         if not isinstance(q, str) or not q.strip():
             raise RaftError(f"{p}:{n}: field 'question' must be a non-empty string, got {q!r}")

@@ -8,13 +8,13 @@
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from raft.errors import RaftError
+from raft.jsonl import iter_jsonl
 from raft.prompt import docs_from_record, extract_answer
 
 
@@ -46,20 +46,7 @@ def _as_list(value: Any) -> list[str]:
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RaftError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); "
-                                "each line must be one JSON object") from None
-            if not isinstance(row, dict):
-                raise RaftError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-            rows.append((n, row))
-    return rows
+    return list(iter_jsonl(path))
 
 
 def _oracle_texts(rec: dict) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 from raft import prompt
 from raft.errors import RaftError
+from raft.jsonl import iter_jsonl
 
 RAFT_FIELDS = ("question", "context", "cot_answer")
 
@@ -91,18 +92,11 @@ def example_from_record(rec: dict[str, Any], where: str) -> Example:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json" and text.lstrip().startswith("["):
-        return json.loads(text)
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise RaftError(f"{path}:{n}: not valid JSON ({e.msg}); fix or remove that line") from None
-    return rows
+    if path.suffix == ".json":
+        text = path.read_text(encoding="utf-8")
+        if text.lstrip().startswith("["):
+            return json.loads(text)
+    return [row for _, row in iter_jsonl(path)]
 
 
 def _hf_rows(obj, split: str, where: str) -> list[dict] | None:
