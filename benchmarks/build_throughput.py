@@ -24,7 +24,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import socket
 import sys
 import tempfile
 import time
@@ -87,14 +86,6 @@ def _run_loop(coro):
     return uvloop.run(coro)
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 async def _raw_client(port: int, n: int, c: int) -> float:
     """The machine's ceiling: a bare asyncio HTTP/1.1 client over c keep-alive sockets (no JSON, no checks)."""
     body = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "q"}]}).encode()
@@ -126,17 +117,13 @@ def bench_teacher(delay: float, levels: list[int], seconds_per_level: float) -> 
     from raft.data.cache import TeacherCache
     from raft.data.config import BuildConfig
     from raft.data.teachers import OpenAITeacher
+    from raft.netutil import free_port, wait_healthy
 
-    port = _free_port()
+    port = free_port()
     proc = mp.get_context("spawn").Process(target=_serve, args=(port, delay), daemon=True)
     proc.start()
     url = f"http://127.0.0.1:{port}/v1"
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
+    wait_healthy(f"{url}/models", timeout=10, proc=proc, interval=0.1)  # any GET answers the model list
     rows = []
     try:
         for c in levels:

@@ -70,23 +70,14 @@ def ray_local():
     ray.shutdown()
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_model_dir, tmp_path_factory):
     """A real `transformers serve` running the tiny model on 127.0.0.1, shared by the tests that need an
     OpenAI-compatible engine. Yields (base_url ending in /v1, model name)."""
     import subprocess
     import sys
-    import time
 
-    import httpx
+    from raft.netutil import NotHealthyError, free_port, wait_healthy
 
     port = free_port()
     log = tmp_path_factory.mktemp("tiny_engine") / "serve.log"
@@ -96,18 +87,10 @@ def tiny_engine(tiny_model_dir, tmp_path_factory):
                                  "--port", str(port), "--host", "127.0.0.1", "--device", "cpu"],
                                 stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=str(log.parent))
     try:
-        deadline = time.time() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"transformers serve exited: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"transformers serve not healthy in 180 s: {log.read_text()[-2000:]}")
-            time.sleep(0.5)
+        try:
+            wait_healthy(f"http://127.0.0.1:{port}/health", timeout=180, proc=proc, interval=0.5)
+        except NotHealthyError as e:
+            pytest.fail(f"transformers serve: {e}\n{log.read_text()[-2000:]}")
         yield f"http://127.0.0.1:{port}/v1", str(tiny_model_dir)
     finally:
         proc.terminate()

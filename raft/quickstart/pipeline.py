@@ -12,18 +12,17 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 import yaml
 from rich.console import Console
 from rich.table import Table
 
 from raft.errors import RaftError
+from raft.netutil import NotHealthyError, free_port, wait_healthy
 from raft.quickstart import CORPUS, QUESTIONS
 
 SMOKE_NOTE = (
@@ -32,12 +31,6 @@ SMOKE_NOTE = (
     "configs/train_llama8b_qlora.yaml, configs/serve_vllm.yaml and configs/eval_gpu.yaml."
 )
 DEMO_QUESTIONS = 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Pipeline:
@@ -78,17 +71,10 @@ class Pipeline:
         return proc
 
     def wait_healthy(self, name: str, url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RaftError(f"{name} exited with code {proc.returncode}; see {self.out / (name + '.log')}")
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        raise RaftError(f"{name} not healthy at {url} after {timeout:.0f} s; see {self.out / (name + '.log')}")
+        try:
+            wait_healthy(url, timeout=timeout, proc=proc, interval=1)
+        except NotHealthyError as e:
+            raise RaftError(f"{name}: {e}; see {self.out / (name + '.log')}") from None
 
     def stop_all(self) -> None:
         import signal

@@ -3,39 +3,21 @@ or as subprocesses (when a test must kill them)."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import threading
 import time
 
-import httpx
 import pytest
 import uvicorn
 
+from raft.netutil import free_port, wait_healthy
 from retrieval.types import Document
 from serving.app import KEEP_ALIVE_S, create_app
 from serving.config import ServeConfig
 from serving.fake_engine import create_engine_app
 from serving.gateway import Gateway
 from serving.memory_retriever import InMemoryRetriever
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=0.5)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    raise TimeoutError(url)
 
 
 class ServerThread:
@@ -69,7 +51,11 @@ class ServerThread:
 def start_fake_engine_process(port: int, *extra: str) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "serving.fake_engine", "--port", str(port), *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_http(f"http://127.0.0.1:{port}/health")
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/health", timeout=30, proc=proc, interval=0.05)
+    except BaseException:
+        proc.kill()
+        raise
     return proc
 
 

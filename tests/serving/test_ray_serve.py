@@ -9,8 +9,9 @@ import sys
 import httpx
 import openai
 import pytest
+from gateway_helpers import DOCS, free_port, make_config
 
-from gateway_helpers import DOCS, free_port, make_config, wait_http
+from raft.netutil import wait_healthy
 from serving.memory_retriever import InMemoryRetriever
 
 
@@ -46,7 +47,7 @@ def test_raft_serve_command_runs_the_gateway(fake_engine, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "raft.cli", "serve", "--config", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", timeout=60)
+        wait_healthy(f"http://127.0.0.1:{port}/health", timeout=60, proc=proc)
         c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
         r = c.chat.completions.create(model="raft", messages=[{"role": "user", "content": "hi"}])
         assert r.choices[0].message.content and r.model_extra["citations"] == []
