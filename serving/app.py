@@ -75,9 +75,19 @@ def _error(request: Request, err: GatewayError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
+class _RelayResponse(StreamingResponse):
+    """Closes its body (a streaming.Relay) however the response ends, even when the body never started."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+
+
 async def _serve(request: Request, gw: Gateway, endpoint: str,
                  call: Callable[[float], Awaitable[Any]]) -> Response:
-    """Run one request: count it, time it, stream or not. Streams finish their accounting in relay()."""
+    """Run one request: count it, time it, stream or not. Streams finish their accounting in Relay.finish()."""
     t0 = time.perf_counter()
     gw.metrics.in_flight.inc()
     streaming = False
@@ -89,8 +99,8 @@ async def _serve(request: Request, gw: Gateway, endpoint: str,
             timings["total"] = time.perf_counter() - t0
             return JSONResponse(result, headers={"Server-Timing": server_timing(timings)})
         streaming = True
-        return StreamingResponse(result, media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return _RelayResponse(result, media_type="text/event-stream",
+                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     except GatewayError as e:
         gw.metrics.count(endpoint, e.status)
         return JSONResponse(e.body(), status_code=e.status)
