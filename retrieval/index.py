@@ -5,14 +5,13 @@ Atomic saves: every change writes a new *generation* of files (store.gN.sqlite, 
 replaces manifest.json, which names the generation and the files' sizes and checksums. A crash before
 the manifest replace leaves the previous generation, still named by the old manifest, readable; files
 of unfinished generations are swept on the next save. The embedding cache (embeddings.sqlite) is
-content-addressed and updated in place.
+content-addressed and updated in place. The on-disk side (manifest, renames, sweeping) is in
+retrieval/generations.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -27,66 +26,14 @@ from retrieval.embedders import (Embedder, EmbeddingCache, canonical_name, conte
 from retrieval.errors import RetrievalError
 from retrieval.filters import normalize_filter
 from retrieval.fusion import fuse
+from retrieval.generations import (  # noqa: F401  (FORMAT*, MANIFEST, read_manifest: importable from here too)
+    CACHE_FILE, FORMAT, FORMAT_VERSION, MANIFEST, crash_point, fsync_rename, max_gen_on_disk, read_manifest,
+    sha256_file, sweep, write_manifest)
 from retrieval.store import Store
 from retrieval.types import Chunk, Document, Hit
 
-FORMAT = "raft-retrieval-index"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-CACHE_FILE = "embeddings.sqlite"
 MODES = ("hybrid", "dense", "bm25")
 EXACT_FILTER_LIMIT = 20_000  # filtered dense search is exact (cached vectors) below this many matches
-
-
-def _crash_point(name: str) -> None:
-    """Test hook: RAFT_INDEX_CRASH_AT=<name> kills the process here; RAFT_INDEX_SAVE_SLEEP pauses."""
-    if os.environ.get("RAFT_INDEX_SAVE_SLEEP"):
-        time.sleep(float(os.environ["RAFT_INDEX_SAVE_SLEEP"]))
-    if os.environ.get("RAFT_INDEX_CRASH_AT") == name:
-        os._exit(17)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(str(d), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
-def read_manifest(index_dir: str | Path) -> dict:
-    """The manifest, or a RetrievalError saying why the directory is not a usable index."""
-    d = Path(index_dir)
-    if not d.exists():
-        raise RetrievalError(f"index directory {str(d)!r} does not exist; build one with "
-                             f"`raft index build CORPUS --out {d}`")
-    if not d.is_dir():
-        raise RetrievalError(f"{str(d)!r} is a file, not an index directory")
-    m = d / MANIFEST
-    if not m.exists():
-        raise RetrievalError(f"{str(d)!r} has no {MANIFEST}: it is not an index or its first build did not "
-                             f"finish (half-written); rebuild it with `raft index build CORPUS --out {d}`")
-    try:
-        man = json.loads(m.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise RetrievalError(f"{str(m)!r} is unreadable ({e}); rebuild the index") from None
-    if man.get("format") != FORMAT:
-        raise RetrievalError(f"{str(m)!r} is not a {FORMAT} manifest")
-    if man.get("format_version") != FORMAT_VERSION:
-        raise RetrievalError(f"index {str(d)!r} has format version {man.get('format_version')}, this code reads "
-                             f"{FORMAT_VERSION}; rebuild it")
-    return man
 
 
 class RetrievalIndex:
@@ -124,7 +71,7 @@ class RetrievalIndex:
             if not p.exists():
                 raise RetrievalError(f"index {str(d)!r} is half-written or damaged: {name} named by the manifest "
                                      "is missing; rebuild it")
-            if p.stat().st_size != info["bytes"] or (verify and _sha256(p) != info["sha256"]):
+            if p.stat().st_size != info["bytes"] or (verify and sha256_file(p) != info["sha256"]):
                 raise RetrievalError(f"index {str(d)!r} is damaged: {name} does not match the checksum in the "
                                      "manifest; rebuild it")
         cfg = IndexConfig(**man["config"])
@@ -190,7 +137,7 @@ class RetrievalIndex:
             old_gen = int(read_manifest(out).get("generation", 0))
         except RetrievalError:
             pass
-        gen = max(old_gen, _max_gen_on_disk(out)) + 1
+        gen = max(old_gen, max_gen_on_disk(out)) + 1
         dim = int(vectors.shape[1])
         hashes = hashes or [content_hash(embedder_name, _embed_text(c)) for c in chunks]
         store_name = f"store.g{gen}.sqlite"
@@ -200,8 +147,8 @@ class RetrievalIndex:
         st = Store(tmp, create=True)
         rows = np.asarray(st.add_chunks(chunks, hashes), dtype="int64")
         st.close()
-        _fsync_rename(tmp, out / store_name)
-        _crash_point("after_store")
+        fsync_rename(tmp, out / store_name)
+        crash_point("after_store")
         if dense is None:
             kind = choose_type(cfg.index_type, len(chunks))
             params = make_params(kind, dim, len(chunks), cfg)
@@ -212,15 +159,15 @@ class RetrievalIndex:
         else:
             kind, params = dense.kind, {k: v for k, v in dense.params.items() if k != "use_gpu"}
         dense_files = dense.save(out, gen)
-        _crash_point("after_dense")
+        crash_point("after_dense")
         man = {"format": FORMAT, "format_version": FORMAT_VERSION, "generation": gen,
                "embedder": {"name": embedder_name, "dim": dim},
                "faiss": {"type": kind, "params": params, "shards": len(dense.shards), "files": dense_files,
                          "metric": "inner_product"},
                "store": store_name, "config": cfg.model_dump(mode="json"),
                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        _write_manifest(out, man, len(chunks), len({c.doc_id for c in chunks}), dense)
-        _sweep(out, man)
+        write_manifest(out, man, len(chunks), len({c.doc_id for c in chunks}), dense)
+        sweep(out, man)
         return cls(out, man, Store(out / store_name), dense, cfg, embedder)
 
     # ---- embedding ----------------------------------------------------------------------------
@@ -408,7 +355,7 @@ class RetrievalIndex:
             if man.get("generation") != self.manifest.get("generation"):
                 raise RetrievalError(f"index {str(self.path)!r} was changed by another process since it was "
                                      "opened; reopen it and retry")
-            gen = max(int(man["generation"]), _max_gen_on_disk(self.path)) + 1
+            gen = max(int(man["generation"]), max_gen_on_disk(self.path)) + 1
             store_name = f"store.g{gen}.sqlite"
             tmp = self.path / (store_name + ".tmp")
             if tmp.exists():
@@ -419,16 +366,16 @@ class RetrievalIndex:
             try:
                 mutate(new_store, self.dense)
                 new_store.close()
-                _fsync_rename(tmp, self.path / store_name)
-                _crash_point("after_store")
+                fsync_rename(tmp, self.path / store_name)
+                crash_point("after_store")
                 dense = self._maybe_compact(Store(self.path / store_name))
                 files = dense.save(self.path, gen)
-                _crash_point("after_dense")
+                crash_point("after_dense")
                 new = dict(man, generation=gen, store=store_name,
                            faiss=dict(man["faiss"], files=files),
                            updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
                 final = Store(self.path / store_name)
-                _write_manifest(self.path, new, final.count(), final.doc_count(), dense)
+                write_manifest(self.path, new, final.count(), final.doc_count(), dense)
             except BaseException:
                 fresh = RetrievalIndex.open(self.path, verify=False)
                 self.dense, self.store, self.manifest = fresh.dense, fresh.store, fresh.manifest
@@ -437,7 +384,7 @@ class RetrievalIndex:
             self.store, self.dense, self.manifest = final, dense, new
             self.__dict__.pop("_allowed_cache", None)
             old_store.close()
-            _sweep(self.path, new)
+            sweep(self.path, new)
 
     def _maybe_compact(self, st: Store) -> DenseIndex:
         """HNSW cannot remove vectors: rebuild it from cached vectors once tombstones pass 20%."""
@@ -508,45 +455,3 @@ def _embed_chunks(texts: list[str], embedder: Embedder, out: Path, cfg: IndexCon
                                     progress=lambda n: bar.advance(task, n))
     finally:
         cache.close()
-
-
-def _fsync_rename(tmp: Path, dst: Path) -> None:
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, dst)
-
-
-def _write_manifest(d: Path, man: dict, n_chunks: int, n_docs: int, dense: DenseIndex) -> None:
-    files = [man["store"], *man["faiss"]["files"]]
-    man["files"] = {f: {"bytes": (d / f).stat().st_size, "sha256": _sha256(d / f)} for f in files}
-    man["counts"] = {"chunks": n_chunks, "documents": n_docs, "vectors": dense.ntotal,
-                     "tombstones": len(dense.tombstones)}
-    _crash_point("before_manifest")
-    tmp = d / (MANIFEST + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(man, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, d / MANIFEST)
-    _fsync_dir(d)
-
-
-def _max_gen_on_disk(d: Path) -> int:
-    import re
-
-    gens = [int(m.group(1)) for p in d.iterdir() if (m := re.match(r"(?:store|dense)\.g(\d+)\.", p.name))]
-    return max(gens, default=0)
-
-
-def _sweep(d: Path, man: dict) -> None:
-    """Remove files of other generations (older ones, and any a crash left half-written)."""
-    import re
-
-    keep = set(man["files"]) | {MANIFEST, CACHE_FILE}
-    for p in d.iterdir():
-        if p.name in keep or not re.match(r"(?:store|dense)\.g\d+\.", p.name):
-            continue
-        try:
-            p.unlink()
-        except OSError:
-            pass
