@@ -11,6 +11,8 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +25,7 @@ FORMAT = "raft-retrieval-index"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CACHE_FILE = "embeddings.sqlite"
+LOCK_FILE = "writer.lock"
 
 
 def crash_point(name: str) -> None:
@@ -74,6 +77,22 @@ def read_manifest(index_dir: str | Path) -> dict:
         raise RetrievalError(f"index {str(d)!r} has format version {man.get('format_version')}, this code reads "
                              f"{FORMAT_VERSION}; rebuild it")
     return man
+
+
+@contextmanager
+def writer_lock(d: Path) -> Iterator[None]:
+    """Exclusive lock on the index directory for one write, across processes and across index objects in
+    one process (each holds its own open file). Without it two writers (two processes, or two Ray Serve
+    replicas each with its own writer) pick the same next generation, and one's sweep deletes the
+    other's half-written files. The OS drops the lock when the holder dies, so a crash never leaves it stuck."""
+    import fcntl
+
+    fd = os.open(d / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def fsync_rename(tmp: Path, dst: Path) -> None:

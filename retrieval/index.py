@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +30,7 @@ from retrieval.filters import normalize_filter
 from retrieval.fusion import fuse
 from retrieval.generations import (  # noqa: F401  (FORMAT*, MANIFEST, read_manifest: importable from here too)
     CACHE_FILE, FORMAT, FORMAT_VERSION, MANIFEST, crash_point, fsync_rename, max_gen_on_disk, read_manifest,
-    sha256_file, sweep, write_manifest)
+    sha256_file, sweep, write_manifest, writer_lock)
 from retrieval.store import Store
 from retrieval.types import Chunk, Document, Hit
 
@@ -37,7 +39,8 @@ EXACT_FILTER_LIMIT = 20_000  # filtered dense search is exact (cached vectors) b
 
 
 class RetrievalIndex:
-    """See the module docstring. Thread-safe: mutations hold a lock; reads use the current generation."""
+    """See the module docstring. Thread- and process-safe: mutations hold a thread lock and the directory's
+    writer lock (retrieval.generations.writer_lock); reads use the current generation."""
 
     def __init__(self, path: Path, manifest: dict, store: Store, dense: DenseIndex, config: IndexConfig,
                  embedder: Embedder | None = None):
@@ -132,6 +135,13 @@ class RetrievalIndex:
         """Write a fresh generation from chunks and their vectors (also used by benchmarks, which may
         pass a prebuilt `dense` whose ids are the rows 1..n the store assigns)."""
         out.mkdir(parents=True, exist_ok=True)
+        with writer_lock(out):
+            return cls._write_new_locked(out, chunks, vectors, cfg, embedder_name, embedder, hashes, dense)
+
+    @classmethod
+    def _write_new_locked(cls, out: Path, chunks: list[Chunk], vectors: np.ndarray, cfg: IndexConfig,
+                          embedder_name: str, embedder: Embedder | None, hashes: list[str] | None,
+                          dense: DenseIndex | None) -> "RetrievalIndex":
         old_gen = 0
         try:
             old_gen = int(read_manifest(out).get("generation", 0))
@@ -333,7 +343,8 @@ class RetrievalIndex:
             rows = np.asarray(st.add_chunks(chunks, hashes), dtype="int64")
             dense.add(vectors, rows)
 
-        self._commit(mutate)
+        with self._writing():
+            self._commit(mutate)
         return [c.chunk_id for c in chunks]
 
     def delete_documents(self, doc_ids: list[str]) -> int:
@@ -344,17 +355,29 @@ class RetrievalIndex:
             removed.extend(st.delete_docs(list(doc_ids)))
             dense.remove(removed)
 
-        if not self.store.rows_for_docs(list(doc_ids)):
-            return 0
-        self._commit(mutate)
+        with self._writing():
+            if not self.store.rows_for_docs(list(doc_ids)):  # on the latest generation, not a stale one
+                return 0
+            self._commit(mutate)
         return len(removed)
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold the writer locks (threads, then processes) with this object moved to the latest generation,
+        so a write lands on top of whatever another writer committed since this index was opened."""
+        with self._lock, writer_lock(self.path):
+            if read_manifest(self.path).get("generation") != self.manifest.get("generation"):
+                fresh = RetrievalIndex.open(self.path, verify=False)
+                old_store = self.store
+                self.store, self.dense, self.manifest = fresh.store, fresh.dense, fresh.manifest
+                self.__dict__.pop("_allowed_cache", None)
+                old_store.close()
+            yield
+
     def _commit(self, mutate: Callable[[Store, DenseIndex], None]) -> None:
+        """Write the next generation; only inside _writing(), which holds the locks and has reloaded."""
         with self._lock:
-            man = read_manifest(self.path)
-            if man.get("generation") != self.manifest.get("generation"):
-                raise RetrievalError(f"index {str(self.path)!r} was changed by another process since it was "
-                                     "opened; reopen it and retry")
+            man = self.manifest
             gen = max(int(man["generation"]), max_gen_on_disk(self.path)) + 1
             store_name = f"store.g{gen}.sqlite"
             tmp = self.path / (store_name + ".tmp")
