@@ -137,6 +137,9 @@ class EmbedServer:
         man = read_manifest(index_dir)
         self.idx = RetrievalIndex.open(index_dir, embedder=embedder, verify=False)
         self.dim = man["embedder"]["dim"]
+        # ONNX Runtime where the model allows it: the same vectors, 2-3x faster per query on CPU
+        self.idx.embedder.use_backend(os.environ.get("RAFT_EMBED_BACKEND", "auto"),
+                                      int(os.environ.get("RAFT_ACTOR_THREADS", "1")))
         self.idx.embed(["warm up"])  # load the model now, not on the first user query
 
     def embed(self, texts: list[str]) -> np.ndarray:

@@ -76,10 +76,15 @@ class RetrievalSettings(Config):
     """Default search mode."""
     timeout_s: float = Field(5.0, gt=0)
     """Longest a retrieval may take before the request fails with 503."""
-    torch_threads: Optional[int] = Field(1, ge=1)
-    """local backend: torch intra-op threads for query embedding in the gateway process. Queries are
-    tiny and concurrent requests are batched, so 1 avoids thread oversubscription (on a busy 2-core box
-    2 threads made one query embedding ~15x slower); null keeps torch's default."""
+    embed_threads: Optional[int] = Field(1, ge=1)
+    """local backend: intra-op threads for query embedding in the gateway process (torch, or the ONNX
+    Runtime session). Queries are tiny and concurrent requests are batched, so 1 avoids thread
+    oversubscription (on a busy 2-core box 2 torch threads made one query embedding ~15x slower); null
+    keeps the library default."""
+    embed_backend: Literal["auto", "onnx", "torch"] = "auto"
+    """local backend: how queries are embedded. `onnx`: ONNX Runtime on the same model (identical vectors,
+    ~2-3x faster per query on CPU; exported once to ~/.cache/raft/onnx); `torch`: sentence-transformers;
+    `auto`: onnx when onnxruntime is installed and the model is a plain Transformer+Pooling one, else torch."""
     max_batch: int = Field(32, ge=1)
     """local backend: most queries embedded and searched together when requests arrive concurrently."""
 

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol, Sequence, runtime_checkable
 
 from retrieval.types import Document, Hit
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -202,10 +205,12 @@ def open_retriever(settings: Any) -> Optional[Retriever]:
     if settings.backend == "ray":
         return RayRetrieverAdapter.open(settings.index_dir, settings.num_shards, settings.num_embedders,
                                         settings.embedder)
-    if settings.torch_threads:
+    if settings.embed_threads:
         import torch
 
-        torch.set_num_threads(settings.torch_threads)
+        torch.set_num_threads(settings.embed_threads)
     r = IndexRetriever.open(settings.index_dir, settings.embedder)
     r.max_batch = settings.max_batch
+    backend = r.index.embedder.use_backend(settings.embed_backend, settings.embed_threads)
+    log.info("query embeddings: %s on %s", r.index.embedder.name, backend)
     return r
