@@ -32,7 +32,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,6 +39,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from raft.netutil import NotHealthyError, free_port, wait_healthy
 
 CONSONANTS = "bdfgklmnprstvz"
 VOWELS = "aeiou"
@@ -125,39 +126,26 @@ def raft(*args: str, log: Path) -> None:
     with log.open("a") as fh:
         fh.write(f"\n$ raft {' '.join(args)}\n")
         fh.flush()
-        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=ENV).returncode
+        rc = subprocess.run(cmd, check=False, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=ENV).returncode
     tail = "\n".join(log.read_text().splitlines()[-25:])
     if rc != 0:
         sys.exit(f"`raft {args[0]}` failed (exit {rc}); log {log}:\n{tail}")
     print(f"  raft {args[0]:<6} {time.perf_counter() - t0:6.1f} s", flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_engine(log: Path) -> tuple[subprocess.Popen, str]:
     """`transformers serve` without a forced model: it loads each merged model on first request, by path."""
-    import httpx
-
     port = free_port()
     exe = Path(sys.executable).with_name("transformers")
     fh = log.open("a")
     proc = subprocess.Popen([str(exe), "serve", "--port", str(port), "--device", "cpu", "--host", "127.0.0.1"],
                             stdout=fh, stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"transformers serve exited; see {log}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc, f"http://127.0.0.1:{port}/v1"
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGTERM)
-    sys.exit(f"transformers serve did not start in 120 s; see {log}")
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/health", timeout=120, proc=proc)
+    except NotHealthyError as e:
+        os.killpg(proc.pid, signal.SIGTERM)
+        sys.exit(f"transformers serve did not start: {e}; see {log}")
+    return proc, f"http://127.0.0.1:{port}/v1"
 
 
 def plot(result: dict, path: Path) -> None:

@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from raft.netutil import free_port, wait_healthy
+
 
 def vocabulary(n: int = 30_000, seed: int = 0) -> list[str]:
     """Pseudo-words, used with Zipf frequencies: posting lists shaped like a real corpus's."""
@@ -54,12 +56,6 @@ _ZIPF /= _ZIPF[-1]
 
 def zipf_words(rng: np.random.Generator, n: int) -> list[str]:
     return [VOCAB[i] for i in np.searchsorted(_ZIPF, rng.random(n))]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def synthetic_docs(n: int, seed: int = 0):
@@ -101,18 +97,6 @@ def build_index(path: Path, n: int, embedder: str) -> None:
         idx.close()
     finally:
         ri.embed_with_cache = real
-
-
-def wait(url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(url)
 
 
 def questions(n: int, seed: int = 1) -> list[str]:
@@ -234,8 +218,8 @@ def main() -> int:
                                "command": " ".join(sys.argv)}, "by_concurrency": {}}
     try:
         engine_url, gateway_url = f"http://127.0.0.1:{eport}", f"http://127.0.0.1:{gport}"
-        wait(engine_url + "/health")
-        wait(gateway_url + "/health", timeout=300)
+        wait_healthy(engine_url + "/health", timeout=120, proc=engine)
+        wait_healthy(gateway_url + "/health", timeout=300, proc=gateway)
         asyncio.run(run_load(gateway_url, "raft", questions(32, 99), 8, True))  # warm up (embedder, caches)
         for c in a.concurrency:
             n = max(50, a.requests // 4) if c == 1 else a.requests

@@ -61,14 +61,19 @@ def hf_trainer_run(model_dir: Path, data: Path, out: Path, args) -> dict:
     """A plain Trainer + peft loop on the same tokenized examples and padded batches as `batching=pad`."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
-                              TrainerCallback, TrainingArguments)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
+    from raft.train.batching import make_batches
     from raft.train.data import load_examples
     from raft.train.model import linear_module_names
     from raft.train.tokenize import Renderer
-
-    from raft.train.batching import make_batches
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     ex, _ = load_examples(str(data), "train")
@@ -171,8 +176,8 @@ def main() -> int:
         print(f"repeat {rep}: " + ", ".join(f"{k} {v:.0f}" for k, v in pairs[-1].items()) + " tokens/s", flush=True)
         for k, v in got.items():
             runs.setdefault(k, v)
-    for side in runs:  # the median repeat of each side; the other fields describe the first repeat
-        runs[side]["tokens_per_s"] = statistics.median(p[side] for p in pairs)
+    for side, run in runs.items():  # the median repeat of each side; the other fields describe the first repeat
+        run["tokens_per_s"] = statistics.median(p[side] for p in pairs)
     ray.shutdown()
     tps = {k: v["tokens_per_s"] for k, v in runs.items()}
     ratios = {"raft_pad_vs_hf_trainer": tps["raft_pad"] / tps["hf_trainer_pad"],

@@ -108,7 +108,7 @@ class OnnxEncoder:
         if not self.path.is_file():
             try:
                 export(transformer, self.path)
-            except Exception as e:  # an architecture the exporter cannot trace: keep PyTorch
+            except Exception as e:  # noqa: BLE001 -- an architecture the exporter cannot trace: keep PyTorch
                 raise OnnxUnsupported(f"export failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -10,8 +10,8 @@ from retrieval.embedders import Embedder
 from retrieval.errors import RetrievalError
 from retrieval.onnx_encoder import OnnxEncoder, OnnxUnsupported, _structure
 
-TEXTS = ["Where does the snow lynx sleep?", "a", "Veloria's glass bridges span the river delta in the north, "
-         "and the harbour council meets there every spring to set the tolls."]
+TEXTS = ["Where does the snow lynx sleep?", "a", ("Veloria's glass bridges span the river delta in the north, "
+                                                   "and the harbour council meets there every spring to set the tolls.")]
 
 
 @pytest.fixture
