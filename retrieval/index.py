@@ -36,6 +36,7 @@ from retrieval.types import Chunk, Document, Hit
 
 MODES = ("hybrid", "dense", "bm25")
 EXACT_FILTER_LIMIT = 20_000  # filtered dense search is exact (cached vectors) below this many matches
+EXACT_MEMO_ENTRIES = 8  # memoised filter matrices kept (each at most EXACT_FILTER_LIMIT x dim float32: 30 MB at 384-d)
 
 
 class RetrievalIndex:
@@ -254,7 +255,8 @@ class RetrievalIndex:
         if len(allowed) == 0:
             return [[] for _ in range(len(vecs))]
         if len(allowed) <= EXACT_FILTER_LIMIT:
-            exact = self._exact(vecs, allowed, k)
+            exact = self._exact(vecs, allowed, k, (id(self.store), json.dumps(flt, sort_keys=True, default=str),
+                                                   partition))
             if exact is not None:
                 return exact
         want = min(k, len(allowed))
@@ -263,6 +265,11 @@ class RetrievalIndex:
             if dense.kind == "flat" or all(int((ri >= 0).sum()) >= want for ri in i):
                 break
         return [[(int(r), float(s)) for r, s in zip(ri, di) if r >= 0] for di, ri in zip(d, i)]
+
+    def _forget_filters(self) -> None:
+        """A new store generation: memoised filter rows and vectors describe the old one."""
+        self.__dict__.pop("_allowed_cache", None)
+        self.__dict__.pop("_exact_cache", None)
 
     def _allowed_rows(self, flt: dict) -> np.ndarray:
         """Rows matching a filter, memoised per store generation: resolving a filter scans the metadata
@@ -276,18 +283,31 @@ class RetrievalIndex:
             cache[key] = store.rows_matching(flt)
         return cache[key]
 
-    def _exact(self, vecs: np.ndarray, rows: np.ndarray, k: int):
-        """Exact inner products against the cached vectors of `rows` (None if any vector is missing)."""
-        hashes = self.store.hashes_for_rows(rows)
-        got = self.cache.get_many(list(set(hashes.values())))
-        if any(h not in got for h in hashes.values()):
-            return None
-        rows = np.fromiter(hashes.keys(), dtype="int64")
-        mat = np.stack([got[hashes[int(r)]] for r in rows])
+    def _exact(self, vecs: np.ndarray, rows: np.ndarray, k: int, key: tuple | None = None):
+        """Exact inner products against the cached vectors of `rows` (None if any vector is missing).
+
+        The (rows, vectors) matrix is memoised per store generation and filter: gathering 10k vectors from
+        the SQLite cache costs tens of ms, the product itself well under one, and a tenant's filter
+        repeats on every query of that tenant."""
+        memo = self.__dict__.setdefault("_exact_cache", {})
+        got_memo = memo.pop(key, None) if key is not None else None
+        if got_memo is None:
+            hashes = self.store.hashes_for_rows(rows)
+            got = self.cache.get_many(list(set(hashes.values())))
+            if any(h not in got for h in hashes.values()):
+                return None
+            rows = np.fromiter(hashes.keys(), dtype="int64")
+            got_memo = (rows, np.stack([got[hashes[int(r)]] for r in rows]).astype("float32", copy=False))
+        if key is not None:
+            memo[key] = got_memo  # most recently used last
+            while len(memo) > EXACT_MEMO_ENTRIES:
+                memo.pop(next(iter(memo)))
+        rows, mat = got_memo
         scores = vecs @ mat.T
         out = []
         for s in scores:
-            top = np.argsort(-s, kind="stable")[:k]
+            top = np.argpartition(-s, k - 1)[:k] if len(s) > k else np.arange(len(s))
+            top = top[np.argsort(-s[top], kind="stable")]
             out.append([(int(rows[j]), float(s[j])) for j in top])
         return out
 
@@ -370,7 +390,7 @@ class RetrievalIndex:
                 fresh = RetrievalIndex.open(self.path, verify=False)
                 old_store = self.store
                 self.store, self.dense, self.manifest = fresh.store, fresh.dense, fresh.manifest
-                self.__dict__.pop("_allowed_cache", None)
+                self._forget_filters()
                 old_store.close()
             yield
 
@@ -402,10 +422,11 @@ class RetrievalIndex:
             except BaseException:
                 fresh = RetrievalIndex.open(self.path, verify=False)
                 self.dense, self.store, self.manifest = fresh.dense, fresh.store, fresh.manifest
+                self._forget_filters()
                 raise
             old_store = self.store
             self.store, self.dense, self.manifest = final, dense, new
-            self.__dict__.pop("_allowed_cache", None)
+            self._forget_filters()
             old_store.close()
             sweep(self.path, new)
 

@@ -167,3 +167,32 @@ def test_local_embedder_path_is_stored_absolute(tmp_path, monkeypatch):
     assert canonical_name("models/emb") == str((tmp_path / "models" / "emb").resolve())
     assert canonical_name("sentence-transformers/all-MiniLM-L6-v2") == "all-MiniLM-L6-v2"
     assert canonical_name("BAAI/bge-small-en-v1.5") == "BAAI/bge-small-en-v1.5"  # hub ids stay as named
+
+
+def test_memoised_filter_vectors_follow_live_writes(index_copy, monkeypatch):
+    """Filtered dense search memoises the filter's vectors; adds and deletes must not be served stale."""
+    import retrieval.index as ri
+
+    idx = RetrievalIndex.open(index_copy)
+    flt = {"tenant": "globex"}
+
+    def ranked(hits):
+        return [(h.chunk.chunk_id, round(h.score, 5)) for h in hits]
+
+    first = idx.search(QUESTION, k=4, mode="dense", filter=flt)
+    assert idx.__dict__.get("_exact_cache")  # the exact path ran and kept its matrix
+    assert ranked(idx.search(QUESTION, k=4, mode="dense", filter=flt)) == ranked(first)
+    monkeypatch.setattr(ri, "EXACT_FILTER_LIMIT", 0)  # FAISS with an ID selector instead (flat here: exact)
+    assert idx.dense.kind == "flat"
+    assert ranked(idx.search(QUESTION, k=4, mode="dense", filter=flt)) == ranked(first)
+    monkeypatch.undo()
+
+    doc = Document("lynx", "The largest island in the Veloria chain is where the snow lynx sleeps.", "Lynx",
+                   "lynx.md", {"tenant": "globex"})
+    idx.add_documents([doc])
+    after_add = idx.search(QUESTION, k=4, mode="dense", filter=flt)
+    assert "lynx" in {h.chunk.doc_id for h in after_add}
+    assert all(h.chunk.metadata.get("tenant") == "globex" for h in after_add)
+    idx.delete_documents(["lynx"])
+    assert ranked(idx.search(QUESTION, k=4, mode="dense", filter=flt)) == ranked(first)
+    idx.close()
