@@ -75,8 +75,6 @@ class ShardServer:
     def search(self, vectors: np.ndarray | None, queries: list[str], k: int, mode: str, flt: dict,
                ncand: int) -> list[dict]:
         """Per query: {"dense": [(row, score, chunk)], "bm25": [...]}, restricted to this shard."""
-        from retrieval.store import fts_query
-
         idx = self.idx
         out = [{"dense": [], "bm25": []} for _ in queries]
         if mode in ("dense", "hybrid") and vectors is not None:
@@ -88,7 +86,7 @@ class ShardServer:
 
             where, params = filter_sql(flt)
             for o, q in zip(out, queries):
-                fq = fts_query(q)
+                fq = idx.store.fts_match(q)
                 if not fq:
                     continue
                 sql = ("SELECT f.rowid, bm25(chunks_fts, 0.5, 1.0) AS s FROM chunks_fts f JOIN chunks c ON "

@@ -33,12 +33,6 @@ CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(title, text, tokenize='
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
-def fts_query(text: str) -> str:
-    """A query string as an FTS5 OR of its quoted terms (user text never reaches FTS syntax)."""
-    terms = list(dict.fromkeys(w.lower() for w in _WORD.findall(text)))
-    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
-
-
 class Store:
     def __init__(self, path: str | Path, create: bool = False):
         self.path = Path(path)
@@ -60,8 +54,13 @@ class Store:
         out.close()
 
     # ---- writes -------------------------------------------------------------------------------
+    def _changed(self) -> None:
+        self.__dict__.pop("_df", None)  # term statistics memoised by fts_match
+        self.__dict__.pop("_n", None)
+
     def add_chunks(self, chunks: list[Chunk], hashes: list[str]) -> list[int]:
         rows = []
+        self._changed()
         with self.lock, self.con:
             for c, h in zip(chunks, hashes):
                 cur = self.con.execute(
@@ -75,6 +74,7 @@ class Store:
 
     def delete_docs(self, doc_ids: list[str]) -> list[int]:
         rows = self.rows_for_docs(doc_ids)
+        self._changed()
         with self.lock, self.con:
             for i in range(0, len(rows), 900):
                 part = [int(r) for r in rows[i:i + 900]]
@@ -161,9 +161,49 @@ class Store:
         with self.lock:
             return [d for (d,) in self.con.execute("SELECT DISTINCT doc_id FROM chunks")]
 
+    def _doc_freqs(self, terms: list[str]) -> dict[str, int]:
+        """Documents (chunks) containing each query term, after FTS5's own porter stemming; memoised, as
+        a published store is never written (a live write makes a new one; writes clear the memo anyway)."""
+        memo = self.__dict__.setdefault("_df", {})
+        todo = [t for t in terms if t not in memo]
+        if todo:
+            con = self.con
+            # the query's terms go through a temp FTS5 table with the same tokenizer to get their stems;
+            # fts5vocab then reads each stem's document count straight from the index
+            con.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.q_terms USING fts5(t, tokenize='porter unicode61')")
+            con.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.q_stems USING fts5vocab(temp, q_terms, 'instance')")
+            con.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.fts_vocab USING fts5vocab(main, chunks_fts, 'row')")
+            con.execute("DELETE FROM temp.q_terms")
+            con.executemany("INSERT INTO temp.q_terms(rowid, t) VALUES (?, ?)", list(enumerate(todo, 1)))
+            for rowid, stem in con.execute("SELECT doc, term FROM temp.q_stems").fetchall():
+                got = con.execute("SELECT doc FROM temp.fts_vocab WHERE term = ?", (stem,)).fetchone()
+                t, n = todo[rowid - 1], got[0] if got else 0
+                memo[t] = min(memo[t], n) if t in memo else n  # a term of several tokens is a phrase: <= each
+            for t in todo:
+                memo.setdefault(t, 0)
+        return {t: memo[t] for t in terms}
+
+    def fts_match(self, query: str) -> str:
+        """The FTS5 MATCH expression for a query: an OR of its quoted terms (user text never reaches FTS
+        syntax), without the terms found in more than half of the chunks, unless that leaves none.
+
+        FTS5 clamps the IDF of such terms to ~0, so they cannot change the BM25 ranking, but OR-ing them in
+        makes SQLite score their whole posting lists (stop words: "the", "of"), which was most of a
+        query's time on a large index."""
+        terms = list(dict.fromkeys(w.lower() for w in _WORD.findall(query)))
+        if not terms:
+            return ""
+        with self.lock:
+            n = self.__dict__.get("_n")
+            if n is None:
+                n = self._n = self.con.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+            df = self._doc_freqs(terms)
+        useful = [t for t in terms if 0 < df[t] and 2 * df[t] <= n]
+        return " OR ".join('"' + t.replace('"', '""') + '"' for t in (useful or terms))
+
     def bm25(self, query: str, k: int, flt: dict[str, list]) -> list[tuple[int, float]]:
         """Top-k (row, score) by FTS5 BM25 (score negated so higher is better), filter joined in SQL."""
-        q = fts_query(query)
+        q = self.fts_match(query)
         if not q:
             return []
         where, params = filter_sql(flt)
