@@ -82,18 +82,8 @@ class ShardServer:
             for o, d in zip(out, dense):
                 o["dense"] = d
         if mode in ("bm25", "hybrid"):
-            from retrieval.filters import filter_sql
-
-            where, params = filter_sql(flt)
             for o, q in zip(out, queries):
-                fq = idx.store.fts_match(q)
-                if not fq:
-                    continue
-                sql = ("SELECT f.rowid, bm25(chunks_fts, 0.5, 1.0) AS s FROM chunks_fts f JOIN chunks c ON "
-                       f"c.row = f.rowid WHERE chunks_fts MATCH ? AND {where} AND {self._mine(flt)} "
-                       "ORDER BY s LIMIT ?")
-                with idx.store.lock:
-                    o["bm25"] = [(int(r), -float(s)) for r, s in idx.store.con.execute(sql, [fq, *params, ncand])]
+                o["bm25"] = idx.store.bm25(q, ncand, flt, restrict=self._mine(flt))
         rows = {r for o in out for lst in o.values() for r, _ in lst}
         chunks = idx.store.get_rows(rows)
         return [{key: [(r, s, chunks[r].to_dict()) for r, s in lst if r in chunks] for key, lst in o.items()}
@@ -225,7 +215,7 @@ class RayRetriever:
             lists, chunks = {}, {}
             for key in ("dense", "bm25"):
                 merged = [x for p in parts for x in p[qi][key]]
-                merged.sort(key=lambda x: -x[1])
+                merged.sort(key=lambda x: (-x[1], x[0]))  # ties by row: the order one unsharded index gives
                 merged = merged[:ncand]
                 lists[key] = [(r, s) for r, s, _ in merged]
                 chunks.update({r: c for r, _, c in merged})

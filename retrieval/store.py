@@ -183,33 +183,53 @@ class Store:
                 memo.setdefault(t, 0)
         return {t: memo[t] for t in terms}
 
-    def fts_match(self, query: str) -> str:
-        """The FTS5 MATCH expression for a query: an OR of its quoted terms (user text never reaches FTS
-        syntax), without the terms found in more than half of the chunks, unless that leaves none.
-
-        FTS5 clamps the IDF of such terms to ~0, so they cannot change the BM25 ranking, but OR-ing them in
-        makes SQLite score their whole posting lists (stop words: "the", "of"), which was most of a
-        query's time on a large index."""
+    def _terms(self, query: str) -> tuple[list[str], list[str]]:
+        """(useful, frequent) query terms: frequent ones are in more than half of the chunks."""
         terms = list(dict.fromkeys(w.lower() for w in _WORD.findall(query)))
         if not terms:
-            return ""
+            return [], []
         with self.lock:
             n = self.__dict__.get("_n")
             if n is None:
                 n = self._n = self.con.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
             df = self._doc_freqs(terms)
         useful = [t for t in terms if 0 < df[t] and 2 * df[t] <= n]
-        return " OR ".join('"' + t.replace('"', '""') + '"' for t in (useful or terms))
+        return (useful, [t for t in terms if t not in useful]) if useful else (terms, [])
 
-    def bm25(self, query: str, k: int, flt: dict[str, list]) -> list[tuple[int, float]]:
-        """Top-k (row, score) by FTS5 BM25 (score negated so higher is better), filter joined in SQL."""
-        q = self.fts_match(query)
-        if not q:
+    def fts_match(self, query: str) -> str:
+        """The FTS5 MATCH expression for a query's useful terms (see `bm25`); user text never reaches FTS
+        syntax: every term is quoted."""
+        return _or(self._terms(query)[0])
+
+    def bm25(self, query: str, k: int, flt: dict[str, list], restrict: str | None = None) -> list[tuple[int, float]]:
+        """Top-k (row, score) by FTS5 BM25 (score negated so higher is better), filter joined in SQL;
+        `restrict`: one more SQL condition on the chunks table `c` (a Ray shard's rows).
+
+        Terms found in more than half of the chunks are left out of the ranked query: FTS5 clamps their
+        IDF to ~0, so they cannot change the ranking, but OR-ing them in makes SQLite score their whole
+        posting lists (stop words: "the", "of"), which was most of a query's time on a large index. If
+        the useful terms match fewer than k chunks, chunks that match only the frequent terms fill up to
+        k as before, with score 0 in row order (their BM25 scores were ~0 anyway; taking them in row order
+        avoids scoring whole posting lists and gives the same fillers however the index is sharded)."""
+        useful, frequent = self._terms(query)
+        if not useful:
             return []
         where, params = filter_sql(flt)
-        sql = ("SELECT f.rowid, bm25(chunks_fts, 0.5, 1.0) AS s FROM chunks_fts f "
-               + ("JOIN chunks c ON c.row = f.rowid " if flt else "")
-               + f"WHERE chunks_fts MATCH ? AND {where} ORDER BY s LIMIT ?")
+        if restrict:
+            where = f"({where}) AND ({restrict})"
+        head = ("SELECT f.rowid, bm25(chunks_fts, 0.5, 1.0) AS s FROM chunks_fts f "
+                + ("JOIN chunks c ON c.row = f.rowid " if flt or restrict else "")
+                + f"WHERE chunks_fts MATCH ? AND {where} ")
         with self.lock:
-            data = self.con.execute(sql, [q, *params, int(k)]).fetchall()
+            data = self.con.execute(head + "ORDER BY s LIMIT ?", [_or(useful), *params, int(k)]).fetchall()
+            if len(data) < k and frequent:
+                # every chunk the useful terms match is in `data` already; the rest match only frequent terms
+                seen = {r for r, _ in data}
+                more = self.con.execute(head + "ORDER BY f.rowid LIMIT ?",
+                                        [_or(frequent), *params, int(k) + len(seen)]).fetchall()
+                data += [(r, 0.0) for r, _ in more if r not in seen][:k - len(data)]
         return [(int(r), -float(s)) for r, s in data]
+
+
+def _or(terms: list[str]) -> str:
+    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)

@@ -51,3 +51,21 @@ def test_term_statistics_follow_writes(index_copy):
     assert before == 0 and idx.store._doc_freqs(["zebracorn"])["zebracorn"] == 1
     assert idx.search("zebracorn", k=1, mode="bm25")[0].chunk.doc_id == "z"
     idx.close()
+
+
+def test_chunks_matching_only_frequent_terms_still_fill_k(built_index):
+    """Leaving frequent terms out must not shrink the result: as before, up to k chunks come back."""
+    idx = RetrievalIndex.open(built_index)
+    store = idx.store
+    rare = store._doc_freqs(["islands"])["islands"]
+    assert 0 < rare and 2 * store._doc_freqs(["the"])["the"] > store.count()
+    got = store.bm25("the islands", rare + 3, normalize_filter(None))
+    assert len(got) == rare + 3 and len({r for r, _ in got}) == rare + 3
+    scores = [s for _, s in got]
+    assert min(scores[:rare]) > 0 and scores[rare:] == [0.0, 0.0, 0.0]  # fillers score 0 and come last
+    fillers = [r for r, _ in got[rare:]]
+    assert fillers == sorted(fillers)  # in row order: the same whatever the sharding
+    with_tenant = store.bm25("the islands", 50, normalize_filter({"tenant": "acme"}))
+    tenants = {c.metadata["tenant"] for c in store.get_rows([r for r, _ in with_tenant]).values()}
+    assert tenants == {"acme"}  # the filter holds for the fillers too
+    idx.close()
