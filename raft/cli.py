@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as e:
         from rich.console import Console
 
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+        # soft_wrap: an error names paths and values; hard line breaks inside them break copy-paste (and greps)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
