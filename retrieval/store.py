@@ -55,7 +55,7 @@ class Store:
 
     # ---- writes -------------------------------------------------------------------------------
     def _changed(self) -> None:
-        self.__dict__.pop("_df", None)  # term statistics memoised by fts_match
+        self.__dict__.pop("_df", None)  # term statistics memoised by _doc_freqs / _terms
         self.__dict__.pop("_n", None)
 
     def add_chunks(self, chunks: list[Chunk], hashes: list[str]) -> list[int]:
@@ -164,15 +164,17 @@ class Store:
     def _doc_freqs(self, terms: list[str]) -> dict[str, int]:
         """Documents (chunks) containing each query term, after FTS5's own porter stemming; memoised, as
         a published store is never written (a live write makes a new one; writes clear the memo anyway)."""
-        memo = self.__dict__.setdefault("_df", {})
-        todo = [t for t in terms if t not in memo]
-        if todo:
-            con = self.con
+        con = self.con
+        memo = self.__dict__.get("_df")
+        if memo is None:
             # the query's terms go through a temp FTS5 table with the same tokenizer to get their stems;
             # fts5vocab then reads each stem's document count straight from the index
             con.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.q_terms USING fts5(t, tokenize='porter unicode61')")
             con.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.q_stems USING fts5vocab(temp, q_terms, 'instance')")
             con.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.fts_vocab USING fts5vocab(main, chunks_fts, 'row')")
+            memo = self._df = {}
+        todo = [t for t in terms if t not in memo]
+        if todo:
             con.execute("DELETE FROM temp.q_terms")
             con.executemany("INSERT INTO temp.q_terms(rowid, t) VALUES (?, ?)", list(enumerate(todo, 1)))
             for rowid, stem in con.execute("SELECT doc, term FROM temp.q_stems").fetchall():
@@ -195,11 +197,6 @@ class Store:
             df = self._doc_freqs(terms)
         useful = [t for t in terms if 0 < df[t] and 2 * df[t] <= n]
         return (useful, [t for t in terms if t not in useful]) if useful else (terms, [])
-
-    def fts_match(self, query: str) -> str:
-        """The FTS5 MATCH expression for a query's useful terms (see `bm25`); user text never reaches FTS
-        syntax: every term is quoted."""
-        return _or(self._terms(query)[0])
 
     def bm25(self, query: str, k: int, flt: dict[str, list], restrict: str | None = None) -> list[tuple[int, float]]:
         """Top-k (row, score) by FTS5 BM25 (score negated so higher is better), filter joined in SQL;
@@ -232,4 +229,5 @@ class Store:
 
 
 def _or(terms: list[str]) -> str:
+    """An FTS5 OR of quoted terms: user text never reaches FTS syntax."""
     return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)

@@ -25,12 +25,12 @@ def test_frequent_terms_are_left_out_and_the_ranking_is_unchanged(built_index):
     assert df["islands"] == df["island"] > 0  # counted after FTS5's porter stemming, like the index
     assert df["zebracorn"] == 0
 
-    match = store.fts_match(QUERY)
-    terms = [t.strip('"') for t in match.split(" OR ")]
-    assert "the" not in terms and "islands" in terms
+    terms, frequent = store._terms(QUERY)
+    assert "the" not in terms and "islands" in terms and "the" in frequent
     all_df = store._doc_freqs(full_match(QUERY).replace('"', "").split(" OR "))
     assert terms == [t for t, d in all_df.items() if 0 < d and 2 * d <= n]
-    assert store.fts_match("the of the") == '"the" OR "of"'  # nothing but frequent terms: kept as asked
+    assert frequent == [t for t in all_df if t not in terms]
+    assert store._terms("the of the") == (["the", "of"], [])  # nothing but frequent terms: kept as asked
 
     sql = ("SELECT f.rowid, bm25(chunks_fts, 0.5, 1.0) AS s FROM chunks_fts f WHERE chunks_fts MATCH ? "
            "ORDER BY s LIMIT ?")
