@@ -249,14 +249,14 @@ class RetrievalIndex:
         if not flt:
             d, i = dense.search(vecs, k)
             return [[(int(r), float(s)) for r, s in zip(ri, di) if r >= 0] for di, ri in zip(d, i)]
-        allowed = self._allowed_rows(flt)
+        fkey = json.dumps(flt, sort_keys=True, default=str)
+        allowed = self._allowed_rows(flt, fkey)
         if partition is not None:
             allowed = allowed[allowed % partition[0] == partition[1]]
         if len(allowed) == 0:
             return [[] for _ in range(len(vecs))]
         if len(allowed) <= EXACT_FILTER_LIMIT:
-            exact = self._exact(vecs, allowed, k, (id(self.store), json.dumps(flt, sort_keys=True, default=str),
-                                                   partition))
+            exact = self._exact(vecs, allowed, k, (fkey, partition))
             if exact is not None:
                 return exact
         want = min(k, len(allowed))
@@ -271,26 +271,25 @@ class RetrievalIndex:
         self.__dict__.pop("_allowed_cache", None)
         self.__dict__.pop("_exact_cache", None)
 
-    def _allowed_rows(self, flt: dict) -> np.ndarray:
-        """Rows matching a filter, memoised per store generation: resolving a filter scans the metadata
-        (O(chunks)), and the same few tenant filters repeat on every query."""
-        store = self.store
-        key = (id(store), json.dumps(flt, sort_keys=True, default=str))
+    def _allowed_rows(self, flt: dict, fkey: str) -> np.ndarray:
+        """Rows matching a filter (`fkey`: its canonical JSON), memoised until the store generation changes
+        (_forget_filters): resolving a filter scans the metadata (O(chunks)), and the same few tenant
+        filters repeat on every query."""
         cache = self.__dict__.setdefault("_allowed_cache", {})
-        if key not in cache:
+        if fkey not in cache:
             if len(cache) >= 64:
                 cache.pop(next(iter(cache)))
-            cache[key] = store.rows_matching(flt)
-        return cache[key]
+            cache[fkey] = self.store.rows_matching(flt)
+        return cache[fkey]
 
-    def _exact(self, vecs: np.ndarray, rows: np.ndarray, k: int, key: tuple | None = None):
+    def _exact(self, vecs: np.ndarray, rows: np.ndarray, k: int, key: tuple):
         """Exact inner products against the cached vectors of `rows` (None if any vector is missing).
 
-        The (rows, vectors) matrix is memoised per store generation and filter: gathering 10k vectors from
-        the SQLite cache costs tens of ms, the product itself well under one, and a tenant's filter
-        repeats on every query of that tenant."""
+        The (rows, vectors) matrix is memoised per filter and shard partition (`key`) until the store
+        generation changes: gathering 10k vectors from the SQLite cache costs tens of ms, the product
+        itself well under one, and a tenant's filter repeats on every query of that tenant."""
         memo = self.__dict__.setdefault("_exact_cache", {})
-        got_memo = memo.pop(key, None) if key is not None else None
+        got_memo = memo.pop(key, None)
         if got_memo is None:
             hashes = self.store.hashes_for_rows(rows)
             got = self.cache.get_many(list(set(hashes.values())))
@@ -298,10 +297,9 @@ class RetrievalIndex:
                 return None
             rows = np.fromiter(hashes.keys(), dtype="int64")
             got_memo = (rows, np.stack([got[hashes[int(r)]] for r in rows]).astype("float32", copy=False))
-        if key is not None:
-            memo[key] = got_memo  # most recently used last
-            while len(memo) > EXACT_MEMO_ENTRIES:
-                memo.pop(next(iter(memo)))
+        memo[key] = got_memo  # most recently used last
+        while len(memo) > EXACT_MEMO_ENTRIES:
+            memo.pop(next(iter(memo)))
         rows, mat = got_memo
         scores = vecs @ mat.T
         out = []
