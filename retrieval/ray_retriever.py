@@ -99,9 +99,9 @@ class ShardServer:
         return [c.to_dict() for c in self.idx.chunks_for_doc(doc_id)]  # every shard holds the whole store
 
 
-def _limit_threads() -> None:
+def _limit_threads() -> int:
     """One query is small: OpenMP/torch thread pools only add wake-up latency and oversubscribe the
-    CPUs an actor shares with the others (RAFT_ACTOR_THREADS overrides)."""
+    CPUs an actor shares with the others (RAFT_ACTOR_THREADS overrides). Returns the thread count."""
     n = int(os.environ.get("RAFT_ACTOR_THREADS", "1"))
     try:
         import faiss
@@ -115,19 +115,19 @@ def _limit_threads() -> None:
         torch.set_num_threads(n)
     except Exception:
         pass
+    return n
 
 
 class EmbedServer:
     def __init__(self, index_dir: str, embedder: str | None = None):
-        _limit_threads()
+        threads = _limit_threads()
         from retrieval.index import RetrievalIndex, read_manifest
 
         man = read_manifest(index_dir)
         self.idx = RetrievalIndex.open(index_dir, embedder=embedder, verify=False)
         self.dim = man["embedder"]["dim"]
         # ONNX Runtime where the model allows it: the same vectors, 2-3x faster per query on CPU
-        self.idx.embedder.use_backend(os.environ.get("RAFT_EMBED_BACKEND", "auto"),
-                                      int(os.environ.get("RAFT_ACTOR_THREADS", "1")))
+        self.idx.embedder.use_backend(os.environ.get("RAFT_EMBED_BACKEND", "auto"), threads)
         self.idx.embed(["warm up"])  # load the model now, not on the first user query
 
     def embed(self, texts: list[str]) -> np.ndarray:
