@@ -27,6 +27,15 @@ def _scope(spec_version: str) -> dict:
                         (b"content-length", str(len(BODY)).encode())]}
 
 
+def _request_then_disconnect():
+    """An ASGI `receive` that delivers the request body once, then reports the client gone."""
+    pending = [{"type": "http.request", "body": BODY, "more_body": False}]
+
+    async def receive():
+        return pending.pop() if pending else {"type": "http.disconnect"}
+    return receive
+
+
 def _run(fake_engine, client):
     """Build a gateway, let `client(app)` talk to it, return (in-flight, requests by status, sent messages)."""
     async def main():
@@ -73,16 +82,12 @@ def test_client_gone_before_the_first_byte(fake_engine):
     # there cancels the body task before the relay generator ever starts, so its `finally` never runs
     async def client(app):
         sent = []
-        pending = [{"type": "http.request", "body": BODY, "more_body": False}]
-
-        async def receive():
-            return pending.pop() if pending else {"type": "http.disconnect"}
 
         async def send(msg):
             sent.append(msg)
             await asyncio.sleep(0)
 
-        await app(_scope("2.3"), receive, send)
+        await app(_scope("2.3"), _request_then_disconnect(), send)
         return sent
 
     gauge, counts, sent = _run(fake_engine, client)
@@ -94,10 +99,6 @@ def test_client_gone_mid_stream(fake_engine):
     # ASGI >= 2.4: a send to a closed connection raises OSError; the relay is left suspended at a yield
     async def client(app):
         sent = []
-        pending = [{"type": "http.request", "body": BODY, "more_body": False}]
-
-        async def receive():
-            return pending.pop() if pending else {"type": "http.disconnect"}
 
         async def send(msg):
             if msg["type"] == "http.response.body" and len(sent) >= 2:
@@ -105,7 +106,7 @@ def test_client_gone_mid_stream(fake_engine):
             sent.append(msg)
 
         with contextlib.suppress(Exception):
-            await app(_scope("2.4"), receive, send)
+            await app(_scope("2.4"), _request_then_disconnect(), send)
         return sent
 
     gauge, counts, sent = _run(fake_engine, client)
