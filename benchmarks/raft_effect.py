@@ -94,6 +94,21 @@ def make_task(out: Path, n_docs: int, seed: int) -> tuple[Path, Path, list[str],
     return cp, qp, texts, sorted({w for pair in pairs for w in pair})
 
 
+def build_base(base: Path, texts: list[str], *, vocab: int, hidden: int, layers: int, heads: int, seed: int) -> None:
+    """A random tiny Llama whose tokenizer has seen whole rendered prompts, so the prompt's fixed parts
+    (system prompt, document tags, chat roles) become few tokens: shorter sequences, faster training. The
+    vocabulary is large enough for BPE to merge every name and value into one token."""
+    from raft.prompt import SYSTEM_PROMPT, cot_answer, render_user
+    from raft.tiny_model import build_tiny_model
+
+    docs = [{"title": t.split()[3], "text": t} for t in texts[::2][:500]]
+    rendered = [f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
+                + render_user(texts[2 * i + 1], docs[i:i + 5]) + "<|im_end|>\n<|im_start|>assistant\n"
+                + cot_answer("The context states:", [texts[2 * i]], "x") for i in range(0, 495, 5)]
+    build_tiny_model(base, texts + rendered, vocab_size=vocab, hidden_size=hidden, layers=layers, heads=heads,
+                     kv_heads=heads, seed=seed)
+
+
 def init_output_head(model_dir: Path) -> None:
     """Start the (untied) output head equal to the input embeddings, as in models with tied embeddings:
     then writing a token the model has attended to is an identity map its adapters can learn quickly.
@@ -203,20 +218,10 @@ def main() -> int:
     print(f"raft_effect: {args.docs} facts, {args.steps} steps per run, output {out}", flush=True)
 
     corpus, questions, texts, words = make_task(out / "task", args.docs, args.seed)
-    from raft.prompt import SYSTEM_PROMPT, cot_answer, render_user
-    from raft.tiny_model import build_tiny_model
-
     base = out / "base-model"
     if not (base / "config.json").exists():
-        # a random model whose tokenizer has seen whole rendered prompts, so the prompt's fixed parts
-        # (system prompt, document tags, chat roles) become few tokens: shorter sequences, faster training;
-        # the vocabulary is large enough for BPE to merge every name and value into one token
-        docs = [{"title": t.split()[3], "text": t} for t in texts[::2][:500]]
-        rendered = [f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
-                    + render_user(texts[2 * i + 1], docs[i:i + 5]) + "<|im_end|>\n<|im_start|>assistant\n"
-                    + cot_answer("The context states:", [texts[2 * i]], "x") for i in range(0, 495, 5)]
-        build_tiny_model(base, texts + rendered, vocab_size=args.vocab, hidden_size=args.hidden,
-                         layers=args.layers, heads=args.heads, kv_heads=args.heads, seed=args.seed)
+        build_base(base, texts, vocab=args.vocab, hidden=args.hidden, layers=args.layers, heads=args.heads,
+                   seed=args.seed)
         init_output_head(base)
     check_single_tokens(base, words)
 

@@ -52,8 +52,7 @@ def main() -> int:
     import torch
     from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
 
-    from raft.prompt import SYSTEM_PROMPT, cot_answer, render_user
-    from raft.tiny_model import build_tiny_model
+    from raft.prompt import cot_answer
     from raft.train.data import Example
     from raft.train.tokenize import Renderer
 
@@ -63,12 +62,7 @@ def main() -> int:
     _, _, texts, words = raft_effect.make_task(work / "task", 1000, 0)
     base = work / "base-model"
     if not (base / "config.json").exists():  # the tokenizer raft_effect.py builds (one token per name/value)
-        docs = [{"title": t.split()[3], "text": t} for t in texts[::2][:500]]
-        rendered = [f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
-                    + render_user(texts[2 * i + 1], docs[i:i + 5]) + "<|im_end|>\n<|im_start|>assistant\n"
-                    + cot_answer("The context states:", [texts[2 * i]], "x") for i in range(0, 495, 5)]
-        build_tiny_model(base, texts + rendered, vocab_size=3000, hidden_size=a.hidden, layers=a.layers,
-                         heads=a.heads, kv_heads=a.heads, seed=0)
+        raft_effect.build_base(base, texts, vocab=3000, hidden=a.hidden, layers=a.layers, heads=a.heads, seed=0)
     tok = AutoTokenizer.from_pretrained(base)
     renderer = Renderer(tok, 512)
     names = sorted(w for w in words if len(w) == 4)
