@@ -55,3 +55,12 @@ def test_cli_errors_are_clean(tmp_path, built_index, capsys):
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["index", "search", str(built_index), "q", "--mode", "nope"])
+
+
+def test_cli_errors_keep_long_paths_on_one_line(tmp_path, capsys, monkeypatch):
+    """A path in an error message is copyable: the console does not break it across lines."""
+    monkeypatch.setenv("COLUMNS", "60")  # narrower than the message, as in a small terminal or a CI log
+    missing = tmp_path / ("a_directory_name_long_enough_to_pass_any_terminal_width_" * 2) / "index"
+    assert main(["index", "search", str(missing), "q"]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "does not exist" in err
