@@ -119,7 +119,7 @@ def _limit_threads() -> int:
 
 
 class EmbedServer:
-    def __init__(self, index_dir: str, embedder: str | None = None):
+    def __init__(self, index_dir: str, embedder: str | None = None, backend: str = "auto"):
         threads = _limit_threads()
         from retrieval.index import RetrievalIndex, read_manifest
 
@@ -127,11 +127,14 @@ class EmbedServer:
         self.idx = RetrievalIndex.open(index_dir, embedder=embedder, verify=False)
         self.dim = man["embedder"]["dim"]
         # ONNX Runtime where the model allows it: the same vectors, 2-3x faster per query on CPU
-        self.idx.embedder.use_backend(os.environ.get("RAFT_EMBED_BACKEND", "auto"), threads)
+        self._backend = self.idx.embedder.use_backend(backend, threads)
         self.idx.embed(["warm up"])  # load the model now, not on the first user query
 
     def embed(self, texts: list[str]) -> np.ndarray:
         return self.idx.embed(texts)
+
+    def backend(self) -> str:
+        return self._backend
 
 
 class WriterServer:
@@ -160,7 +163,10 @@ class RayRetriever:
     """Search an index through Ray actors; same search/add/delete methods as RetrievalIndex."""
 
     def __init__(self, index_dir: str, num_shards: int = 2, num_embedders: int = 1, embedder: str | None = None,
-                 shard_cpus: float = 0.25, embedder_cpus: float = 0.5, embedder_gpus: float = 0.0):
+                 shard_cpus: float = 0.25, embedder_cpus: float = 0.5, embedder_gpus: float = 0.0,
+                 embed_backend: str | None = None):
+        """`embed_backend`: auto | onnx | torch for the embedder actors (default: env RAFT_EMBED_BACKEND,
+        else auto); see `Embedder.use_backend`."""
         import ray
 
         from retrieval.index import read_manifest
@@ -188,10 +194,15 @@ class RayRetriever:
         self._writer_cls = ray.remote(num_cpus=0)(WriterServer)
         self._writer = None
         self.shards = [shard_cls.remote(self.index_dir, i, num_shards, embedder) for i in range(num_shards)]
-        self.embedders = [emb_cls.remote(self.index_dir, embedder) for _ in range(num_embedders)]
+        backend = embed_backend or os.environ.get("RAFT_EMBED_BACKEND", "auto")
+        self.embedders = [emb_cls.remote(self.index_dir, embedder, backend) for _ in range(num_embedders)]
         self._embedder_arg = embedder
         self._rr = count()
         ray.get([s.count.remote() for s in self.shards] + [e.embed.remote(["x"]) for e in self.embedders])
+
+    def embed_backends(self) -> list[str]:
+        """What each embedder actor embeds queries with (`onnx` or `torch`)."""
+        return self._ray.get([e.backend.remote() for e in self.embedders])
 
     # ---- search -------------------------------------------------------------------------------
     def _dispatch(self, queries: list[str], k, mode: str, filter: dict | None):

@@ -82,9 +82,10 @@ class RetrievalSettings(Config):
     oversubscription (on a busy 2-core box 2 torch threads made one query embedding ~15x slower); null
     keeps the library default."""
     embed_backend: Literal["auto", "onnx", "torch"] = "auto"
-    """local backend: how queries are embedded. `onnx`: ONNX Runtime on the same model (identical vectors,
-    ~2-3x faster per query on CPU; exported once to ~/.cache/raft/onnx); `torch`: sentence-transformers;
-    `auto`: onnx when onnxruntime is installed and the model is a plain Transformer+Pooling one, else torch."""
+    """How queries are embedded, in the gateway (local backend) or in the embedder actors (ray backend).
+    `onnx`: ONNX Runtime on the same model (identical vectors, ~2-3x faster per query on CPU; exported once
+    to ~/.cache/raft/onnx); `torch`: sentence-transformers; `auto`: onnx when onnxruntime is installed and
+    the model is a plain Transformer+Pooling one, else torch."""
     max_batch: int = Field(32, ge=1)
     """local backend: most queries embedded and searched together when requests arrive concurrently."""
 

@@ -162,11 +162,13 @@ class RayRetrieverAdapter:
 
     @classmethod
     def open(cls, index_dir: str, num_shards: int = 2, num_embedders: int = 1,
-             embedder: Optional[str] = None) -> "RayRetrieverAdapter":
+             embedder: Optional[str] = None, embed_backend: str = "auto") -> "RayRetrieverAdapter":
         from retrieval.ray_retriever import RayRetriever
 
-        return cls(RayRetriever(index_dir, num_shards=num_shards, num_embedders=num_embedders,
-                                embedder=embedder))
+        r = RayRetriever(index_dir, num_shards=num_shards, num_embedders=num_embedders, embedder=embedder,
+                         embed_backend=embed_backend)
+        log.info("query embeddings (Ray actors): %s", ", ".join(r.embed_backends()))
+        return cls(r)
 
     async def asearch(self, query, k, mode, filter):
         t0 = time.perf_counter()
@@ -204,7 +206,7 @@ def open_retriever(settings: Any) -> Optional[Retriever]:
         return None
     if settings.backend == "ray":
         return RayRetrieverAdapter.open(settings.index_dir, settings.num_shards, settings.num_embedders,
-                                        settings.embedder)
+                                        settings.embedder, settings.embed_backend)
     if settings.embed_threads:
         import torch
 

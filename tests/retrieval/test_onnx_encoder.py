@@ -97,3 +97,25 @@ def test_gateway_retriever_embeds_queries_on_onnx_by_default(built_index, cache)
     finally:
         r.index.embedder.use_backend("torch")  # the embedder is shared in this process: leave it as found
         r.close()
+
+
+def test_gateway_passes_embed_backend_to_ray_embedders(monkeypatch, built_index):
+    """The ray backend used to ignore `embed_backend`: its actors read only an environment variable."""
+    import retrieval.ray_retriever as rr
+    from serving.config import RetrievalSettings
+    from serving.retriever import open_retriever
+
+    seen = {}
+
+    class FakeRay:
+        def __init__(self, index_dir, **kw):
+            seen.update(kw, index_dir=index_dir)
+
+        def embed_backends(self):
+            return [seen["embed_backend"]]
+
+    monkeypatch.setattr(rr, "RayRetriever", FakeRay)
+    r = open_retriever(RetrievalSettings(backend="ray", index_dir=str(built_index), embed_backend="torch",
+                                         num_shards=3))
+    assert isinstance(r.r, FakeRay)
+    assert (seen["embed_backend"], seen["num_shards"], seen["index_dir"]) == ("torch", 3, str(built_index))

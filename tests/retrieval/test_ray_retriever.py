@@ -13,13 +13,15 @@ def _ids(hits):
     return [(h.chunk.chunk_id, round(h.score, 5)) for h in hits]
 
 
-@pytest.mark.parametrize("num_shards", [2, 3])
-def test_ray_retriever_matches_local_search(ray_local, built_index, num_shards):
+@pytest.mark.parametrize(("num_shards", "backend", "want_backend"), [(2, "auto", "onnx"), (3, "torch", "torch")])
+def test_ray_retriever_matches_local_search(ray_local, built_index, num_shards, backend, want_backend):
     from retrieval.ray_retriever import RayRetriever
 
     local = RetrievalIndex.open(built_index)
-    r = RayRetriever(built_index, num_shards=num_shards, num_embedders=1)
+    r = RayRetriever(built_index, num_shards=num_shards, num_embedders=1, embed_backend=backend)
     try:
+        # the setting reaches the actors, and both backends give local search's (torch) results
+        assert r.embed_backends() == [want_backend]
         assert len(r) == len(local)
         for mode in ("dense", "bm25", "hybrid"):
             for flt in (None, {"tenant": "globex"}):
