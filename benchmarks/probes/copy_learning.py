@@ -9,6 +9,10 @@ distractors: `v` = the value token inside the quote, `n` = the name token inside
     python benchmarks/probes/copy_learning.py --distractors 0 --p-oracle 1.0     # oracle-only: copies at ~500 steps
     python benchmarks/probes/copy_learning.py --distractors 4 --p-oracle 0.8 --steps 2500   # RAFT: does not match yet
     python benchmarks/probes/copy_learning.py --no-title --relations 16 --fmt "The {r} of {n} is {v}."
+    # names without a leading space everywhere, so the quote can start with the name ("##begin_quote##kapo luv."),
+    # after a generic copy pre-training on random tokens (no documents, no questions):
+    python benchmarks/probes/copy_learning.py --glued --no-title --fmt "{n} {v}." \
+        --qfmt "What is the code of ({n})?" --pretrain-steps 400 --steps 900
 
 Measured 2026-11-21 (2 CPU cores, ~17,500 tokens/s): see the README, "The RAFT effect", findings.
 """
@@ -16,6 +20,7 @@ Measured 2026-11-21 (2 CPU cores, ~17,500 tokens/s): see the README, "The RAFT e
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import random
 import sys
@@ -42,10 +47,16 @@ def main() -> int:
     p.add_argument("--distractors", type=int, default=4, help="distractors in training examples")
     p.add_argument("--p-oracle", type=float, default=0.8, help="share of training examples showing the oracle")
     p.add_argument("--fmt", default="The code of {n} is {v}.", help="document text ({n} name, {v} value, {r} relation)")
+    p.add_argument("--qfmt", default="What is the {r} of {n}?", help="question text")
+    p.add_argument("--glued", action="store_true", help="names are written without a leading space")
     p.add_argument("--no-title", action="store_true", help="render documents without their 'Title: NAME' line")
     p.add_argument("--relations", type=int, default=0, help="relation types ({r}); 0 = always 'code'")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--pretrain-steps", type=int, default=0, help="generic induction pre-training steps first")
+    p.add_argument("--pretrain-len", type=int, default=12, help="random tokens repeated once per sequence")
+    p.add_argument("--pretrain-gap", choices=["random", "fixed"], default="random",
+                   help="fixed: the repeat follows right after (a fixed-offset head solves it)")
     a = p.parse_args()
 
     import raft_effect
@@ -60,14 +71,31 @@ def main() -> int:
     torch.manual_seed(0)
     work = (REPO / a.work) if not Path(a.work).is_absolute() else Path(a.work)
     _, _, texts, words = raft_effect.make_task(work / "task", 1000, 0)
-    base = work / "base-model"
-    if not (base / "config.json").exists():  # the tokenizer raft_effect.py builds (one token per name/value)
-        raft_effect.build_base(base, texts, vocab=3000, hidden=a.hidden, layers=a.layers, heads=a.heads, seed=0)
-    tok = AutoTokenizer.from_pretrained(base)
-    renderer = Renderer(tok, 512)
     names = sorted(w for w in words if len(w) == 4)
     values = sorted(w for w in words if len(w) == 3)
     rels = RELATIONS[:a.relations] if a.relations else ["code"]
+    # the tokenizer is trained on the texts this format writes (every name/value one token): one base per format
+    key = hashlib.sha1(repr((a.fmt, a.qfmt, a.no_title, a.relations, a.hidden, a.layers, a.heads)).encode())
+    base = work / f"base-{key.hexdigest()[:10]}"
+    if not (base / "config.json").exists():
+        trng = random.Random(5)
+        texts = []
+        for n in names:
+            v, r = trng.choice(values), trng.choice(rels)
+            texts += [a.fmt.format(n=n, v=v, r=r), a.qfmt.format(n=n, r=r)]
+        from raft.prompt import SYSTEM_PROMPT, render_user
+        from raft.tiny_model import build_tiny_model
+        docs = [{"title": "" if a.no_title else n, "text": t} for n, t in zip(names, texts[::2])]
+        rendered = [f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
+                    + render_user(texts[2 * i + 1], docs[i:i + 5]) + "<|im_end|>\n<|im_start|>assistant\n"
+                    + cot_answer("The context states:", [texts[2 * i]], "x") for i in range(0, 495, 5)]
+        build_tiny_model(base, texts + rendered, vocab_size=3000, hidden_size=a.hidden, layers=a.layers,
+                         heads=a.heads, kv_heads=a.heads, seed=0)
+    tok = AutoTokenizer.from_pretrained(base)
+    renderer = Renderer(tok, 512)
+    one = lambda w, sp: len(tok(sp + w, add_special_tokens=False)["input_ids"]) == 1  # noqa: E731
+    print(f"single tokens: names {sum(one(n, '' if a.glued else ' ') for n in names)}/{len(names)}, "
+          f"values {sum(one(v, ' ') for v in values)}/{len(values)}", flush=True)
 
     def sample(d: int, p_oracle: float, rng: random.Random):
         ns = rng.sample(names, d + 1)
@@ -76,7 +104,7 @@ def main() -> int:
         docs = [{"title": "" if a.no_title else n, "text": a.fmt.format(n=n, v=v, r=r)} for n, v, r in zip(ns, vs, rs)]
         shown = docs[:] if rng.random() < p_oracle else docs[1:]  # docs[0] is the oracle
         rng.shuffle(shown)
-        ex = Example(id="x", question=f"What is the {rs[0]} of {ns[0]}?", docs=shown,
+        ex = Example(id="x", question=a.qfmt.format(n=ns[0], r=rs[0]), docs=shown,
                      answer=cot_answer("The context states:", [docs[0]["text"]], vs[0]))
         ids, labels, _ = renderer.encode(ex)
         return ids, labels, vs[0], ns[0]
@@ -109,12 +137,38 @@ def main() -> int:
         ok_v = ok_n = 0
         for i, (_, y, v, n) in enumerate(tests[d]):
             for word, kind in ((v, "v"), (n, "n")):
-                tid = tok(" " + word, add_special_tokens=False)["input_ids"][0]
+                tid = tok((" " if kind == "v" or not a.glued else "") + word, add_special_tokens=False)["input_ids"][0]
                 pos = next((j for j in range(1, len(y)) if y[j] == tid), None)  # its first place in the answer
                 hit = pos is not None and int(logits[i, pos - 1].argmax()) == tid
                 ok_v, ok_n = (ok_v + hit, ok_n) if kind == "v" else (ok_v, ok_n + hit)
         model.train()
         return f"v {ok_v / len(tests[d]):.2f} n {ok_n / len(tests[d]):.2f}"
+
+    if a.pretrain_steps:
+        # random token runs repeated once: the repeat is predictable only by finding the current token
+        # earlier and copying its successor (an induction head); nothing of the task is in it
+        popt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
+        g = torch.Generator().manual_seed(1)
+        low = 10
+        t0 = time.perf_counter()
+        for step in range(1, a.pretrain_steps + 1):
+            # with a random gap no fixed offset solves it, only content
+            L = a.pretrain_len
+            ids = torch.randint(low, len(tok), (32, 4 * L), generator=g)
+            labels = torch.full_like(ids, -100)
+            for i in range(32):
+                src = int(torch.randint(0, L, (1,), generator=g)) if a.pretrain_gap == "random" else 0
+                dst = int(torch.randint(src + L + 1, 3 * L, (1,), generator=g)) if a.pretrain_gap == "random" else L
+                ids[i, dst:dst + L] = ids[i, src:src + L]
+                labels[i, dst + 1:dst + L] = ids[i, dst + 1:dst + L]
+            loss = model(input_ids=ids, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            popt.step()
+            popt.zero_grad()
+            if step % 50 == 0:
+                print(f"pretrain {step:5d} loss {loss.item():.3f} {time.perf_counter() - t0:5.0f} s", flush=True)
+        print(f"after pre-training: oracle alone: {accuracy(0)} | 4 distractors: {accuracy(4)}", flush=True)
 
     rng = random.Random(0)
     t0, tokens = time.perf_counter(), 0
