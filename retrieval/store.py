@@ -60,27 +60,30 @@ class Store:
 
     def add_chunks(self, chunks: list[Chunk], hashes: list[str]) -> list[int]:
         rows = []
-        self._changed()
-        with self.lock, self.con:
-            for c, h in zip(chunks, hashes):
-                cur = self.con.execute(
-                    "INSERT INTO chunks (chunk_id, doc_id, title, text, source, metadata, h) VALUES (?,?,?,?,?,?,?)",
-                    (c.chunk_id, c.doc_id, c.title or "", c.text, c.source or "",
-                     json.dumps(c.metadata, ensure_ascii=False, default=str), h))
-                rows.append(cur.lastrowid)
-            self.con.executemany("INSERT INTO chunks_fts (rowid, title, text) VALUES (?,?,?)",
-                                 [(r, c.title or "", c.text) for r, c in zip(rows, chunks)])
+        with self.lock:
+            with self.con:
+                for c, h in zip(chunks, hashes):
+                    cur = self.con.execute(
+                        "INSERT INTO chunks (chunk_id, doc_id, title, text, source, metadata, h) "
+                        "VALUES (?,?,?,?,?,?,?)",
+                        (c.chunk_id, c.doc_id, c.title or "", c.text, c.source or "",
+                         json.dumps(c.metadata, ensure_ascii=False, default=str), h))
+                    rows.append(cur.lastrowid)
+                self.con.executemany("INSERT INTO chunks_fts (rowid, title, text) VALUES (?,?,?)",
+                                     [(r, c.title or "", c.text) for r, c in zip(rows, chunks)])
+            self._changed()  # after the commit, under the lock: no reader memoises the old counts in between
         return rows
 
     def delete_docs(self, doc_ids: list[str]) -> list[int]:
         rows = self.rows_for_docs(doc_ids)
-        self._changed()
-        with self.lock, self.con:
-            for i in range(0, len(rows), 900):
-                part = [int(r) for r in rows[i:i + 900]]
-                marks = ",".join("?" * len(part))
-                self.con.execute(f"DELETE FROM chunks WHERE row IN ({marks})", part)
-                self.con.execute(f"DELETE FROM chunks_fts WHERE rowid IN ({marks})", part)
+        with self.lock:
+            with self.con:
+                for i in range(0, len(rows), 900):
+                    part = [int(r) for r in rows[i:i + 900]]
+                    marks = ",".join("?" * len(part))
+                    self.con.execute(f"DELETE FROM chunks WHERE row IN ({marks})", part)
+                    self.con.execute(f"DELETE FROM chunks_fts WHERE rowid IN ({marks})", part)
+            self._changed()
         return rows
 
     # ---- reads --------------------------------------------------------------------------------
