@@ -94,14 +94,20 @@ def make_task(out: Path, n_docs: int, seed: int) -> tuple[Path, Path, list[str],
     return cp, qp, texts, sorted({w for pair in pairs for w in pair})
 
 
-def build_base(base: Path, texts: list[str], *, vocab: int, hidden: int, layers: int, heads: int, seed: int) -> None:
+def build_base(base: Path, texts: list[str], *, vocab: int, hidden: int, layers: int, heads: int, seed: int,
+               titles: list[str] | None = None) -> None:
     """A random tiny Llama whose tokenizer has seen whole rendered prompts, so the prompt's fixed parts
     (system prompt, document tags, chat roles) become few tokens: shorter sequences, faster training. The
-    vocabulary is large enough for BPE to merge every name and value into one token."""
+    vocabulary is large enough for BPE to merge every name and value into one token.
+
+    `texts` alternates document text and question; `titles` (one per document, "" for none) defaults to
+    the name in "The code of NAME is VALUE."."""
     from raft.prompt import SYSTEM_PROMPT, cot_answer, render_user
     from raft.tiny_model import build_tiny_model
 
-    docs = [{"title": t.split()[3], "text": t} for t in texts[::2][:500]]
+    doc_texts = texts[::2][:500]
+    titles = [t.split()[3] for t in doc_texts] if titles is None else titles
+    docs = [{"title": title, "text": t} for title, t in zip(titles, doc_texts)]
     rendered = [f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
                 + render_user(texts[2 * i + 1], docs[i:i + 5]) + "<|im_end|>\n<|im_start|>assistant\n"
                 + cot_answer("The context states:", [texts[2 * i]], "x") for i in range(0, 495, 5)]

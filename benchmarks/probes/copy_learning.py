@@ -70,7 +70,7 @@ def main() -> int:
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     work = (REPO / a.work) if not Path(a.work).is_absolute() else Path(a.work)
-    _, _, texts, words = raft_effect.make_task(work / "task", 1000, 0)
+    words = raft_effect.make_task(work / "task", 1000, 0)[3]
     names = sorted(w for w in words if len(w) == 4)
     values = sorted(w for w in words if len(w) == 3)
     rels = RELATIONS[:a.relations] if a.relations else ["code"]
@@ -83,14 +83,8 @@ def main() -> int:
         for n in names:
             v, r = trng.choice(values), trng.choice(rels)
             texts += [a.fmt.format(n=n, v=v, r=r), a.qfmt.format(n=n, r=r)]
-        from raft.prompt import SYSTEM_PROMPT, render_user
-        from raft.tiny_model import build_tiny_model
-        docs = [{"title": "" if a.no_title else n, "text": t} for n, t in zip(names, texts[::2])]
-        rendered = [f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
-                    + render_user(texts[2 * i + 1], docs[i:i + 5]) + "<|im_end|>\n<|im_start|>assistant\n"
-                    + cot_answer("The context states:", [texts[2 * i]], "x") for i in range(0, 495, 5)]
-        build_tiny_model(base, texts + rendered, vocab_size=3000, hidden_size=a.hidden, layers=a.layers,
-                         heads=a.heads, kv_heads=a.heads, seed=0)
+        raft_effect.build_base(base, texts, vocab=3000, hidden=a.hidden, layers=a.layers, heads=a.heads, seed=0,
+                               titles=["" if a.no_title else n for n in names])
     tok = AutoTokenizer.from_pretrained(base)
     renderer = Renderer(tok, 512)
     one = lambda w, sp: len(tok(sp + w, add_special_tokens=False)["input_ids"]) == 1  # noqa: E731
