@@ -110,7 +110,7 @@ def build_base(base: Path, texts: list[str], *, vocab: int, hidden: int, layers:
     docs = [{"title": title, "text": t} for title, t in zip(titles, doc_texts)]
     rendered = [f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
                 + render_user(texts[2 * i + 1], docs[i:i + 5]) + "<|im_end|>\n<|im_start|>assistant\n"
-                + cot_answer("The context states:", [texts[2 * i]], "x") for i in range(0, 495, 5)]
+                + cot_answer("The context states:", [texts[2 * i]], "x") for i in range(0, min(495, len(docs) - 4), 5)]
     build_tiny_model(base, texts + rendered, vocab_size=vocab, hidden_size=hidden, layers=layers, heads=heads,
                      kv_heads=heads, seed=seed)
 
