@@ -102,7 +102,8 @@ class RayConfig(Config):
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """Data parallel strategy: DDP (replicated base) or FSDP (sharded; for bases that do not fit one GPU)."""
     storage_path: str = "runs"
-    """Where checkpoints and logs persist: local dir, shared FS, or an object store URI (s3://, gs://)."""
+    """Where checkpoints and logs persist: local dir, shared FS, or an object store URI (s3://, gs://; pyarrow
+    options in the query, e.g. `s3://bucket/runs?endpoint_override=http://minio:9000`). Checked writable first."""
     run_name: str = "raft-train"
     """Run name; a second `raft train` with the same name and storage resumes from its latest checkpoint."""
     max_failures: int = Field(2, ge=-1)

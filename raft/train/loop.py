@@ -39,18 +39,29 @@ def _set_rng_state(s: dict) -> None:
 
 
 class MetricsLog:
-    """Rank-0 metrics: one JSON object per line + TensorBoard scalars (appended across restarts)."""
+    """Rank-0 metrics: one JSON object per line + TensorBoard scalars (appended across restarts).
+
+    For an object-store run (`log_dir` is a URI) the files are written to a local mirror, seeded with the
+    store's metrics.jsonl on resume, and uploaded by `sync()` at every checkpoint and at the end: steps after
+    the last checkpoint of a worker that dies are trained, and logged, again after the restart."""
 
     def __init__(self, log_dir: str | None):
+        from raft.train import storage
+
         self.jsonl = self.tb = None
+        self.remote = log_dir if log_dir and storage.is_uri(log_dir) else None
         if not log_dir:
             return
-        Path(log_dir).mkdir(parents=True, exist_ok=True)
-        self.jsonl = open(Path(log_dir) / "metrics.jsonl", "a", encoding="utf-8")
+        local = Path(tempfile.mkdtemp(prefix="raft-logs-")) if self.remote else Path(log_dir)
+        local.mkdir(parents=True, exist_ok=True)
+        if self.remote:
+            storage.download_if_exists(self.remote, "metrics.jsonl", local / "metrics.jsonl")
+        self.local = local
+        self.jsonl = open(local / "metrics.jsonl", "a", encoding="utf-8")
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(Path(log_dir) / "tensorboard"))
+            self.tb = SummaryWriter(str(local / "tensorboard"))
         except Exception:  # tensorboard missing: JSONL still works
             self.tb = None
 
@@ -64,11 +75,18 @@ class MetricsLog:
                     self.tb.add_scalar(k, v, step)
             self.tb.flush()
 
+    def sync(self) -> None:
+        if self.remote:
+            from raft.train import storage
+
+            storage.upload_dir(self.local, self.remote)
+
     def close(self) -> None:
         if self.jsonl:
             self.jsonl.close()
         if self.tb:
             self.tb.close()
+        self.sync()
 
 
 def train_func(config: dict) -> None:
@@ -271,6 +289,7 @@ def train_func(config: dict) -> None:
                 if rank == 0:
                     print(f"[raft train] step {step} eval_loss {last_eval:.4f}", flush=True)
             save(metrics)
+            log.sync()
             t0 += time.perf_counter() - ts  # tokens/s measures training, not eval + checkpoint time
         if fail_dir and step in cfg.fail_at_steps and rank == fail_rank:
             marker = Path(fail_dir) / f"failed_at_{step}"

@@ -14,20 +14,20 @@ import uuid
 from pathlib import Path
 
 from raft.errors import RaftError
+from raft.train import storage as store
 from raft.train.config import TrainConfig
 
-
-def _is_uri(path: str) -> bool:
-    return "://" in path
+_is_uri = store.is_uri
 
 
 def run_dir(cfg: TrainConfig) -> str:
-    return f"{cfg.ray.storage_path.rstrip('/')}/{cfg.ray.run_name}"
+    return store.join(cfg.ray.storage_path, cfg.ray.run_name)
 
 
 def check_storage(cfg: TrainConfig) -> None:
-    """A local storage path must be creatable and writable (object-store URIs are checked by Ray)."""
+    """The storage path must be creatable and writable: a local directory, or an object store (a probe write)."""
     if _is_uri(cfg.ray.storage_path):
+        store.check_writable(cfg.ray.storage_path)
         return
     p = Path(cfg.ray.storage_path).expanduser().resolve()
     try:
@@ -216,23 +216,25 @@ def run_training(cfg: TrainConfig, console=None) -> dict:
     init_ray(cfg)
     check_gpus(cfg)
     rdir = run_dir(cfg)
-    log_dir = None if _is_uri(rdir) else str(Path(rdir).expanduser().resolve() / "logs")
+    log_dir = store.join(rdir, "logs") if _is_uri(rdir) else str(Path(rdir).expanduser().resolve() / "logs")
     console.print(f"training {cfg.model.name_or_path} on {cfg.ray.num_workers} worker(s) "
-                  f"({'GPU' if cfg.ray.use_gpu else 'CPU'}, {cfg.ray.strategy}); run {rdir}")
+                  f"({'GPU' if cfg.ray.use_gpu else 'CPU'}, {cfg.ray.strategy}); run {store.redact(rdir)}")
     from ray.train import TrainingFailedError
 
     try:
         result = fit(cfg, data, log_dir)
     except TrainingFailedError as e:
         raise RaftError(f"training failed: {type(e).__name__}: {str(e)[:800]}\nrerun the same command (same "
-                        f"train.ray.storage_path and run_name) to resume from the latest checkpoint in {rdir}") from e
+                        f"train.ray.storage_path and run_name) to resume from the latest checkpoint in {store.redact(rdir)}") from e
     out = Path(cfg.output_dir).expanduser() if cfg.output_dir else Path(rdir).expanduser() / "adapter"
     meta = write_adapter(cfg, result, tokenizer, stats, out.resolve())
-    summary = {"adapter": str(out.resolve()), "run_dir": rdir, "log_dir": log_dir,
+    summary = {"adapter": str(out.resolve()), "run_dir": store.redact(rdir),
+               "log_dir": store.redact(log_dir) if _is_uri(log_dir) else log_dir,
                "steps": (result.metrics or {}).get("step"), "final_metrics": dict(result.metrics or {}),
                "exported_metrics": meta["metrics"], "examples": stats["train"]["examples"],
                "dropped": stats["train"]["dropped"], "seconds": round(time.time() - started, 1)}
     console.print(f"[bold green]done[/] in {summary['seconds']}s: {summary['steps']} steps, "
                   f"exported {cfg.export} checkpoint (eval_loss {meta['metrics'].get('eval_loss', 'n/a')})\n"
-                  f"adapter: {summary['adapter']}\nmetrics: {log_dir}/metrics.jsonl (+ tensorboard/)")
+                  f"adapter: {summary['adapter']}\nmetrics: {store.join(summary['log_dir'], 'metrics.jsonl')} "
+                  "(+ tensorboard/)")
     return summary
