@@ -13,6 +13,8 @@ distractors: `v` = the value token inside the quote, `n` = the name token inside
     # after a generic copy pre-training on random tokens (no documents, no questions):
     python benchmarks/probes/copy_learning.py --glued --no-title --fmt "{n} {v}." \
         --qfmt "What is the code of ({n})?" --pretrain-steps 400 --steps 900
+    # a short-convolution layer in front of one attention layer (LFM2), one 128-wide head:
+    python benchmarks/probes/copy_learning.py --arch ca --heads 1 --no-title --fmt "Code {n} {v}." --steps 1500
 
 Measured 2026-11-21 (2 CPU cores, ~17,500 tokens/s): see the README, "The RAFT effect", findings.
 """
@@ -45,12 +47,17 @@ def main() -> int:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--distractors", type=int, default=4, help="distractors in training examples")
+    p.add_argument("--min-distractors", type=int, default=None,
+                   help="draw each training example's distractor count from [this, --distractors]")
     p.add_argument("--p-oracle", type=float, default=0.8, help="share of training examples showing the oracle")
     p.add_argument("--fmt", default="The code of {n} is {v}.", help="document text ({n} name, {v} value, {r} relation)")
     p.add_argument("--qfmt", default="What is the {r} of {n}?", help="question text")
     p.add_argument("--glued", action="store_true", help="names are written without a leading space")
     p.add_argument("--no-title", action="store_true", help="render documents without their 'Title: NAME' line")
     p.add_argument("--relations", type=int, default=0, help="relation types ({r}); 0 = always 'code'")
+    p.add_argument("--arch", default="llama", help="llama, or an LFM2 layer pattern: c = short-conv layer, "
+                   "a = attention layer (e.g. 'ca')")
+    p.add_argument("--names", type=int, default=0, help="sample names from the first N only (0 = all 500)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--pretrain-steps", type=int, default=0, help="generic induction pre-training steps first")
@@ -92,7 +99,7 @@ def main() -> int:
           f"values {sum(one(v, ' ') for v in values)}/{len(values)}", flush=True)
 
     def sample(d: int, p_oracle: float, rng: random.Random):
-        ns = rng.sample(names, d + 1)
+        ns = rng.sample(names[:a.names] if a.names else names, d + 1)
         vs = [rng.choice(values) for _ in ns]
         rs = [rng.choice(rels) for _ in ns]
         docs = [{"title": "" if a.no_title else n, "text": a.fmt.format(n=n, v=v, r=r)} for n, v, r in zip(ns, vs, rs)]
@@ -117,7 +124,19 @@ def main() -> int:
 
     cfg = AutoConfig.from_pretrained(base)
     cfg.tie_word_embeddings = True  # writing a token the model attends to starts as an identity map
-    model = LlamaForCausalLM(cfg)
+    if a.arch == "llama":
+        model = LlamaForCausalLM(cfg)
+    else:
+        from transformers import Lfm2Config, Lfm2ForCausalLM
+        kinds = {"c": "conv", "a": "full_attention"}
+        model = Lfm2ForCausalLM(Lfm2Config(
+            vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+            block_auto_adjust_ff_dim=False, num_hidden_layers=len(a.arch), num_attention_heads=cfg.num_attention_heads,
+            num_key_value_heads=cfg.num_key_value_heads, layer_types=[kinds[c] for c in a.arch],
+            max_position_embeddings=cfg.max_position_embeddings, pad_token_id=cfg.pad_token_id,
+            bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, tie_word_embeddings=True))
+    print(f"model: {type(model).__name__} {a.arch}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params",
+          flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
     warm = max(1, a.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -167,7 +186,8 @@ def main() -> int:
     rng = random.Random(0)
     t0, tokens = time.perf_counter(), 0
     for step in range(1, a.steps + 1):
-        ids, labels, mask = collate([sample(a.distractors, a.p_oracle, rng) for _ in range(a.batch)])
+        lo = a.distractors if a.min_distractors is None else a.min_distractors
+        ids, labels, mask = collate([sample(rng.randint(lo, a.distractors), a.p_oracle, rng) for _ in range(a.batch)])
         tokens += int(mask.sum())
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
