@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -87,6 +88,8 @@ class MetricsLog:
         if self.tb:
             self.tb.close()
         self.sync()
+        if self.remote:
+            shutil.rmtree(self.local, ignore_errors=True)
 
 
 def train_func(config: dict) -> None:

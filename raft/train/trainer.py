@@ -111,7 +111,13 @@ def init_ray(cfg: TrainConfig) -> None:
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
     if address:
-        ray.init(address=address, runtime_env=env, log_to_driver=True)
+        try:
+            ray.init(address=address, runtime_env=env, log_to_driver=True)
+        except ConnectionError as e:
+            raise RaftError(f"could not join the Ray cluster at {address!r} ({str(e).splitlines()[0][:200]}); check "
+                            "RAY_ADDRESS / train.ray.address and that the head node is up, and for a cluster with "
+                            "token authentication (Ray's default) export its RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH"
+                            ) from None
     else:
         ray.init(runtime_env=env, include_dashboard=False)
 
@@ -184,8 +190,10 @@ def write_adapter(cfg: TrainConfig, result, tokenizer, stats: dict, out: Path) -
     acfg = json.loads(cfg_path.read_text())
     acfg["base_model_name_or_path"] = cfg.model.name_or_path
     cfg_path.write_text(json.dumps(acfg, indent=2))
+    train_config = cfg.model_dump(mode="json")
+    train_config["ray"]["storage_path"] = store.redact(cfg.ray.storage_path)  # the adapter gets shared
     meta = {"base_model": cfg.model.name_or_path, "prompt_version": PROMPT_VERSION,
-            "dataset_fingerprint": dataset_fingerprint(cfg.data.path), "train_config": cfg.model_dump(mode="json"),
+            "dataset_fingerprint": dataset_fingerprint(cfg.data.path), "train_config": train_config,
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
             "checkpoint": chosen.path, "data_stats": stats, "quantized": cfg.lora.quantize,
             "label_mode": stats.get("label_mode"), "chat_template": stats.get("chat_template")}

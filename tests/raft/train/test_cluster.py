@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[3]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_head():
     """(address, auth env, temp dir) of a one-node Ray cluster started with the `ray` CLI, torn down after the
     test. Ray >= 2.5x clusters require a token; a driver finds it in RAY_AUTH_TOKEN, as a user's would."""
@@ -65,3 +65,16 @@ def test_train_joins_the_cluster_named_by_ray_address(ray_head, tiny_model_dir, 
     assert list(logs.glob("python-core-driver-*")), sorted(p.name for p in logs.iterdir())
     worker_logs = [p.read_text(errors="ignore") for p in logs.glob("worker-*.out")]
     assert sum("[raft train]" in t for t in worker_logs) >= 1, "no raft train worker output in the cluster's logs"
+
+
+def test_a_wrong_cluster_token_is_a_clear_error(ray_head, tiny_model_dir, raft_dataset, tmp_path):
+    address, auth, _ = ray_head
+    env = {**os.environ, **auth, "RAY_AUTH_TOKEN": "0" * 64, "RAY_ADDRESS": address, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(
+        [sys.executable, "-m", "raft.cli", "train", "--config", str(REPO / "configs" / "train_tiny_cpu.yaml"),
+         f"model.name_or_path={tiny_model_dir}", f"data.path={raft_dataset}", f"ray.storage_path={tmp_path}"],
+        capture_output=True, text=True, timeout=400, env=env, cwd=tmp_path)
+    assert out.returncode != 0
+    err = out.stdout + out.stderr
+    assert f"could not join the Ray cluster at '{address}'" in err and "RAY_AUTH_TOKEN" in err, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]

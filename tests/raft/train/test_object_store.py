@@ -33,32 +33,23 @@ def s3():
     server.stop()
 
 
-def _cfg(model, data, storage, steps):
-    from raft.train.config import TrainConfig
-
-    return TrainConfig.model_validate({
-        "model": {"name_or_path": str(model), "dtype": "fp32"},
-        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-        "data": {"path": str(data), "max_seq_len": 512},
-        "optim": {"lr": 1e-2, "max_steps": steps, "batch_tokens": 1024, "warmup_ratio": 0.0, "scheduler": "constant"},
-        "ray": {"num_workers": 1, "storage_path": storage, "run_name": "s3run", "max_failures": 0},
-        "save_every": 2, "log_every": 1, "keep_best": 2})
-
-
 def _read(fs, path: str) -> str:
     with fs.open_input_stream(path) as f:
         return f.read().decode()
 
 
-def test_checkpoints_and_metrics_go_to_the_store_and_a_rerun_resumes(s3, ray_local, tiny_model_dir,
-                                                                     raft_dataset, tmp_path, capsys):
+def _cfg(make_cfg, storage: str, steps: int, out):
+    return make_cfg(ray__storage_path=storage, ray__num_workers=1, ray__run_name="s3run", optim__max_steps=steps,
+                    save_every=2, log_every=1, output_dir=str(out))
+
+
+def test_checkpoints_and_metrics_go_to_the_store_and_a_rerun_resumes(s3, ray_local, make_cfg, tmp_path, capsys):
     import pyarrow.fs as pafs
 
     from raft.train.trainer import run_training
 
     uri, fs = s3
-    summary = run_training(_cfg(tiny_model_dir, raft_dataset, uri, 4).model_copy(
-        update={"output_dir": str(tmp_path / "adapter")}))
+    summary = run_training(_cfg(make_cfg, uri, 4, tmp_path / "adapter"))
     run = f"{BUCKET}/runs/s3run"
     files = {i.path for i in fs.get_file_info(pafs.FileSelector(run, recursive=True))}
     assert f"{run}/checkpoint_step0000004/adapter/adapter_model.safetensors" in files, sorted(files)
@@ -70,10 +61,10 @@ def test_checkpoints_and_metrics_go_to_the_store_and_a_rerun_resumes(s3, ray_loc
     assert summary["steps"] == 4
     # credentials in the URI never reach what we print or return
     assert "testsecret" not in json.dumps(summary) and "testsecret" not in capsys.readouterr().out
+    assert "testsecret" not in (tmp_path / "adapter" / "raft_meta.json").read_text()
     assert summary["log_dir"].startswith("s3://***@raft-runs/runs/s3run/logs?")
 
-    summary = run_training(_cfg(tiny_model_dir, raft_dataset, uri, 6).model_copy(
-        update={"output_dir": str(tmp_path / "adapter2")}))
+    summary = run_training(_cfg(make_cfg, uri, 6, tmp_path / "adapter2"))
     assert summary["steps"] == 6
     rows = [json.loads(x) for x in _read(fs, f"{run}/logs/metrics.jsonl").splitlines()]
     resumed = [r for r in rows if r.get("event") == "resumed"]
@@ -81,13 +72,13 @@ def test_checkpoints_and_metrics_go_to_the_store_and_a_rerun_resumes(s3, ray_loc
     assert [r["step"] for r in rows if "train_loss" in r] == [1, 2, 3, 4, 5, 6]  # the first run's rows kept
 
 
-def test_unwritable_store_fails_before_any_worker_starts(s3, tiny_model_dir, raft_dataset):
+def test_unwritable_store_fails_before_any_worker_starts(s3, make_cfg, tmp_path):
     from raft.train.trainer import check_storage
 
     uri, _ = s3
     missing = uri.replace(f"@{BUCKET}/", "@no-such-bucket/")
     with pytest.raises(RaftError) as e:
-        check_storage(_cfg(tiny_model_dir, raft_dataset, missing, 2))
+        check_storage(_cfg(make_cfg, missing, 2, tmp_path / "adapter"))
     msg = str(e.value)
     assert "s3://***@no-such-bucket/runs" in msg and "not writable" in msg and "credentials" in msg
     assert "testsecret" not in msg
