@@ -47,10 +47,11 @@ def check_writable(uri: str) -> None:
             f.write(b"ok")
         fs.delete_file(probe)
     except Exception as e:  # pyarrow raises OSError / ArrowInvalid with the store's own message
-        raise RaftError(f"storage path {redact(uri)!r} is not writable ({type(e).__name__}: {str(e)[:300]}); check "
-                        "the bucket exists and the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or the "
-                        "cloud's default credentials) allow writing, or set train.ray.storage_path to a local or "
-                        "shared directory") from None
+        why = f"{type(e).__name__}: {str(e)[:300]}"
+        raise RaftError(f"storage path {redact(uri)!r} is not writable ({why}); check the bucket exists and "
+                        "the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or the cloud's default "
+                        "credentials) allow writing, or set train.ray.storage_path to a local or shared "
+                        "directory") from None
 
 
 def download_if_exists(uri_dir: str, name: str, local: Path) -> bool:

@@ -25,7 +25,7 @@ def run_dir(cfg: TrainConfig) -> str:
 
 
 def check_storage(cfg: TrainConfig) -> None:
-    """The storage path must be creatable and writable: a local directory, or an object store (a probe write)."""
+    """The storage path must be creatable and writable: a local directory, or an object store (probed)."""
     if _is_uri(cfg.ray.storage_path):
         store.check_writable(cfg.ray.storage_path)
         return
@@ -114,10 +114,10 @@ def init_ray(cfg: TrainConfig) -> None:
         try:
             ray.init(address=address, runtime_env=env, log_to_driver=True)
         except ConnectionError as e:
-            raise RaftError(f"could not join the Ray cluster at {address!r} ({str(e).splitlines()[0][:200]}); check "
-                            "RAY_ADDRESS / train.ray.address and that the head node is up, and for a cluster with "
-                            "token authentication (Ray's default) export its RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH"
-                            ) from None
+            why = str(e).splitlines()[0][:200]
+            raise RaftError(f"could not join the Ray cluster at {address!r} ({why}); check RAY_ADDRESS / "
+                            "train.ray.address and that the head node is up, and for a cluster with token "
+                            "authentication (Ray's default) export its RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH") from None
     else:
         ray.init(runtime_env=env, include_dashboard=False)
 
@@ -233,7 +233,8 @@ def run_training(cfg: TrainConfig, console=None) -> dict:
         result = fit(cfg, data, log_dir)
     except TrainingFailedError as e:
         raise RaftError(f"training failed: {type(e).__name__}: {str(e)[:800]}\nrerun the same command (same "
-                        f"train.ray.storage_path and run_name) to resume from the latest checkpoint in {store.redact(rdir)}") from e
+                        "train.ray.storage_path and run_name) to resume from the latest checkpoint in "
+                        f"{store.redact(rdir)}") from e
     out = Path(cfg.output_dir).expanduser() if cfg.output_dir else Path(rdir).expanduser() / "adapter"
     meta = write_adapter(cfg, result, tokenizer, stats, out.resolve())
     summary = {"adapter": str(out.resolve()), "run_dir": store.redact(rdir),
@@ -243,6 +244,6 @@ def run_training(cfg: TrainConfig, console=None) -> dict:
                "dropped": stats["train"]["dropped"], "seconds": round(time.time() - started, 1)}
     console.print(f"[bold green]done[/] in {summary['seconds']}s: {summary['steps']} steps, "
                   f"exported {cfg.export} checkpoint (eval_loss {meta['metrics'].get('eval_loss', 'n/a')})\n"
-                  f"adapter: {summary['adapter']}\nmetrics: {store.join(summary['log_dir'], 'metrics.jsonl')} "
-                  "(+ tensorboard/)")
+                  f"adapter: {summary['adapter']}\n"
+                  f"metrics: {store.join(summary['log_dir'], 'metrics.jsonl')} (+ tensorboard/)")
     return summary

@@ -39,11 +39,12 @@ def _read(fs, path: str) -> str:
 
 
 def _cfg(make_cfg, storage: str, steps: int, out):
-    return make_cfg(ray__storage_path=storage, ray__num_workers=1, ray__run_name="s3run", optim__max_steps=steps,
-                    save_every=2, log_every=1, output_dir=str(out))
+    return make_cfg(ray__storage_path=storage, ray__num_workers=1, ray__run_name="s3run",
+                    optim__max_steps=steps, save_every=2, log_every=1, output_dir=str(out))
 
 
-def test_checkpoints_and_metrics_go_to_the_store_and_a_rerun_resumes(s3, ray_local, make_cfg, tmp_path, capsys):
+def test_checkpoints_and_metrics_go_to_the_store_and_a_rerun_resumes(s3, ray_local, make_cfg, tmp_path,
+                                                                     capsys):
     import pyarrow.fs as pafs
 
     from raft.train.trainer import run_training
