@@ -69,9 +69,7 @@ def download_if_exists(uri_dir: str, name: str, local: Path) -> bool:
 
 def upload_dir(local: Path, uri_dir: str) -> None:
     """Copy every file under `local` to `uri_dir` (same relative paths), overwriting what is there."""
+    import pyarrow.fs as pafs
+
     fs, path = _fs(uri_dir)
-    for f in sorted(p for p in local.rglob("*") if p.is_file()):
-        dst = f"{path.rstrip('/')}/{f.relative_to(local).as_posix()}"
-        fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
-        with fs.open_output_stream(dst) as out:
-            out.write(f.read_bytes())
+    pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)

@@ -17,8 +17,6 @@ from raft.errors import RaftError
 from raft.train import storage as store
 from raft.train.config import TrainConfig
 
-_is_uri = store.is_uri
-
 
 def run_dir(cfg: TrainConfig) -> str:
     return store.join(cfg.ray.storage_path, cfg.ray.run_name)
@@ -26,7 +24,7 @@ def run_dir(cfg: TrainConfig) -> str:
 
 def check_storage(cfg: TrainConfig) -> None:
     """The storage path must be creatable and writable: a local directory, or an object store (probed)."""
-    if _is_uri(cfg.ray.storage_path):
+    if store.is_uri(cfg.ray.storage_path):
         store.check_writable(cfg.ray.storage_path)
         return
     p = Path(cfg.ray.storage_path).expanduser().resolve()
@@ -142,14 +140,14 @@ def fit(cfg: TrainConfig, data: dict, log_dir: str | None):
     from raft.train.loop import train_func
 
     has_eval = bool(data["eval"])
-    storage = cfg.ray.storage_path if _is_uri(cfg.ray.storage_path) else str(
+    storage = cfg.ray.storage_path if store.is_uri(cfg.ray.storage_path) else str(
         Path(cfg.ray.storage_path).expanduser().resolve())
     resources = {"CPU": cfg.ray.cpus_per_worker}
     if cfg.ray.use_gpu:
         resources["GPU"] = 1
     loop_cfg = {"cfg": cfg.model_dump(mode="json"), "data": ray.put(data), "log_dir": log_dir,
                 "fail_marker_dir": (str(Path(storage) / cfg.ray.run_name / ".fail_markers")
-                                    if cfg.fail_at_steps and not _is_uri(storage) else None)}
+                                    if cfg.fail_at_steps and not store.is_uri(storage) else None)}
     trainer = TorchTrainer(
         train_func,
         train_loop_config=loop_cfg,
@@ -212,7 +210,7 @@ def run_training(cfg: TrainConfig, console=None) -> dict:
 
     console = console or Console()
     started = time.time()
-    if cfg.output_dir and _is_uri(cfg.output_dir):
+    if cfg.output_dir and store.is_uri(cfg.output_dir):
         raise RaftError(f"train.output_dir={cfg.output_dir!r} must be a local path (checkpoints may live in an "
                         "object store via train.ray.storage_path)")
     check_model_source(cfg.model)
@@ -224,7 +222,7 @@ def run_training(cfg: TrainConfig, console=None) -> dict:
     init_ray(cfg)
     check_gpus(cfg)
     rdir = run_dir(cfg)
-    log_dir = store.join(rdir, "logs") if _is_uri(rdir) else str(Path(rdir).expanduser().resolve() / "logs")
+    log_dir = store.join(rdir, "logs") if store.is_uri(rdir) else str(Path(rdir).expanduser().resolve() / "logs")
     console.print(f"training {cfg.model.name_or_path} on {cfg.ray.num_workers} worker(s) "
                   f"({'GPU' if cfg.ray.use_gpu else 'CPU'}, {cfg.ray.strategy}); run {store.redact(rdir)}")
     from ray.train import TrainingFailedError
@@ -238,7 +236,7 @@ def run_training(cfg: TrainConfig, console=None) -> dict:
     out = Path(cfg.output_dir).expanduser() if cfg.output_dir else Path(rdir).expanduser() / "adapter"
     meta = write_adapter(cfg, result, tokenizer, stats, out.resolve())
     summary = {"adapter": str(out.resolve()), "run_dir": store.redact(rdir),
-               "log_dir": store.redact(log_dir) if _is_uri(log_dir) else log_dir,
+               "log_dir": store.redact(log_dir),
                "steps": (result.metrics or {}).get("step"), "final_metrics": dict(result.metrics or {}),
                "exported_metrics": meta["metrics"], "examples": stats["train"]["examples"],
                "dropped": stats["train"]["dropped"], "seconds": round(time.time() - started, 1)}
