@@ -88,6 +88,10 @@ class OptimConfig(Config):
     `pack`: padding-free packing (position_ids restart per example; attention kept within each example by a
     block-diagonal mask, or by flash-attention's varlen kernels, the case where packing pays off: use it
     with model.attn_implementation=flash_attention_2); `pad`: naive random padded batches (a baseline)."""
+    trained_logits_only: bool = True
+    """Run the output head and the loss only at the answer tokens (the prompt's documents carry no loss):
+    the same loss and gradients, less compute, far less memory for long RAFT prompts. False computes logits
+    at every position, as a plain transformers Trainer does."""
 
 
 class RayConfig(Config):
@@ -131,7 +135,10 @@ class TrainConfig(Config):
     export: Literal["best", "last"] = "best"
     """Which checkpoint becomes the adapter: lowest eval loss, or the last one."""
     log_every: int = Field(10, ge=1)
-    """Log train loss and tokens/s every N optimizer steps."""
+    """Log train loss, tokens/s and model TFLOP/s (MFU on a GPU) every N optimizer steps."""
+    peak_tflops: Optional[float] = Field(None, gt=0)
+    """Dense peak TFLOP/s of one device at the training dtype, for MFU. None: looked up from the GPU's name
+    for bf16/fp16 (H100, H200, A100, L40S, L4, ...); no MFU on CPU or on a GPU not in the table."""
     seed: int = 0
     """Seed for LoRA init, shuffling and dropout."""
     fail_at_steps: list[int] = []

@@ -103,7 +103,9 @@ def train_func(config: dict) -> None:
 
     from raft.train.batching import collate, make_batches, real_tokens, shard
     from raft.train.config import TrainConfig
-    from raft.train.model import attach_lora, load_base
+    from raft.train.flops import FlopCounter, peak_tflops
+    from raft.train.loss import TrainedPositionsLoss
+    from raft.train.model import attach_lora, load_base, resolve_dtype
 
     cfg = TrainConfig.model_validate(config["cfg"])
     data = config["data"]
@@ -131,6 +133,11 @@ def train_func(config: dict) -> None:
                                           parallel_strategy=cfg.ray.strategy if world > 1 else None,
                                           parallel_strategy_kwargs=kwargs)
     params = [p for p in model.parameters() if p.requires_grad]
+    lossfn = TrainedPositionsLoss(peft_model, cfg.optim.trained_logits_only)
+    counter = FlopCounter(peft_model, cfg.optim.trained_logits_only)
+    ex_flops = [counter.example(len(e["input_ids"]), sum(t != -100 for t in e["labels"][1:])) for e in train]
+    peak = cfg.peak_tflops or (peak_tflops(torch.cuda.get_device_name(device), resolve_dtype(cfg.model.dtype, True))
+                               if device.type == "cuda" else None)
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
 
     lengths = [len(e["input_ids"]) for e in train]
@@ -200,8 +207,8 @@ def train_func(config: dict) -> None:
             for b, weight in mine:
                 batch = to_device(collate(evals, b, mode, pad_id, row_len, not flash))
                 n = int((batch["labels"][:, 1:] != -100).sum())
-                out = eval_model(**batch, use_cache=False, num_items_in_batch=max(1, n))
-                tot += torch.tensor([float(out.loss) * n * weight, n * weight], dtype=torch.float64,
+                loss = lossfn.loss(eval_model, batch, n)
+                tot += torch.tensor([float(loss) * n * weight, n * weight], dtype=torch.float64,
                                     device=device)
         if world > 1:
             dist.all_reduce(tot)
@@ -244,7 +251,14 @@ def train_func(config: dict) -> None:
                              checkpoint_dir_name=f"checkpoint_step{step:07d}")
 
     model.train()
-    t0, tokens, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
+    t0, tokens, flops, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0.0, 0
+    run = {"tokens": 0.0, "flops": 0.0, "s": 0.0}  # this process's whole run, for the summary
+
+    def rates(tok: float, fl: float, secs: float) -> dict:
+        r = {"tokens_per_s": tok / max(secs, 1e-9), "tflops_per_s": fl / max(secs, 1e-9) / 1e12}
+        if peak:
+            r["mfu"] = r["tflops_per_s"] / (peak * world)
+        return r
     batches = epoch_batches(epoch)
     last_eval = None
     while step < total:
@@ -258,10 +272,11 @@ def train_func(config: dict) -> None:
             sync = k == accum - 1 or world == 1 or cfg.ray.strategy != "ddp"
             ctxm = model.no_sync() if not sync else _nullcontext()
             with ctxm:
-                out = model(**g, use_cache=False, num_items_in_batch=max(1, n_items))
-                out.loss.backward()
-            loss_sum += float(out.loss.detach()) * n_items
+                loss = lossfn.loss(model, g, n_items)
+                loss.backward()
+            loss_sum += float(loss.detach()) * n_items
             tokens += real_tokens(train, batches[micro + k])
+            flops += sum(ex_flops[i] for i in batches[micro + k])
         loss_n += n_items
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
         opt.step()
@@ -271,21 +286,26 @@ def train_func(config: dict) -> None:
         step += 1
         if step % cfg.log_every == 0 or step == total:
             dt = time.perf_counter() - t0
-            tk = torch.tensor([tokens, loss_sum, loss_n], dtype=torch.float64, device=device)
+            tk = torch.tensor([tokens, loss_sum, loss_n, flops], dtype=torch.float64, device=device)
             if world > 1:
                 dist.all_reduce(tk)
-            m = {"train_loss": float(tk[1]) / max(1.0, float(tk[2])), "tokens_per_s": float(tk[0]) / max(dt, 1e-9),
+            m = {"train_loss": float(tk[1]) / max(1.0, float(tk[2])), **rates(float(tk[0]), float(tk[3]), dt),
                  "window_tokens": int(tk[0]), "window_s": dt, "lr": sched.get_last_lr()[0], "grad_norm": float(norm),
                  "epoch": epoch + micro / max(1, len(batches))}
+            for key, v in (("tokens", tk[0]), ("flops", tk[3]), ("s", dt)):
+                run[key] += float(v)
             log.write(step, m)
             if rank == 0:
+                mfu = f" MFU {m['mfu']:.1%}" if "mfu" in m else ""
                 print(f"[raft train] step {step}/{total} loss {m['train_loss']:.4f} "
-                      f"tok/s {m['tokens_per_s']:.0f} lr {m['lr']:.2e}", flush=True)
-            t0, tokens, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
+                      f"tok/s {m['tokens_per_s']:.0f}{mfu} lr {m['lr']:.2e}", flush=True)
+            t0, tokens, flops, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0.0, 0
         if step % cfg.save_every == 0 or step == total:
             ts = time.perf_counter()
             last_eval = evaluate()
             metrics = {"step": step, "epoch": epoch, "micro": micro}
+            if run["s"]:
+                metrics.update(rates(run["tokens"], run["flops"], run["s"]))
             if last_eval is not None:
                 metrics["eval_loss"] = last_eval
                 log.write(step, {"eval_loss": last_eval})

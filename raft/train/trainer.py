@@ -240,7 +240,10 @@ def run_training(cfg: TrainConfig, console=None) -> dict:
                "steps": (result.metrics or {}).get("step"), "final_metrics": dict(result.metrics or {}),
                "exported_metrics": meta["metrics"], "examples": stats["train"]["examples"],
                "dropped": stats["train"]["dropped"], "seconds": round(time.time() - started, 1)}
-    console.print(f"[bold green]done[/] in {summary['seconds']}s: {summary['steps']} steps, "
+    fm = summary["final_metrics"]  # tokens/s and TFLOP/s over training steps (eval and checkpoints excluded)
+    speed = (f" at {fm['tokens_per_s']:.0f} tokens/s ({fm['tflops_per_s']:.3g} model TFLOP/s"
+             + (f", MFU {fm['mfu']:.1%}" if "mfu" in fm else "") + ")") if "tokens_per_s" in fm else ""
+    console.print(f"[bold green]done[/] in {summary['seconds']}s: {summary['steps']} steps{speed}, "
                   f"exported {cfg.export} checkpoint (eval_loss {meta['metrics'].get('eval_loss', 'n/a')})\n"
                   f"adapter: {summary['adapter']}\n"
                   f"metrics: {store.join(summary['log_dir'], 'metrics.jsonl')} (+ tensorboard/)")

@@ -13,6 +13,7 @@ from raft.errors import RaftError
 pytestmark = pytest.mark.slow
 
 STEPS = 8
+PEAK = 0.002  # a made-up device peak (TFLOP/s) so that the CPU run reports MFU
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -30,7 +31,7 @@ def full_run(ray_local, tiny_model_dir, raft_dataset, storage):
     from raft.train.config import TrainConfig
     from raft.train.trainer import run_training
 
-    cfg = _cfg(TrainConfig, tiny_model_dir, raft_dataset, storage, "full")
+    cfg = _cfg(TrainConfig, tiny_model_dir, raft_dataset, storage, "full", peak_tflops=PEAK)
     return cfg, run_training(cfg)
 
 
@@ -57,6 +58,29 @@ def test_loss_falls_and_metrics_are_logged(full_run, storage):
     assert all(r["tokens_per_s"] > 0 for r in rows if "tokens_per_s" in r)
     assert list((storage / "full" / "logs" / "tensorboard").iterdir()), "no TensorBoard events"
     assert summary["steps"] == STEPS
+
+
+def test_model_flops_and_mfu_are_logged(full_run, storage, tiny_model_dir):
+    """Model FLOPs per token lie between the linear layers alone and a full-length example's (head at every
+    position, attention over 512 tokens), and MFU = TFLOP/s over the peak of both workers."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from raft.train.flops import FlopCounter
+
+    cfg, summary = full_run
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)),
+                           LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    counter = FlopCounter(model)
+    rows = [r for r in _metrics(storage / "full") if "tflops_per_s" in r]
+    assert len(rows) == STEPS
+    for r in rows:
+        per_token = r["tflops_per_s"] * 1e12 / r["tokens_per_s"]
+        assert counter.per_token <= per_token <= counter.example(512, 512) / 512, (per_token, counter.per_token)
+        assert r["mfu"] == pytest.approx(r["tflops_per_s"] / (PEAK * 2))
+    final = summary["final_metrics"]
+    assert final["mfu"] == pytest.approx(final["tflops_per_s"] / (PEAK * 2))
+    assert final["tokens_per_s"] > 0
 
 
 def test_adapter_reloads_with_peft_and_gives_trained_logits(full_run):
