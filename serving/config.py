@@ -85,7 +85,8 @@ class RetrievalSettings(Config):
     """How queries are embedded, in the gateway (local backend) or in the embedder actors (ray backend).
     `onnx`: ONNX Runtime on the same model (identical vectors, ~2-3x faster per query on CPU; exported once
     to ~/.cache/raft/onnx); `torch`: sentence-transformers; `auto`: onnx when onnxruntime is installed and
-    the model is a plain Transformer+Pooling one, else torch."""
+    the model is a plain Transformer+Pooling one, else torch. This value is passed to the embedder actors,
+    so $RAFT_EMBED_BACKEND (read when RayRetriever is used as a library) does not apply to `raft serve`."""
     max_batch: int = Field(32, ge=1)
     """local backend: most queries embedded and searched together when requests arrive concurrently."""
 

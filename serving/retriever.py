@@ -162,7 +162,9 @@ class RayRetrieverAdapter:
 
     @classmethod
     def open(cls, index_dir: str, num_shards: int = 2, num_embedders: int = 1,
-             embedder: Optional[str] = None, embed_backend: str = "auto") -> "RayRetrieverAdapter":
+             embedder: Optional[str] = None, embed_backend: Optional[str] = None) -> "RayRetrieverAdapter":
+        """`embed_backend` None lets RayRetriever fall back to $RAFT_EMBED_BACKEND, then auto; `raft serve`
+        always passes its config's value."""
         from retrieval.ray_retriever import RayRetriever
 
         r = RayRetriever(index_dir, num_shards=num_shards, num_embedders=num_embedders, embedder=embedder,
