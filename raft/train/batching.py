@@ -1,13 +1,13 @@
 """Micro-batches by token budget, and their tensors.
 
 - `pack`: padding-free. Examples are first-fit into rows of `row_len` tokens; position_ids restart at 0 for
-  each example. With sdpa/eager an explicit block-diagonal causal mask (4-D, additive) keeps attention
-  inside each example: transformers does not derive one from restarted position_ids (measured: without
-  it a packed example's logits differ from the same example alone). Flash-attention gets no mask and uses
-  its varlen kernels on the position_ids. With flash-attention a micro-batch is
-  one row of `batch_tokens` (its varlen path wants batch size 1); with sdpa/eager rows are `max_seq_len`
-  long, `batch_tokens // max_seq_len` of them, so the dense masked attention costs O(max_seq_len^2) per row,
-  not O(batch_tokens^2). Rows are nearly full; the short tail that evens them out is its own segment.
+  each example. Kernels that find the examples from the position_ids (raft.train.attention's per-example
+  SDPA, the default; flash-attention's varlen path) get no mask and one row of `batch_tokens`. Otherwise
+  (`eager`) an explicit block-diagonal causal mask (4-D, additive) keeps attention inside each example,
+  in rows of `max_seq_len`, `batch_tokens // max_seq_len` of them, so the dense masked attention costs
+  O(max_seq_len^2) per row, not O(batch_tokens^2) (older transformers do not derive that mask from the
+  position_ids, so it is passed explicitly). Rows are nearly full; the short tail that evens them out is
+  its own segment.
   Labels at each example's first token are -100 (it is a prompt token), so nothing is learned across
   example boundaries.
 - `group`: length-grouped padded batches: examples sorted by length inside shuffled windows, cut so that
@@ -66,6 +66,21 @@ def make_batches(lengths: list[int], batch_tokens: int, mode: str, seed: int, ma
     else:
         raise ValueError(f"unknown batching mode {mode!r}")
     return batches
+
+
+def packed_kernel(batching: str, attn_implementation: str | None) -> bool:
+    """Packed rows go to raft.train.attention's per-example SDPA (pack with sdpa or the default kernel)."""
+    return batching == "pack" and attn_implementation in (None, "sdpa")
+
+
+def varlen_attention(batching: str, attn_implementation: str | None) -> bool:
+    """The kernel finds each packed example from the position_ids, so packed rows need no mask."""
+    return packed_kernel(batching, attn_implementation) or (attn_implementation or "").startswith("flash")
+
+
+def row_length(batching: str, attn_implementation: str | None, batch_tokens: int, max_seq_len: int) -> int:
+    """Row width for packing: one row of the whole budget for kernels that need no mask, else max_seq_len."""
+    return batch_tokens if varlen_attention(batching, attn_implementation) else max_seq_len
 
 
 def shard(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:

@@ -84,10 +84,11 @@ class OptimConfig(Config):
     max_grad_norm: float = Field(1.0, gt=0)
     """Gradient clipping norm."""
     batching: Literal["pack", "group", "pad"] = "group"
-    """`group` (default): length-grouped padded batches, fastest with sdpa/eager attention (CPU, most GPUs);
-    `pack`: padding-free packing (position_ids restart per example; attention kept within each example by a
-    block-diagonal mask, or by flash-attention's varlen kernels, the case where packing pays off: use it
-    with model.attn_implementation=flash_attention_2); `pad`: naive random padded batches (a baseline)."""
+    """`pack`: padding-free packing: examples fill rows of `batch_tokens`, position_ids restart per example,
+    and attention stays inside each example (raft.train.attention's per-example causal SDPA, or
+    flash-attention's varlen kernels with model.attn_implementation=flash_attention_2; `eager` gets a dense
+    block-diagonal mask). `group` (default): length-grouped padded batches, any attention kernel, no
+    cross-example rows. `pad`: naive random padded batches (a baseline)."""
     trained_logits_only: bool = True
     """Run the output head and the loss only at the answer tokens (the prompt's documents carry no loss):
     the same loss and gradients, less compute, far less memory for long RAFT prompts. False computes logits

@@ -101,7 +101,9 @@ def train_func(config: dict) -> None:
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from transformers import get_scheduler
 
-    from raft.train.batching import collate, make_batches, real_tokens, shard
+    from raft.train.batching import (collate, make_batches, packed_kernel, real_tokens, row_length, shard,
+                                     varlen_attention)
+    from raft.train.attention import register as register_packed_attention
     from raft.train.config import TrainConfig
     from raft.train.flops import FlopCounter, peak_tflops
     from raft.train.loss import TrainedPositionsLoss
@@ -117,7 +119,10 @@ def train_func(config: dict) -> None:
     torch.manual_seed(cfg.seed + rank)
     random.seed(cfg.seed + rank)
 
-    base = load_base(cfg.model, cfg.lora, cfg.ray.use_gpu, device=device)
+    # packed rows without flash-attention: per-example causal SDPA rather than a dense block-diagonal mask
+    packed = packed_kernel(cfg.optim.batching, cfg.model.attn_implementation)
+    base = load_base(cfg.model, cfg.lora, cfg.ray.use_gpu, device=device,
+                     attn_implementation=register_packed_attention() if packed else None)
     peft_model = attach_lora(base, cfg.model, cfg.lora, cfg.seed)
     if cfg.lora.quantize != "4bit":
         peft_model.to(device)
@@ -141,9 +146,10 @@ def train_func(config: dict) -> None:
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
 
     lengths = [len(e["input_ids"]) for e in train]
-    flash = (cfg.model.attn_implementation or "").startswith("flash")
-    row_len = cfg.optim.batch_tokens if flash else cfg.data.max_seq_len  # see raft/train/batching.py
     mode, accum = cfg.optim.batching, cfg.optim.grad_accum
+    # kernels that find example boundaries themselves take one long row and no mask (raft/train/batching.py)
+    varlen = varlen_attention(mode, cfg.model.attn_implementation)
+    row_len = row_length(mode, cfg.model.attn_implementation, cfg.optim.batch_tokens, cfg.data.max_seq_len)
     mask_dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
 
     def to_device(batch: dict) -> dict:
@@ -182,6 +188,8 @@ def train_func(config: dict) -> None:
             print(f"[raft train] resumed from checkpoint at step {step} (epoch {epoch}, micro-batch {micro})")
 
     log = MetricsLog(config.get("log_dir") if rank == 0 else None)
+    log.write(step, {"event": "start", "attention": base.config._attn_implementation, "batching": mode,
+                     "row_len": row_len, "workers": world})
     if ckpt:
         log.write(step, {"event": "resumed", "resumed_step": step, "epoch": epoch, "micro": micro})
     fail_dir = config.get("fail_marker_dir")
@@ -205,7 +213,7 @@ def train_func(config: dict) -> None:
         mine += [(eval_batches[0], 0.0)] * (per_rank - len(mine))
         with torch.no_grad():
             for b, weight in mine:
-                batch = to_device(collate(evals, b, mode, pad_id, row_len, not flash))
+                batch = to_device(collate(evals, b, mode, pad_id, row_len, not varlen))
                 n = int((batch["labels"][:, 1:] != -100).sum())
                 loss = lossfn.loss(eval_model, batch, n)
                 tot += torch.tensor([float(loss) * n * weight, n * weight], dtype=torch.float64,
@@ -265,7 +273,7 @@ def train_func(config: dict) -> None:
         if micro + accum > len(batches):
             epoch, micro = epoch + 1, 0
             batches = epoch_batches(epoch)
-        group = [collate(train, batches[micro + k], mode, pad_id, row_len, not flash) for k in range(accum)]
+        group = [collate(train, batches[micro + k], mode, pad_id, row_len, not varlen) for k in range(accum)]
         n_items = sum(int((g["labels"][:, 1:] != -100).sum()) for g in group)
         for k, g in enumerate(group):
             g = to_device(g)

@@ -93,15 +93,17 @@ def resolve_targets(model, lora: LoraConfig) -> list[str]:
     return list(lora.target_modules)
 
 
-def load_base(cfg: ModelConfig, lora: LoraConfig, use_gpu: bool, device=None, *, for_merge: bool = False):
-    """The base model on `device`; 4-bit (QLoRA) unless `for_merge` (merging needs full-precision weights)."""
+def load_base(cfg: ModelConfig, lora: LoraConfig, use_gpu: bool, device=None, *, for_merge: bool = False,
+              attn_implementation: str | None = None):
+    """The base model on `device`; 4-bit (QLoRA) unless `for_merge` (merging needs full-precision weights).
+    `attn_implementation` overrides the config's (the trainer's packed-row kernel)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     dtype = resolve_dtype(cfg.dtype, use_gpu)
     kwargs = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
-    if cfg.attn_implementation:
-        kwargs["attn_implementation"] = cfg.attn_implementation
+    if attn_implementation or cfg.attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation or cfg.attn_implementation
     if lora.quantize == "4bit" and not for_merge:
         if not torch.cuda.is_available():
             raise RaftError("QLoRA (train.lora.quantize=4bit) needs a CUDA GPU on every worker")

@@ -68,11 +68,12 @@ def prepare_data(cfg: TrainConfig, tokenizer, console) -> tuple[dict, dict]:
 
 def check_batches(cfg: TrainConfig, lengths: list[int]) -> None:
     """Every worker needs at least one optimizer step's worth of micro-batches per epoch."""
-    from raft.train.batching import make_batches
+    from raft.train.batching import make_batches, row_length
 
-    flash = (cfg.model.attn_implementation or "").startswith("flash")
+    row_len = row_length(cfg.optim.batching, cfg.model.attn_implementation, cfg.optim.batch_tokens,
+                         cfg.data.max_seq_len)
     n = len(make_batches(lengths, cfg.optim.batch_tokens, cfg.optim.batching, cfg.seed * 1000,
-                         cfg.data.max_seq_len, row_len=cfg.optim.batch_tokens if flash else cfg.data.max_seq_len))
+                         cfg.data.max_seq_len, row_len=row_len))
     need = cfg.ray.num_workers * cfg.optim.grad_accum
     if n < need:
         raise RaftError(f"{len(lengths)} training examples make {n} micro-batches of optim.batch_tokens="

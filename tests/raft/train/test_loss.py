@@ -1,6 +1,7 @@
-"""The trained-positions loss equals transformers' own causal-LM loss, in value and in LoRA gradients, on
-every architecture in one table and on padded and packed batches, while the output head sees only the
-labelled positions."""
+"""The trained-positions loss and the packed-row attention kernel against the ground truth: every example
+run alone through transformers' own causal-LM loss. One table of architectures (softcapped logits and
+attention, sliding windows, tied embeddings) x the batch kinds `raft train` builds; loss and LoRA gradients
+must match, and the output head must see only the labelled positions."""
 
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ def _llama():
                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False))
 
 
-def _gemma2():  # softcapped logits: the cap is applied after the head
+def _gemma2():  # softcapped logits and attention scores; every other layer has a sliding window of 8
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
     return Gemma2ForCausalLM(Gemma2Config(vocab_size=300, hidden_size=64, intermediate_size=128,
                                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                          head_dim=16, final_logit_softcapping=5.0, attn_implementation="eager"))
+                                          head_dim=16, final_logit_softcapping=5.0, attn_logit_softcapping=20.0,
+                                          sliding_window=8, attn_implementation="eager"))
 
 
 def _qwen2_tied():  # tied input/output embeddings
@@ -33,7 +35,11 @@ def _qwen2_tied():  # tied input/output embeddings
                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
 
 
-ARCHS = {"llama": _llama, "gemma2-softcap": _gemma2, "qwen2-tied": _qwen2_tied}
+ARCHS = {"llama": _llama, "gemma2-softcap-window": _gemma2, "qwen2-tied": _qwen2_tied}
+# group: padded rows; pack-mask: packed rows + dense block-diagonal mask (sdpa/eager; it cannot express a
+# sliding window, so not for gemma2); pack-kernel: packed rows, no mask, raft.train.attention's kernel
+CASES = [(a, k) for a in sorted(ARCHS) for k in ("group", "pack-mask", "pack-kernel")
+         if not (a.startswith("gemma2") and k == "pack-mask")]
 
 
 def _examples(seed: int = 0) -> list[dict]:
@@ -62,19 +68,32 @@ def _grads(model) -> dict:
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHS))
-@pytest.mark.parametrize("mode", ["group", "pack"])
-def test_loss_and_grads_match_full_logits(arch, mode):
+def _reference(model, ex, n_items):
+    """Loss and gradients with every example run alone (no padding, no packing): the ground truth."""
+    total = 0.0
+    for e in ex:
+        out = model(input_ids=torch.tensor([e["input_ids"]]), labels=torch.tensor([e["labels"]]), use_cache=False,
+                    num_items_in_batch=n_items)
+        out.loss.backward()
+        total += float(out.loss)
+    grads = _grads(model)
+    model.zero_grad(set_to_none=True)
+    return total, grads
+
+
+@pytest.mark.parametrize("arch,kind", CASES)
+def test_loss_and_grads_match_examples_run_alone(arch, kind):
+    from raft.train.attention import register
+
     model = _lora(ARCHS[arch])
     ex = _examples()
-    batch = collate(ex, list(range(len(ex))), mode, pad_id=0, row_len=64)
-    n_items = int((batch["labels"][:, 1:] != -100).sum())
+    n_items = sum(sum(t != -100 for t in e["labels"][1:]) for e in ex)
+    ref, ref_grads = _reference(model, ex, n_items)
 
-    ref = model(**batch, use_cache=False, num_items_in_batch=n_items).loss
-    ref.backward()
-    ref_grads = _grads(model)
-    model.zero_grad(set_to_none=True)
-
+    mode = "group" if kind == "group" else "pack"
+    batch = collate(ex, list(range(len(ex))), mode, pad_id=0, row_len=64, mask_segments=kind == "pack-mask")
+    if kind == "pack-kernel":
+        model.set_attn_implementation(register())
     seen = []
     head = model.get_base_model().get_output_embeddings()
     spy = head.register_forward_hook(lambda m, a, out: seen.append(tuple(out.shape)))
@@ -84,7 +103,7 @@ def test_loss_and_grads_match_full_logits(arch, mode):
     spy.remove()
 
     assert seen == [(n_items, 300)], "the head must see only the labelled positions"
-    assert torch.allclose(loss, ref, atol=1e-5, rtol=1e-5), (float(loss), float(ref))
+    assert float(loss) == pytest.approx(ref, abs=1e-5, rel=1e-5)
     got = _grads(model)
     assert set(got) == set(ref_grads)
     for n in got:

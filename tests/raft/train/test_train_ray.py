@@ -83,6 +83,27 @@ def test_model_flops_and_mfu_are_logged(full_run, storage, tiny_model_dir):
     assert final["tokens_per_s"] > 0
 
 
+def test_packing_trains_with_the_per_example_kernel(ray_local, tiny_model_dir, raft_dataset, storage):
+    """`batching=pack` on the default kernel: one row of batch_tokens per micro-batch, attention by
+    raft.train.attention (no dense mask), and the model learns."""
+    from raft.train.config import TrainConfig
+    from raft.train.trainer import run_training
+
+    cfg = _cfg(TrainConfig, tiny_model_dir, raft_dataset, storage, "pack", ray={"num_workers": 1, "storage_path":
+               str(storage), "run_name": "pack", "max_failures": 0},
+               optim={"lr": 1e-2, "max_steps": STEPS, "batch_tokens": 1024, "warmup_ratio": 0.0,
+                      "scheduler": "constant", "batching": "pack"})
+    summary = run_training(cfg)
+    rows = _metrics(storage / "pack")
+    start = [r for r in rows if r.get("event") == "start"]
+    assert start == [{**start[0], "attention": "raft_packed", "batching": "pack", "row_len": 1024, "workers": 1}]
+    train = [r["train_loss"] for r in rows if "train_loss" in r]
+    assert train[-1] < train[0] - 0.3, train
+    evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
+    assert len(evals) == STEPS // 2 and evals[-1] < evals[0], evals
+    assert summary["steps"] == STEPS
+
+
 def test_adapter_reloads_with_peft_and_gives_trained_logits(full_run):
     import torch
     from peft import PeftModel
