@@ -5,8 +5,8 @@
   SDPA, the default; flash-attention's varlen path) get no mask and one row of `batch_tokens`. Otherwise
   (`eager`) an explicit block-diagonal causal mask (4-D, additive) keeps attention inside each example,
   in rows of `max_seq_len`, `batch_tokens // max_seq_len` of them, so the dense masked attention costs
-  O(max_seq_len^2) per row, not O(batch_tokens^2) (older transformers do not derive that mask from the
-  position_ids, so it is passed explicitly). Rows are nearly full; the short tail that evens them out is
+  O(max_seq_len^2) per row, not O(batch_tokens^2) (transformers derives that mask from the position_ids
+  only when no attention mask is passed, and older versions never do, so it is passed explicitly). Rows are nearly full; the short tail that evens them out is
   its own segment.
   Labels at each example's first token are -100 (it is a prompt token), so nothing is learned across
   example boundaries.
@@ -102,8 +102,8 @@ def segment_mask(segments: list[list[int]]):
 
 def collate(examples: list[dict], idx: list[int], mode: str, pad_id: int, row_len: int | None = None,
             mask_segments: bool = True) -> dict:
-    """Tensors for one micro-batch (`pack`: rows with position_ids and, unless the attention kernel is
-    varlen flash-attention (`mask_segments=False`), a block-diagonal mask; else padded rows with a mask)."""
+    """Tensors for one micro-batch (`pack`: rows with position_ids and, unless the attention kernel finds
+    the examples itself (`mask_segments=False`), a block-diagonal mask; else padded rows with a mask)."""
     import torch
 
     rows = [examples[i] for i in idx]
