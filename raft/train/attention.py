@@ -55,8 +55,8 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
         starts = [0] if pos is None else (pos[b if pos.shape[0] > 1 else 0] == 0).nonzero().flatten().tolist()
         if not starts or starts[0] != 0:
             starts = [0, *starts]
-        parts = [_segment(query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e], scaling, dropout,
-                          sliding_window, softcap) for s, e in zip(starts, [*starts[1:], T])]
+        parts = [_segment(query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e], scaling,
+                          dropout, sliding_window, softcap) for s, e in zip(starts, [*starts[1:], T])]
         rows.append(torch.cat(parts, dim=2) if len(parts) > 1 else parts[0])
     out = torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]
     return out.transpose(1, 2).contiguous(), None

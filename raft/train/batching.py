@@ -6,8 +6,8 @@
   (`eager`) an explicit block-diagonal causal mask (4-D, additive) keeps attention inside each example,
   in rows of `max_seq_len`, `batch_tokens // max_seq_len` of them, so the dense masked attention costs
   O(max_seq_len^2) per row, not O(batch_tokens^2) (transformers derives that mask from the position_ids
-  only when no attention mask is passed, and older versions never do, so it is passed explicitly). Rows are nearly full; the short tail that evens them out is
-  its own segment.
+  only when no attention mask is passed, and older versions never do, so it is passed explicitly). Rows
+  are nearly full; the short tail that evens them out is its own segment.
   Labels at each example's first token are -100 (it is a prompt token), so nothing is learned across
   example boundaries.
 - `group`: length-grouped padded batches: examples sorted by length inside shuffled windows, cut so that

@@ -77,7 +77,8 @@ class FlopCounter:
         window = getattr(conf, "sliding_window", None)
         types = getattr(conf, "layer_types", None) or ["full_attention"] * conf.num_hidden_layers
         # (width of q.k and of the weighted sum, keys each query may see) per attention layer
-        self.attention = [(heads * head_dim, window if "sliding" in t else None) for t in types if "attention" in t]
+        self.attention = [(heads * head_dim, window if "sliding" in t else None)
+                          for t in types if "attention" in t]
 
     def example(self, length: int, trained: int) -> float:
         """FLOPs to train on one example (forward + backward)."""

@@ -101,9 +101,8 @@ def train_func(config: dict) -> None:
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from transformers import get_scheduler
 
-    from raft.train.batching import (collate, make_batches, packed_kernel, real_tokens, row_length, shard,
-                                     varlen_attention)
     from raft.train.attention import register as register_packed_attention
+    from raft.train.batching import collate, make_batches, packed_kernel, real_tokens, shard
     from raft.train.config import TrainConfig
     from raft.train.flops import FlopCounter, peak_tflops
     from raft.train.loss import TrainedPositionsLoss
@@ -123,6 +122,9 @@ def train_func(config: dict) -> None:
     packed = packed_kernel(cfg.optim.batching, cfg.model.attn_implementation)
     base = load_base(cfg.model, cfg.lora, cfg.ray.use_gpu, device=device,
                      attn_implementation=register_packed_attention() if packed else None)
+    if packed and not type(base).is_backend_compatible():  # its attention code ignores registered kernels
+        packed = False  # so it gets the dense block-diagonal mask instead
+        base = load_base(cfg.model, cfg.lora, cfg.ray.use_gpu, device=device)
     peft_model = attach_lora(base, cfg.model, cfg.lora, cfg.seed)
     if cfg.lora.quantize != "4bit":
         peft_model.to(device)
@@ -141,15 +143,16 @@ def train_func(config: dict) -> None:
     lossfn = TrainedPositionsLoss(peft_model, cfg.optim.trained_logits_only)
     counter = FlopCounter(peft_model, cfg.optim.trained_logits_only)
     ex_flops = [counter.example(len(e["input_ids"]), sum(t != -100 for t in e["labels"][1:])) for e in train]
-    peak = cfg.peak_tflops or (peak_tflops(torch.cuda.get_device_name(device), resolve_dtype(cfg.model.dtype, True))
-                               if device.type == "cuda" else None)
+    gpu_dtype = resolve_dtype(cfg.model.dtype, True)
+    on_gpu = device.type == "cuda"
+    peak = cfg.peak_tflops or (peak_tflops(torch.cuda.get_device_name(device), gpu_dtype) if on_gpu else None)
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
 
     lengths = [len(e["input_ids"]) for e in train]
     mode, accum = cfg.optim.batching, cfg.optim.grad_accum
     # kernels that find example boundaries themselves take one long row and no mask (raft/train/batching.py)
-    varlen = varlen_attention(mode, cfg.model.attn_implementation)
-    row_len = row_length(mode, cfg.model.attn_implementation, cfg.optim.batch_tokens, cfg.data.max_seq_len)
+    varlen = packed or (cfg.model.attn_implementation or "").startswith("flash")
+    row_len = cfg.optim.batch_tokens if varlen else cfg.data.max_seq_len
     mask_dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
 
     def to_device(batch: dict) -> dict:

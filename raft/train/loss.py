@@ -25,7 +25,8 @@ class TrainedPositionsLoss:
         base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
         head = base.get_output_embeddings()
         self._select = None
-        self._handle = head.register_forward_pre_hook(self._hook) if trained_only and head is not None else None
+        hook = trained_only and head is not None
+        self._handle = head.register_forward_pre_hook(self._hook) if hook else None
 
     def _hook(self, module, args):
         sel = self._select
