@@ -73,14 +73,10 @@ def packed_kernel(batching: str, attn_implementation: str | None) -> bool:
     return batching == "pack" and attn_implementation in (None, "sdpa")
 
 
-def varlen_attention(batching: str, attn_implementation: str | None) -> bool:
-    """The kernel finds each packed example from the position_ids, so packed rows need no mask."""
-    return packed_kernel(batching, attn_implementation) or (attn_implementation or "").startswith("flash")
-
-
-def row_length(batching: str, attn_implementation: str | None, batch_tokens: int, max_seq_len: int) -> int:
-    """Row width for packing: one row of the whole budget for kernels that need no mask, else max_seq_len."""
-    return batch_tokens if varlen_attention(batching, attn_implementation) else max_seq_len
+def varlen_attention(packed: bool, attn_implementation: str | None) -> bool:
+    """The kernel finds each packed example from the position_ids, so packed rows need no mask and take one
+    row of the whole budget. `packed`: raft.train.attention's kernel is in use (see `packed_kernel`)."""
+    return packed or (attn_implementation or "").startswith("flash")
 
 
 def shard(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:

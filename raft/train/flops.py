@@ -80,8 +80,14 @@ class FlopCounter:
         self.attention = [(heads * head_dim, window if "sliding" in t else None)
                           for t in types if "attention" in t]
 
+    def batch(self, lengths: list[int], trained: int) -> float:
+        """FLOPs to train on examples of these lengths with `trained` labelled positions in all (forward +
+        backward); padding is not work the model needs, so it is not counted."""
+        tokens = sum(lengths)
+        attn = sum(2 * 2 * width * _attention_pairs(n, w) for n in lengths for width, w in self.attention)
+        head_positions = trained if self.trained_logits_only else tokens
+        return float(self.per_token * tokens + self.head * head_positions + 3 * attn)
+
     def example(self, length: int, trained: int) -> float:
-        """FLOPs to train on one example (forward + backward)."""
-        attn = sum(2 * 2 * width * _attention_pairs(length, w) for width, w in self.attention)
-        head_positions = trained if self.trained_logits_only else length
-        return float(self.per_token * length + self.head * head_positions + 3 * attn)
+        """FLOPs to train on one example."""
+        return self.batch([length], trained)

@@ -102,7 +102,7 @@ def train_func(config: dict) -> None:
     from transformers import get_scheduler
 
     from raft.train.attention import register as register_packed_attention
-    from raft.train.batching import collate, make_batches, packed_kernel, real_tokens, shard
+    from raft.train.batching import collate, make_batches, packed_kernel, real_tokens, shard, varlen_attention
     from raft.train.config import TrainConfig
     from raft.train.flops import FlopCounter, peak_tflops
     from raft.train.loss import TrainedPositionsLoss
@@ -142,7 +142,6 @@ def train_func(config: dict) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     lossfn = TrainedPositionsLoss(peft_model, cfg.optim.trained_logits_only)
     counter = FlopCounter(peft_model, cfg.optim.trained_logits_only)
-    ex_flops = [counter.example(len(e["input_ids"]), sum(t != -100 for t in e["labels"][1:])) for e in train]
     gpu_dtype = resolve_dtype(cfg.model.dtype, True)
     on_gpu = device.type == "cuda"
     peak = cfg.peak_tflops or (peak_tflops(torch.cuda.get_device_name(device), gpu_dtype) if on_gpu else None)
@@ -151,7 +150,7 @@ def train_func(config: dict) -> None:
     lengths = [len(e["input_ids"]) for e in train]
     mode, accum = cfg.optim.batching, cfg.optim.grad_accum
     # kernels that find example boundaries themselves take one long row and no mask (raft/train/batching.py)
-    varlen = packed or (cfg.model.attn_implementation or "").startswith("flash")
+    varlen = varlen_attention(packed, cfg.model.attn_implementation)
     row_len = cfg.optim.batch_tokens if varlen else cfg.data.max_seq_len
     mask_dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
 
@@ -277,7 +276,8 @@ def train_func(config: dict) -> None:
             epoch, micro = epoch + 1, 0
             batches = epoch_batches(epoch)
         group = [collate(train, batches[micro + k], mode, pad_id, row_len, not varlen) for k in range(accum)]
-        n_items = sum(int((g["labels"][:, 1:] != -100).sum()) for g in group)
+        labelled = [int((g["labels"][:, 1:] != -100).sum()) for g in group]
+        n_items = sum(labelled)
         for k, g in enumerate(group):
             g = to_device(g)
             sync = k == accum - 1 or world == 1 or cfg.ray.strategy != "ddp"
@@ -287,7 +287,7 @@ def train_func(config: dict) -> None:
                 loss.backward()
             loss_sum += float(loss.detach()) * n_items
             tokens += real_tokens(train, batches[micro + k])
-            flops += sum(ex_flops[i] for i in batches[micro + k])
+            flops += counter.batch([lengths[i] for i in batches[micro + k]], labelled[k])
         loss_n += n_items
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
         opt.step()

@@ -68,10 +68,11 @@ def prepare_data(cfg: TrainConfig, tokenizer, console) -> tuple[dict, dict]:
 
 def check_batches(cfg: TrainConfig, lengths: list[int]) -> None:
     """Every worker needs at least one optimizer step's worth of micro-batches per epoch."""
-    from raft.train.batching import make_batches, row_length
+    from raft.train.batching import make_batches, packed_kernel, varlen_attention
 
-    row_len = row_length(cfg.optim.batching, cfg.model.attn_implementation, cfg.optim.batch_tokens,
-                         cfg.data.max_seq_len)
+    attn = cfg.model.attn_implementation
+    varlen = varlen_attention(packed_kernel(cfg.optim.batching, attn), attn)
+    row_len = cfg.optim.batch_tokens if varlen else cfg.data.max_seq_len
     n = len(make_batches(lengths, cfg.optim.batch_tokens, cfg.optim.batching, cfg.seed * 1000,
                          cfg.data.max_seq_len, row_len=row_len))
     need = cfg.ray.num_workers * cfg.optim.grad_accum
