@@ -112,10 +112,18 @@ def test_gateway_passes_embed_backend_to_ray_embedders(monkeypatch, built_index)
             seen.update(kw, index_dir=index_dir)
 
         def embed_backends(self):
-            return [seen["embed_backend"]]
+            return [str(seen["embed_backend"])]
 
     monkeypatch.setattr(rr, "RayRetriever", FakeRay)
     r = open_retriever(RetrievalSettings(backend="ray", index_dir=str(built_index), embed_backend="torch",
                                          num_shards=3))
     assert isinstance(r.r, FakeRay)
     assert (seen["embed_backend"], seen["num_shards"], seen["index_dir"]) == ("torch", 3, str(built_index))
+
+    # called as a library without a backend, the adapter leaves the choice to RayRetriever, which then
+    # reads $RAFT_EMBED_BACKEND (it used to pass "auto", so the variable was never read)
+    from serving.retriever import RayRetrieverAdapter
+
+    seen.clear()
+    RayRetrieverAdapter.open(str(built_index))
+    assert seen["embed_backend"] is None
