@@ -48,7 +48,12 @@ def run(args: argparse.Namespace) -> int:
     from raft.data.builder import Builder
     from raft.data.summary import print_summary
 
+    from raft.model_source import resolve_model
+
     console = Console(stderr=True)
+    if cfg.teacher.kind != "extractive":  # a packaged name or .gguf becomes the converted directory
+        cfg.teacher = cfg.teacher.model_copy(
+            update={"model": resolve_model(cfg.teacher.model, log=console.print, absolute=False)})
     summary = Builder(cfg, args.out, corpus=args.corpus, console=console).run()
     print_summary(summary, console)
     return 0

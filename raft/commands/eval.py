@@ -68,6 +68,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     console = Console(stderr=True)
     start = time.perf_counter()
+    from raft.model_source import resolve_model
+
+    # a packaged model name or a .gguf file becomes the converted directory that `transformers serve` loads
+    cfg.systems = [s.model_copy(update={"model": resolve_model(s.model, log=console.print, absolute=False)})
+                   for s in cfg.systems]
     items = load_items(cfg.data, cfg.split, cfg.limit)
     console.print(f"[bold]raft eval[/]: {len(items)} questions from {cfg.data}; systems: "
                   + ", ".join(f"{s.name} ({s.retrieval})" for s in cfg.systems))

@@ -30,12 +30,17 @@ def merge_adapter(adapter_dir: str, out_dir: str, base: str | None = None, dtype
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from raft.model_source import resolve_model
+
     adapter, out = Path(adapter_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
     meta = read_meta(adapter)
     acfg = json.loads((adapter / "adapter_config.json").read_text())
     base = base or meta.get("base_model") or acfg.get("base_model_name_or_path")
     if not base:
         raise RaftError("the adapter does not name its base model; pass --base MODEL")
+    if not Path(base).expanduser().exists() and meta.get("base_model_source") and base == meta.get("base_model"):
+        base = meta["base_model_source"]  # trained from a GGUF whose converted copy is not cached on this host
+    base = resolve_model(base)
     if acfg.get("use_dora"):
         pass  # peft merges DoRA magnitudes too; nothing special
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(dtype, "auto")
