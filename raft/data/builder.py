@@ -20,7 +20,8 @@ from typing import Any, Sequence
 from raft.data.cache import TeacherCache, cache_key
 from raft.data.config import BuildConfig
 from raft.data.generation import QUESTION_SYSTEM, answer_messages, check_answer, parse_questions
-from raft.data.mixing import MineItem, choose_oracle_included, mine_distractors, shown_order, sub_seed
+from raft.data.mixing import (MineItem, choose_oracle_included, distractor_count, mine_distractors, shown_order,
+                              sub_seed)
 from raft.data.progress import Progress
 from raft.data.questions_file import best_chunks, load_questions
 from raft.data.splits import assign_splits
@@ -260,7 +261,7 @@ class Builder:
         return [it for it, ok in zip(items, oks) if ok]
 
     def _mix(self, kept: list[Item], chunks, by_id, prog) -> tuple[list[dict], Counter]:
-        cfg, D = self.cfg, self.cfg.mix.num_distractors
+        cfg = self.cfg
         doc_split = assign_splits((c.doc_id for c in chunks), [[by_id[o].doc_id for o in it.oracle_ids]
                                                                for it in kept], cfg.split, cfg.seed)
         for it in kept:
@@ -284,7 +285,8 @@ class Builder:
         records = []
         for it in sorted(usable, key=lambda it: it.key):
             inc = it.key in included
-            shown = shown_order(it.key, it.oracle_ids, mined.distractors[it.key], inc, D, cfg.seed)
+            shown = shown_order(it.key, it.oracle_ids, mined.distractors[it.key], inc,
+                                distractor_count(it.key, cfg.mix, cfg.seed), cfg.seed)
             records.append(self._record(it, shown, inc, by_id))
         stats["oracle_included"] = len(included)
         stats["records"] = len(records)

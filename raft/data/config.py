@@ -50,6 +50,10 @@ class MixConfig(Config):
 
     num_distractors: int = Field(4, ge=0)
     """D: distractor chunks per example (the shown set is D + the oracle chunk(s))."""
+    min_distractors: Optional[int] = Field(None, ge=0)
+    """When set, each example shows a seeded-random number of distractors, uniform from min_distractors to
+    num_distractors, instead of always D: a model served at top-k 1, 3 or 5 then has seen every prompt size
+    in training. null = always D (the RAFT paper's setting)."""
     p_oracle: float = Field(0.8, ge=0, le=1)
     """P: fraction of examples that show the oracle; exactly round(P x n), stratified over splits. Where the
     oracle is left out another distinct distractor takes its place."""
@@ -67,6 +71,13 @@ class MixConfig(Config):
     """Draw distractors only from documents of the example's own split (falls back, counted, when too few)."""
     batch_size: int = Field(1024, ge=1)
     """Questions per batched embedding/FAISS search while mining."""
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.min_distractors is not None and self.min_distractors > self.num_distractors:
+            raise ValueError(f"min_distractors={self.min_distractors} is above num_distractors="
+                             f"{self.num_distractors}; it is the low end of the range, num_distractors the high end")
+        return self
 
 
 class SplitConfig(Config):

@@ -106,6 +106,11 @@ def _write_hf(path: Path, records: dict[str, list[dict]]) -> None:
     os.replace(tmp, path)
 
 
+def _distractors(mix: dict) -> str:
+    lo, hi = mix.get("min_distractors"), mix["num_distractors"]
+    return str(hi) if lo is None or lo == hi else f"{lo} to {hi}"
+
+
 def dataset_card(config: dict, summary: dict, manifest: dict) -> str:
     teacher = config.get("teacher", {})
     smoke = ("\n> **Smoke data.** Built with the `extractive` teacher, which copies sentences instead of "
@@ -118,7 +123,7 @@ def dataset_card(config: dict, summary: dict, manifest: dict) -> str:
     return f"""# RAFT dataset
 
 Retrieval-augmented fine-tuning data (RAFT, Zhang et al. 2024) built by `raft build`. Each record shows a
-question with {config['mix']['num_distractors']} distractor chunks and, in a fraction
+question with {_distractors(config['mix'])} distractor chunks and, in a fraction
 P={config['mix']['p_oracle']} of records, the oracle chunk(s); the answer is chain-of-thought reasoning
 that quotes the oracle between `##begin_quote##` and `##end_quote##` (every quote checked against the
 oracle) and ends in `<ANSWER>: ...`. Splits are by source document.

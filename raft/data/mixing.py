@@ -271,6 +271,13 @@ def choose_oracle_included(keys_by_split: dict[str, list[str]], p: float, seed: 
     return chosen
 
 
+def distractor_count(key: str, cfg: MixConfig, seed: int) -> int:
+    """Distractors shown in one example: D, or a seeded draw from [min_distractors, D] (see MixConfig)."""
+    if cfg.min_distractors is None:
+        return cfg.num_distractors
+    return random.Random(sub_seed(seed, "n_distractors", key)).randint(cfg.min_distractors, cfg.num_distractors)
+
+
 def shown_order(key: str, oracle_ids: Sequence[str], distractors: Sequence[str], include_oracle: bool,
                 D: int, seed: int) -> list[str]:
     """Chunk ids shown for one example, shuffled with a per-example seed."""

@@ -80,6 +80,18 @@ def test_build_schema_exports_and_invariants(tmp_path, index):
     assert "Smoke data" in card and "num_distractors: 3" in card
 
 
+def test_variable_distractor_count_spans_the_range(tmp_path, index):
+    """mix.min_distractors: shown sets of every size from min+1 to D+1, and the oracle still where promised."""
+    out = tmp_path / "ds"
+    Builder(_cfg(mix={"num_distractors": 3, "min_distractors": 0, "p_oracle": 0.8}), out, index=index).run()
+    recs = [r for rs in _read(out).values() for r in rs]
+    sizes = {len(r["doc_ids"]) for r in recs}
+    assert sizes == {1, 2, 3, 4}
+    for r in recs:
+        assert (set(r["oracle_ids"]) <= set(r["doc_ids"])) == r["oracle_included"]
+    assert "0 to 3 distractor chunks" in (out / "README.md").read_text()
+
+
 def test_cache_resume_and_targeted_invalidation(tmp_path, index):
     out = tmp_path / "ds"
     first = Builder(_cfg(), out, index=index).run()

@@ -6,7 +6,7 @@ import pytest
 
 from raft.data.config import MixConfig, SplitConfig
 from raft.data.mixing import (MineItem, allocate_oracle, answer_pattern, choose_oracle_included,
-                              mine_distractors, shown_order)
+                              distractor_count, mine_distractors, shown_order)
 from raft.data.splits import assign_splits
 from retrieval.types import Chunk
 
@@ -88,6 +88,17 @@ def test_shown_order_includes_oracle_or_replacement():
     assert sorted(without) == sorted(d) and len(without) == 6
     orders = {tuple(shown_order(f"k{i}", ["o"], d, True, 4, 0)).index("o") for i in range(30)}
     assert len(orders) > 2  # the oracle's position varies
+
+
+def test_distractor_count_spans_the_range_and_is_seeded():
+    assert {distractor_count(f"k{i}", MixConfig(num_distractors=3), 0) for i in range(20)} == {3}
+    cfg = MixConfig(num_distractors=4, min_distractors=1)
+    counts = Counter(distractor_count(f"k{i}", cfg, 0) for i in range(400))
+    assert set(counts) == {1, 2, 3, 4} and min(counts.values()) > 60  # roughly uniform
+    assert [distractor_count(f"k{i}", cfg, 0) for i in range(50)] == [distractor_count(f"k{i}", cfg, 0)
+                                                                     for i in range(50)]
+    with pytest.raises(ValueError, match="min_distractors=5 is above num_distractors=4"):
+        MixConfig(num_distractors=4, min_distractors=5)
 
 
 def test_splits_are_disjoint_by_document_and_seeded():
