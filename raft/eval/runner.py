@@ -229,10 +229,18 @@ def aggregate(rows: list[dict[str, Any]], k_values: list[int]) -> dict[str, Any]
     return out
 
 
+def _reuses_main(spec: RunSpec) -> bool:
+    """A top-k sweep point at the system's own top_k asks exactly what its main run asked."""
+    return spec.sweep == "top_k" and spec.value == spec.system.top_k
+
+
 async def evaluate(cfg: EvalConfig, items: list[EvalItem],
                    on_progress: Callable[[str, int], None] | None = None,
                    on_start: Callable[[RunSpec, int], None] | None = None) -> dict[str, Any]:
-    """Check endpoints, run every planned run, and return {"runs": [...], "predictions": [...], ...}."""
+    """Check endpoints, run every planned run, and return {"runs": [...], "predictions": [...], ...}.
+
+    Runs against different endpoints (the base model's engine, the gateway) go on at the same time; runs
+    against one endpoint take turns, in plan order, so that its main run comes before its sweeps."""
     if not cfg.systems:
         raise RaftError("no systems to evaluate: list them under eval.systems, or pass --base-url and --model")
     ev = Evaluator(cfg, items, on_progress)
@@ -240,11 +248,31 @@ async def evaluate(cfg: EvalConfig, items: list[EvalItem],
     try:
         listed = await ev.check_endpoints()
         have_oracles = any(it.oracle_docs for it in items)
+        plan = plan_runs(cfg, have_oracles)
+        rows_of: dict[int, list[dict[str, Any]]] = {}
+        main_rows: dict[str, list[dict[str, Any]]] = {}
+
+        async def one_endpoint(indices: list[int]) -> None:
+            for i in indices:
+                spec = plan[i]
+                if on_start:
+                    on_start(spec, len(items))
+                if _reuses_main(spec) and spec.system.name in main_rows:
+                    rows = [{**r, "sweep": spec.sweep, "value": spec.value} for r in main_rows[spec.system.name]]
+                    ev.on_progress(spec.label, len(rows))
+                else:
+                    rows = await ev.run(spec)
+                if spec.sweep == "main":
+                    main_rows[spec.system.name] = rows
+                rows_of[i] = rows
+
+        by_endpoint: dict[str, list[int]] = {}
+        for i, spec in enumerate(plan):
+            by_endpoint.setdefault(spec.system.base_url, []).append(i)
+        await asyncio.gather(*(one_endpoint(ix) for ix in by_endpoint.values()))
         runs, predictions = [], []
-        for spec in plan_runs(cfg, have_oracles):
-            if on_start:
-                on_start(spec, len(items))
-            rows = await ev.run(spec)
+        for i, spec in enumerate(plan):
+            rows = rows_of[i]
             predictions += rows
             runs.append({"system": spec.system.name, "sweep": spec.sweep, "value": spec.value,
                          "label": spec.label, "retrieval": spec.system.retrieval,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 FACT_RE = re.compile(r"The key of (\w+) is (\w+)\.")
@@ -37,9 +38,11 @@ def read_answer(model: str, user_text: str) -> str:
 class FakeOpenAI:
     """`corpus`: {doc_id: (name, value)} used for gateway-style retrieval."""
 
-    def __init__(self, corpus: dict[str, tuple[str, str]]):
+    def __init__(self, corpus: dict[str, tuple[str, str]], delay: float = 0.0):
         self.corpus = corpus
         self.requests: list[dict] = []
+        self.delay = delay  # seconds each chat completion takes
+        self.spans: list[tuple[float, float]] = []  # (start, end) of each chat completion
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -66,7 +69,10 @@ class FakeOpenAI:
                 server.requests.append(body)
                 if self.path != "/v1/chat/completions":
                     return self._send(404, {"error": {"message": "not found"}})
+                start = time.monotonic()
+                time.sleep(server.delay)
                 self._send(200, server.complete(body))
+                server.spans.append((start, time.monotonic()))
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.httpd.server_address[1]

@@ -150,6 +150,32 @@ def test_eval_end_to_end_against_fake_server(tmp_path, server, dataset):
     assert report["config"]["concurrency"] == 4
 
 
+def test_endpoints_run_side_by_side_and_a_repeated_sweep_point_is_not_asked_again(tmp_path, dataset):
+    """base runs (engine A) overlap RAFT runs (gateway B); top_k=3 of the sweep reuses the main run's answers."""
+    with FakeOpenAI(CORPUS, delay=0.05) as a, FakeOpenAI(CORPUS, delay=0.05) as b:
+        cfg = {"eval": {"data": str(dataset / "eval" / "test.jsonl"), "concurrency": 2,
+                        "out": str(tmp_path / "report"), "sweep": {"top_k": [1, 3], "systems": ["RAFT+RAG"]},
+                        "systems": [
+                            {"name": "base", "base_url": a.base_url, "model": "reader", "retrieval": "off"},
+                            {"name": "base+RAG", "base_url": a.base_url, "model": "first-doc",
+                             "retrieval": "record"},
+                            {"name": "RAFT+RAG", "base_url": b.base_url, "model": "reader",
+                             "retrieval": "gateway", "top_k": 3}]}}
+        import yaml
+
+        (tmp_path / "eval.yaml").write_text(yaml.safe_dump(cfg))
+        assert main(["eval", "--config", str(tmp_path / "eval.yaml")]) == 0
+    assert sorted(r["retrieval"]["top_k"] for r in b.requests) == [1] * 6 + [3] * 6  # not 3 x 12
+    runs = {r["label"]: r for r in json.loads((tmp_path / "report" / "report.json").read_text())["runs"]}
+    same = ("em", "f1", "recall@3", "quote_validity", "n")
+    assert [runs["RAFT+RAG top_k=3"][k] for k in same] == [runs["RAFT+RAG"][k] for k in same]
+    assert [r["label"] for r in runs.values()] == ["base", "base+RAG", "RAFT+RAG", "RAFT+RAG top_k=1",
+                                                   "RAFT+RAG top_k=3"]
+    # with 2 requests in flight per endpoint, one at a time would be 2 x as long: the two endpoints overlapped
+    overlap = min(a.spans[-1][1], b.spans[-1][1]) - max(a.spans[0][0], b.spans[0][0])
+    assert overlap > 0.1
+
+
 def test_convenience_flags_and_questions_file(tmp_path, server, capsys):
     qs = tmp_path / "questions.jsonl"
     qs.write_text("".join(json.dumps({"id": f"x{i}", "question": f"What is the key of {n}?", "answers": [v],
