@@ -75,8 +75,23 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, RaftError, RetrievalError)
 
 
+def _quiet_libraries() -> None:
+    """Library chatter that is noise to a user of the CLI (not to a developer: tests and the Python API keep it)."""
+    import os
+    import warnings
+
+    # deprecation notices from the libraries raft calls are for raft's maintainers, who see them in the tests
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # offline nothing is downloaded, so transformers' per-tensor "Loading weights" bars only fill the log
+    # (inherited by the processes a command starts: Ray workers, engines)
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet_libraries()
     cmds = available()
     if not argv or argv[0] not in cmds:
         top = _top_parser(cmds)

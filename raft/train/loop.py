@@ -191,7 +191,7 @@ def train_func(config: dict) -> None:
 
     log = MetricsLog(config.get("log_dir") if rank == 0 else None)
     log.write(step, {"event": "start", "attention": base.config._attn_implementation, "batching": mode,
-                     "row_len": row_len, "workers": world})
+                     "row_len": row_len, "workers": world, "total_steps": total})
     if ckpt:
         log.write(step, {"event": "resumed", "resumed_step": step, "epoch": epoch, "micro": micro})
     fail_dir = config.get("fail_marker_dir")

@@ -82,18 +82,26 @@ def check_batches(cfg: TrainConfig, lengths: list[int]) -> None:
                         "lower optim.batch_tokens, grad_accum or num_workers, or add data")
 
 
+STATS_COLUMNS = [("examples", "examples"), ("trimmed_docs", "trimmed"), ("dropped", "dropped"),
+                 ("len_min", "min"), ("len_mean", "mean"), ("len_p50", "p50"), ("len_p95", "p95"),
+                 ("len_max", "max"), ("answer_len_mean", "answer"), ("tokens", "all tokens")]
+
+
 def print_stats(stats: dict, console) -> None:
+    from rich import box
     from rich.table import Table
 
-    t = Table(title="training data (tokens)", show_header=True)
-    cols = ["examples", "trimmed_docs", "dropped", "len_min", "len_mean", "len_p50", "len_p95", "len_max",
-            "answer_len_mean", "tokens"]
+    # short headers and no vertical rules: the table fits 80 columns, so nothing is cut to "spl…"
+    t = Table(title="training data: tokens per example (answer: mean answer length)", box=box.SIMPLE_HEAD,
+              show_header=True, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
     t.add_column("split")
-    for c in cols:
-        t.add_column(c, justify="right")
+    for _, head in STATS_COLUMNS:
+        t.add_column(head, justify="right", min_width=len(head))
     for split in ("train", "eval"):
         s = stats[split]
-        t.add_row(split, *[str(s[c]) for c in cols])
+        if split == "eval" and not s["examples"]:
+            continue
+        t.add_row(split, *[f"{s[c]:.0f}" if isinstance(s[c], float) else str(s[c]) for c, _ in STATS_COLUMNS])
     console.print(t)
     console.print(f"labels: {stats['label_mode']} (loss on answer tokens only); "
                   f"template: {'chat' if stats['chat_template'] else 'completion_prompt'}")
@@ -104,22 +112,37 @@ def print_stats(stats: dict, console) -> None:
 
 
 def init_ray(cfg: TrainConfig) -> None:
+    """Start or join Ray. Worker and Ray-internal output goes to Ray's log files (see ray_log_dir), and
+    Ray's start-up messages to its logger at ERROR: the terminal shows raft's progress and summary."""
+    import logging
+
     import ray
 
     if ray.is_initialized():
         return
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
+    quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
     if address:
         try:
-            ray.init(address=address, runtime_env=env, log_to_driver=True)
+            ray.init(address=address, runtime_env=env, **quiet)
         except ConnectionError as e:
             why = str(e).splitlines()[0][:200]
             raise RaftError(f"could not join the Ray cluster at {address!r} ({why}); check RAY_ADDRESS / "
                             "train.ray.address and that the head node is up, and for a cluster with token "
                             "authentication (Ray's default) export its RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH") from None
     else:
-        ray.init(runtime_env=env, include_dashboard=False)
+        ray.init(runtime_env=env, include_dashboard=False, **quiet)
+
+
+def ray_log_dir() -> str | None:
+    """Where this Ray session writes worker and actor logs (on the head node)."""
+    try:
+        from ray._private import worker
+
+        return str(worker._global_node.get_logs_dir_path())
+    except Exception:  # a private API (Ray has no public one): the summary leaves the path out if it moves
+        return None
 
 
 def check_gpus(cfg: TrainConfig) -> None:
@@ -167,8 +190,14 @@ def fit(cfg: TrainConfig, data: dict, log_dir: str | None):
     return trainer.fit()
 
 
-def write_adapter(cfg: TrainConfig, result, tokenizer, stats: dict, out: Path) -> dict:
-    """Copy the chosen checkpoint's adapter to `out`, add tokenizer files and raft_meta.json."""
+def with_model_path(cfg: TrainConfig, path: str) -> TrainConfig:
+    """`cfg` with the base model replaced by its loadable form (absolute directory, converted GGUF)."""
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"name_or_path": path})})
+
+
+def write_adapter(cfg: TrainConfig, result, tokenizer, stats: dict, out: Path, source: str | None = None) -> dict:
+    """Copy the chosen checkpoint's adapter to `out`, add tokenizer files and raft_meta.json. `source` is the
+    model reference as the user gave it (a packaged name or GGUF file), kept so that export can find it again."""
     from raft.prompt import PROMPT_VERSION
     from raft.train.data import dataset_fingerprint
     from raft.train.loop import ADAPTER_SUBDIR, PROBE_FILE
@@ -192,7 +221,8 @@ def write_adapter(cfg: TrainConfig, result, tokenizer, stats: dict, out: Path) -
     cfg_path.write_text(json.dumps(acfg, indent=2))
     train_config = cfg.model_dump(mode="json")
     train_config["ray"]["storage_path"] = store.redact(cfg.ray.storage_path)  # the adapter gets shared
-    meta = {"base_model": cfg.model.name_or_path, "prompt_version": PROMPT_VERSION,
+    meta = {"base_model": cfg.model.name_or_path, "base_model_source": source or cfg.model.name_or_path,
+            "prompt_version": PROMPT_VERSION,
             "dataset_fingerprint": dataset_fingerprint(cfg.data.path), "train_config": train_config,
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
             "checkpoint": chosen.path, "data_stats": stats, "quantized": cfg.lora.quantize,
@@ -208,6 +238,7 @@ def run_training(cfg: TrainConfig, console=None) -> dict:
     """Everything `raft train` does; returns the summary (also printed)."""
     from rich.console import Console
 
+    from raft.model_source import resolve_model
     from raft.train.model import check_model_source, load_tokenizer, meta_model, resolve_targets
 
     console = console or Console()
@@ -215,6 +246,8 @@ def run_training(cfg: TrainConfig, console=None) -> dict:
     if cfg.output_dir and store.is_uri(cfg.output_dir):
         raise RaftError(f"train.output_dir={cfg.output_dir!r} must be a local path (checkpoints may live in an "
                         "object store via train.ray.storage_path)")
+    source = cfg.model.name_or_path
+    cfg = with_model_path(cfg, resolve_model(source, log=lambda m: console.print(m, highlight=False)))
     check_model_source(cfg.model)
     check_storage(cfg)
     resolve_targets(meta_model(cfg.model), cfg.lora)
@@ -229,15 +262,20 @@ def run_training(cfg: TrainConfig, console=None) -> dict:
                   f"({'GPU' if cfg.ray.use_gpu else 'CPU'}, {cfg.ray.strategy}); run {store.redact(rdir)}")
     from ray.train import TrainingFailedError
 
+    from raft.train.progress import TrainProgress
+
+    ray_logs = ray_log_dir()
+    metrics_file = None if store.is_uri(log_dir) else Path(log_dir) / "metrics.jsonl"
     try:
-        result = fit(cfg, data, log_dir)
+        with TrainProgress(console, metrics_file):
+            result = fit(cfg, data, log_dir)
     except TrainingFailedError as e:
-        raise RaftError(f"training failed: {type(e).__name__}: {str(e)[:800]}\nrerun the same command (same "
-                        "train.ray.storage_path and run_name) to resume from the latest checkpoint in "
-                        f"{store.redact(rdir)}") from e
+        raise RaftError(f"training failed: {type(e).__name__}: {str(e)[:800]}\nworker logs: {ray_logs}\n"
+                        "rerun the same command (same train.ray.storage_path and run_name) to resume from the "
+                        f"latest checkpoint in {store.redact(rdir)}") from e
     out = Path(cfg.output_dir).expanduser() if cfg.output_dir else Path(rdir).expanduser() / "adapter"
-    meta = write_adapter(cfg, result, tokenizer, stats, out.resolve())
-    summary = {"adapter": str(out.resolve()), "run_dir": store.redact(rdir),
+    meta = write_adapter(cfg, result, tokenizer, stats, out.resolve(), source)
+    summary = {"adapter": str(out.resolve()), "run_dir": store.redact(rdir), "ray_logs": ray_logs,
                "log_dir": store.redact(log_dir),
                "steps": (result.metrics or {}).get("step"), "final_metrics": dict(result.metrics or {}),
                "exported_metrics": meta["metrics"], "examples": stats["train"]["examples"],
@@ -248,5 +286,6 @@ def run_training(cfg: TrainConfig, console=None) -> dict:
     console.print(f"[bold green]done[/] in {summary['seconds']}s: {summary['steps']} steps{speed}, "
                   f"exported {cfg.export} checkpoint (eval_loss {meta['metrics'].get('eval_loss', 'n/a')})\n"
                   f"adapter: {summary['adapter']}\n"
-                  f"metrics: {store.join(summary['log_dir'], 'metrics.jsonl')} (+ tensorboard/)")
+                  f"metrics: {store.join(summary['log_dir'], 'metrics.jsonl')} (+ tensorboard/)"
+                  + (f"\nRay and worker logs: {ray_logs}" if ray_logs else ""), highlight=False)
     return summary
