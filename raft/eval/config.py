@@ -50,6 +50,9 @@ class SweepConfig(Config):
     (empty = no distractor sweep). Missing distractors are drawn from other records' documents."""
     systems: list[str] = Field(default_factory=list)
     """Names of the systems to sweep (empty = all systems)."""
+    only: bool = False
+    """Run only the sweeps, not each system's main run (for a robustness curve, where the main run would
+    repeat one of its points at the cost of a full pass over the questions)."""
 
     @field_validator("top_k", "distractors")
     @classmethod
@@ -132,6 +135,9 @@ class EvalConfig(Config):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"system names must be unique; repeated: {dupes}")
+        if self.sweep.only and not (self.sweep.top_k or self.sweep.distractors):
+            raise ValueError("sweep.only=true runs only the sweeps, but sweep.top_k and sweep.distractors are "
+                             "both empty; give one of them, or set sweep.only=false")
         unknown = [n for n in self.sweep.systems if n not in names]
         if unknown:
             raise ValueError(f"sweep.systems names unknown systems {unknown}; systems are {names}")

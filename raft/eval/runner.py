@@ -34,8 +34,8 @@ class RunSpec:
 
 
 def plan_runs(cfg: EvalConfig, have_oracles: bool) -> list[RunSpec]:
-    """Main runs first, then the sweeps the config asks for (only where they make sense)."""
-    runs = [RunSpec(s) for s in cfg.systems]
+    """Main runs first (unless sweep.only), then the sweeps the config asks for (only where they make sense)."""
+    runs = [] if cfg.sweep.only else [RunSpec(s) for s in cfg.systems]
     swept = [s for s in cfg.systems if not cfg.sweep.systems or s.name in cfg.sweep.systems]
     for s in swept:
         if s.retrieval in ("gateway", "local"):

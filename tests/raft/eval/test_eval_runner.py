@@ -176,6 +176,18 @@ def test_endpoints_run_side_by_side_and_a_repeated_sweep_point_is_not_asked_agai
     assert overlap > 0.1
 
 
+def test_sweep_only_skips_the_main_runs(tmp_path, server, dataset):
+    cfg_path = write_config(tmp_path, server, dataset, sweep={"distractors": [0, 2], "only": True})
+    assert main(["eval", "--config", str(cfg_path)]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert {r["sweep"] for r in report["runs"]} == {"distractors"}
+    answers = (tmp_path / "report" / "predictions.jsonl").read_text().splitlines()
+    assert len(answers) == 4 * 6 and len(server.requests) == 2 * len(answers)  # + one judge call each
+    assert "Robustness: distractors" in (tmp_path / "report" / "report.md").read_text()
+    with pytest.raises(ConfigError, match="sweep.only=true runs only the sweeps"):
+        load_config(EvalConfig, None, ["sweep.only=true"])
+
+
 def test_convenience_flags_and_questions_file(tmp_path, server, capsys):
     qs = tmp_path / "questions.jsonl"
     qs.write_text("".join(json.dumps({"id": f"x{i}", "question": f"What is the key of {n}?", "answers": [v],
