@@ -69,9 +69,12 @@ class TrainProgress:
             self.progress.update(self.task, description="training", total=row.get("total_steps"),
                                  completed=row.get("step", 0))
         elif "train_loss" in row:
-            self.last = row
-            stats = f"loss {row['train_loss']:.3f}  {row.get('tokens_per_s', 0):.0f} tok/s"
+            # smoothed: one step's loss on a small batch jumps around; the bar should show the trend
+            prev = self.last.get("loss_ema")
+            ema = row["train_loss"] if prev is None else 0.8 * prev + 0.2 * row["train_loss"]
+            self.last = {**row, "loss_ema": ema}
+            stats = f"loss {ema:.3f}  {row.get('tokens_per_s', 0):.0f} tok/s"
             self.progress.update(self.task, completed=row["step"], stats=stats)
         elif "eval_loss" in row:
-            stats = f"loss {self.last.get('train_loss', float('nan')):.3f}  eval {row['eval_loss']:.3f}"
+            stats = f"loss {self.last.get('loss_ema', float('nan')):.3f}  eval {row['eval_loss']:.3f}"
             self.progress.update(self.task, stats=stats)

@@ -38,3 +38,25 @@ def test_raft_train_console_is_clean(tiny_model_dir, raft_dataset, tmp_path):
     assert any("training" in line and "6/6" in line for line in lines), text
     assert "examples" in text and "trimmed" in text and "answer" in text
     assert "Ray and worker logs:" in text and "adapter:" in text
+
+
+def test_progress_follows_metrics_rows_as_they_are_appended(tmp_path):
+    """The bar reads only complete rows, only those appended after it started (a resumed run appends)."""
+    from rich.console import Console
+
+    from raft.train.progress import TrainProgress
+
+    f = tmp_path / "metrics.jsonl"
+    f.write_text('{"step": 3, "train_loss": 9.0}\n')  # an earlier run's row: not this run's progress
+    console = Console(file=open(os.devnull, "w"), width=100)
+    with TrainProgress(console, f, interval=0.05) as tp:
+        with f.open("a") as fh:
+            fh.write('{"step": 0, "event": "start", "total_steps": 4}\n{"step": 1, "train_loss": 2.0, "tokens_')
+            fh.flush()
+            tp._read()
+            task = tp.progress.tasks[0]
+            assert (task.total, task.completed, task.description) == (4, 0, "training")
+            fh.write('per_s": 50}\n{"step": 2, "train_loss": 1.0, "tokens_per_s": 60}\n')
+        tp._read()
+    task = tp.progress.tasks[0]
+    assert task.completed == 2 and task.fields["stats"] == "loss 1.800  60 tok/s"  # 0.8 x 2.0 + 0.2 x 1.0
