@@ -6,12 +6,30 @@ doc_id, chunk_id, source, title. They compile to SQL, so they are applied inside
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from retrieval.errors import RetrievalError
 
 COLUMNS = ("doc_id", "chunk_id", "source", "title")
 _SCALARS = (str, int, float, bool)
+_INT64 = (-(2**63), 2**63 - 1)  # what SQLite stores as an integer; a larger int cannot even be bound
+
+
+def _scalar_problem(v: Any) -> str | None:
+    """Why a filter value cannot be matched (None when it can): it must be a value SQLite can bind."""
+    if not isinstance(v, _SCALARS):
+        return "must be a string, number or bool (or a list of them)"
+    if isinstance(v, float) and not math.isfinite(v):
+        return "must be a finite number"
+    if isinstance(v, int) and not isinstance(v, bool) and not _INT64[0] <= v <= _INT64[1]:
+        return f"is outside the 64-bit integer range ({_INT64[0]} to {_INT64[1]})"
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            return "is not valid Unicode text (it holds a lone surrogate)"
+    return None
 
 
 def normalize_filter(flt: dict | None) -> dict[str, list]:
@@ -22,15 +40,15 @@ def normalize_filter(flt: dict | None) -> dict[str, list]:
         raise RetrievalError(f"filter must be a dict like {{'tenant': 'acme'}}, got {flt!r}")
     out: dict[str, list] = {}
     for key, val in flt.items():
-        if not isinstance(key, str) or not key.strip():
-            raise RetrievalError(f"filter key {key!r} must be a non-empty string")
+        if not isinstance(key, str) or not key.strip() or _scalar_problem(key):
+            raise RetrievalError(f"filter key {key!r} must be a non-empty string of valid Unicode text")
         vals = list(val) if isinstance(val, (list, tuple, set)) else [val]
         if not vals:
             raise RetrievalError(f"filter {key!r} has an empty list of values; give at least one")
         for v in vals:
-            if not isinstance(v, _SCALARS):
-                raise RetrievalError(f"filter {key!r}: value {v!r} must be a string, number or bool "
-                                     "(or a list of them)")
+            problem = _scalar_problem(v)
+            if problem:
+                raise RetrievalError(f"filter {key!r}: value {v!r} {problem}")
         out[key] = vals
     return out
 

@@ -7,6 +7,12 @@ the manifest replace leaves the previous generation, still named by the old mani
 of unfinished generations are swept on the next save. The embedding cache (embeddings.sqlite) is
 content-addressed and updated in place. The on-disk side (manifest, renames, sweeping) is in
 retrieval/generations.py.
+
+Concurrency: a write builds the next generation on copies (the store file and the FAISS index) and then
+swaps one reference, so searches never wait for a write and never see half of one; each search reads
+the generation that was current when it started. Embedding (queries and ingest) goes through one gate
+per embedder, first come first served and in small slices for ingest, so a big ingest delays a query by
+about one slice.
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ from __future__ import annotations
 import json
 import threading
 import time
+import weakref
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -31,12 +39,87 @@ from retrieval.fusion import fuse
 from retrieval.generations import (  # noqa: F401  (FORMAT*, MANIFEST, read_manifest: importable from here too)
     CACHE_FILE, FORMAT, FORMAT_VERSION, MANIFEST, crash_point, fsync_rename, max_gen_on_disk, read_manifest,
     sha256_file, sweep, write_manifest, writer_lock)
-from retrieval.store import Store
+from retrieval.store import Store, deadline, metadata_json
 from retrieval.types import Chunk, Document, Hit
 
 MODES = ("hybrid", "dense", "bm25")
 EXACT_FILTER_LIMIT = 20_000  # filtered dense search is exact (cached vectors) below this many matches
 EXACT_MEMO_ENTRIES = 8  # memoised filter matrices kept (each at most EXACT_FILTER_LIMIT x dim float32: 30 MB at 384-d)
+# Ingest embeds about this many characters (~500 tokens: a few chunks) per turn at the embedder gate: a
+# waiting query gets in after one slice (tens of ms on a free CPU core), not after the whole document.
+EMBED_SLICE_CHARS = 2048
+
+
+class EmbedGate:
+    """One embedding (or tokenizing) call at a time per embedder, in arrival order.
+
+    The embedder's fast tokenizer is shared by queries, ingest embedding and chunking, and is not safe to
+    use from two threads at once (its truncation settings are mutated per call). First come, first
+    served, and ingest takes one small slice per turn: a query arriving during a large ingest waits for
+    one slice, and a stream of queries cannot starve an ingest either.
+    """
+
+    def __init__(self) -> None:
+        self._mu = threading.Lock()
+        self._waiters: deque[threading.Event] = deque()
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        me = threading.Event()
+        with self._mu:
+            self._waiters.append(me)
+            if len(self._waiters) == 1:
+                me.set()
+        try:
+            me.wait()
+            yield
+        finally:
+            with self._mu:
+                head = self._waiters[0] is me
+                self._waiters.remove(me)
+                if head and self._waiters:
+                    self._waiters[0].set()
+
+
+_GATES: "weakref.WeakKeyDictionary[Any, EmbedGate]" = weakref.WeakKeyDictionary()
+_GATES_LOCK = threading.Lock()
+
+
+def embed_gate(embedder: Any) -> EmbedGate:
+    """The gate of an embedder object (shared by every index that uses it in this process)."""
+    with _GATES_LOCK:
+        gate = _GATES.get(embedder)
+        if gate is None:
+            gate = _GATES[embedder] = EmbedGate()
+        return gate
+
+
+class Generation(NamedTuple):
+    """What one search reads: the store, the dense index and their manifest, taken together."""
+
+    store: Store
+    dense: DenseIndex
+    manifest: dict
+
+    @property
+    def number(self) -> int:
+        return int(self.manifest.get("generation", 0))
+
+
+class _LockedCache:
+    """The embedding cache's one SQLite connection, used by one thread at a time (searches read it while
+    an ingest writes it)."""
+
+    def __init__(self, cache: EmbeddingCache, lock: threading.Lock):
+        self._cache, self._lock = cache, lock
+
+    def get_many(self, hashes: list[str]) -> dict[str, np.ndarray]:
+        with self._lock:
+            return self._cache.get_many(hashes)
+
+    def put_many(self, hashes: list[str], vectors: np.ndarray) -> None:
+        with self._lock:
+            self._cache.put_many(hashes, vectors)
 
 
 class RetrievalIndex:
@@ -54,7 +137,9 @@ class RetrievalIndex:
         self.dim: int = int(manifest["embedder"]["dim"])
         self._embedder = embedder
         self._cache: EmbeddingCache | None = None
-        self._lock = threading.RLock()
+        self._cache_lock = threading.Lock()
+        self._lock = threading.RLock()  # writers of this object (the directory's writer lock is taken too)
+        self._swap = threading.Lock()  # held only to read or replace (store, dense, manifest) together
         self.build_summary: dict[str, Any] = {}
 
     # ---- opening ------------------------------------------------------------------------------
@@ -191,24 +276,69 @@ class RetrievalIndex:
 
     @property
     def cache(self) -> EmbeddingCache:
-        if self._cache is None:
-            self._cache = EmbeddingCache(self.path / CACHE_FILE, self.dim)
-        return self._cache
+        with self._cache_lock:
+            if self._cache is None:
+                self._cache = EmbeddingCache(self.path / CACHE_FILE, self.dim)
+            return self._cache
 
-    def embed(self, texts: list[str]) -> np.ndarray:
-        """float32, L2-normalised embeddings from the index's own embedder."""
-        v = self.embedder.encode(list(texts))
+    def embed(self, texts: list[str], bulk: bool = False) -> np.ndarray:
+        """float32, L2-normalised embeddings from the index's own embedder. `bulk` (ingest): embedded in
+        slices of about EMBED_SLICE_CHARS, each one turn at the embedder gate, so queries get in between."""
+        texts = list(texts)
+        gate = embed_gate(self.embedder)
+        parts = []
+        for piece in (_slices(texts, EMBED_SLICE_CHARS) if bulk else [texts]):
+            with gate.hold():
+                parts.append(self.embedder.encode(piece))
+        v = np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else self.embedder.encode([])
         if v.shape[1] != self.dim:
             raise RetrievalError(f"embedder {self.embedder_name!r} now yields dimension {v.shape[1]} but the index "
                                  f"at {str(self.path)!r} holds dimension {self.dim}; rebuild the index")
         return v
 
+    # ---- generations --------------------------------------------------------------------------
+    def _current(self) -> Generation:
+        with self._swap:
+            return Generation(self.store, self.dense, self.manifest)
+
+    @contextmanager
+    def reading(self) -> Iterator[Generation]:
+        """The current (store, dense, manifest), read together (a write swapping them meanwhile cannot hand
+        a search one generation's store and another's vectors) and kept open until the block ends."""
+        with self._swap:
+            gen = Generation(self.store, self.dense, self.manifest)
+            gen.store.pin()
+        try:
+            yield gen
+        finally:
+            gen.store.unpin()
+
+    def _install(self, store: Store, dense: DenseIndex, manifest: dict) -> None:
+        """Publish a generation. The old store closes once the searches that started on it are done."""
+        with self._swap:
+            old = self.store
+            self.store, self.dense, self.manifest = store, dense, manifest
+        self._forget_filters()
+        if old is not store:
+            old.retire()
+
+    def health(self) -> dict[str, Any]:
+        """What the index holds, from the manifest in memory: never waits for a search or a write."""
+        man = self._current().manifest
+        counts = man.get("counts", {})
+        return {"chunks": counts.get("chunks"), "documents": counts.get("documents"),
+                "generation": man.get("generation"), "embedder": self.embedder_name,
+                "index_type": man.get("faiss", {}).get("type")}
+
     # ---- search -------------------------------------------------------------------------------
-    def search(self, query: str, k: int = 5, mode: str = "hybrid", filter: dict | None = None) -> list[Hit]:
-        return self.search_batch([query], k, mode, filter)[0]
+    def search(self, query: str, k: int = 5, mode: str = "hybrid", filter: dict | None = None,
+               deadline_at: float | None = None) -> list[Hit]:
+        return self.search_batch([query], k, mode, filter, deadline_at)[0]
 
     def search_batch(self, queries: list[str], k: int = 5, mode: str = "hybrid",
-                     filter: dict | None = None) -> list[list[Hit]]:
+                     filter: dict | None = None, deadline_at: float | None = None) -> list[list[Hit]]:
+        """Hits per query. `deadline_at` (time.monotonic()): past it the search stops, between stages and
+        inside its SQLite queries, with TimeoutError."""
         k = _check_k(k)
         if mode not in MODES:
             raise RetrievalError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -220,18 +350,22 @@ class RetrievalIndex:
         ncand = max(k, self.config.candidates) if mode == "hybrid" else k
         dense: list[list[tuple[int, float]]] = [[] for _ in queries]
         sparse: list[list[tuple[int, float]]] = [[] for _ in queries]
-        if mode in ("dense", "hybrid"):
-            dense = self._dense_rows(self.embed(queries), ncand, flt)
-        if mode in ("bm25", "hybrid"):
-            sparse = [self.store.bm25(q, ncand, flt) for q in queries]
-        if mode == "dense":
-            ranked = dense
-        elif mode == "bm25":
-            ranked = sparse
-        else:
-            ranked = [fuse(self.config.fusion, d, s, self.config.dense_weight, self.config.rrf_k)
-                      for d, s in zip(dense, sparse)]
-        return self._hits([r[:k] for r in ranked])
+        vectors = self.embed(queries) if mode in ("dense", "hybrid") else None
+        with self.reading() as gen, deadline(deadline_at):
+            if vectors is not None:
+                _check_deadline(deadline_at)
+                dense = self._dense_rows(vectors, ncand, flt, gen=gen)
+            if mode in ("bm25", "hybrid"):
+                _check_deadline(deadline_at)
+                sparse = [gen.store.bm25(q, ncand, flt) for q in queries]
+            if mode == "dense":
+                ranked = dense
+            elif mode == "bm25":
+                ranked = sparse
+            else:
+                ranked = [fuse(self.config.fusion, d, s, self.config.dense_weight, self.config.rrf_k)
+                          for d, s in zip(dense, sparse)]
+            return self._hits([r[:k] for r in ranked], gen.store)
 
     def search_vectors(self, vectors: np.ndarray, k: int, filter: dict | None = None) -> list[list[Hit]]:
         """Dense search with precomputed (normalised) query vectors, batched."""
@@ -239,24 +373,27 @@ class RetrievalIndex:
         v = np.atleast_2d(np.asarray(vectors, dtype="float32"))
         if v.shape[1] != self.dim:
             raise RetrievalError(f"query vectors have dimension {v.shape[1]}, the index holds {self.dim}")
-        return self._hits(self._dense_rows(v, k, normalize_filter(filter)))
+        with self.reading() as gen:
+            return self._hits(self._dense_rows(v, k, normalize_filter(filter), gen=gen), gen.store)
 
-    def _dense_rows(self, vecs: np.ndarray, k: int, flt: dict,
-                    partition: tuple[int, int] | None = None) -> list[list[tuple[int, float]]]:
+    def _dense_rows(self, vecs: np.ndarray, k: int, flt: dict, partition: tuple[int, int] | None = None,
+                    gen: Generation | None = None) -> list[list[tuple[int, float]]]:
         """Best-first (row, score) lists. `partition=(n, i)`: this dense index holds only rows with
-        row % n == i (a shard), so filtered candidates are restricted to those rows too."""
-        dense = self.dense
+        row % n == i (a shard), so filtered candidates are restricted to those rows too. `gen`: the
+        generation to read (default: the current one, for a caller no write runs beside)."""
+        gen = gen or self._current()
+        dense = gen.dense
         if not flt:
             d, i = dense.search(vecs, k)
             return [[(int(r), float(s)) for r, s in zip(ri, di) if r >= 0] for di, ri in zip(d, i)]
         fkey = json.dumps(flt, sort_keys=True, default=str)
-        allowed = self._allowed_rows(flt, fkey)
+        allowed = self._allowed_rows(flt, fkey, gen)
         if partition is not None:
             allowed = allowed[allowed % partition[0] == partition[1]]
         if len(allowed) == 0:
             return [[] for _ in range(len(vecs))]
         if len(allowed) <= EXACT_FILTER_LIMIT:
-            exact = self._exact(vecs, allowed, k, (fkey, partition))
+            exact = self._exact(vecs, allowed, k, (gen.number, fkey, partition), gen.store)
             if exact is not None:
                 return exact
         want = min(k, len(allowed))
@@ -271,35 +408,39 @@ class RetrievalIndex:
         self.__dict__.pop("_allowed_cache", None)
         self.__dict__.pop("_exact_cache", None)
 
-    def _allowed_rows(self, flt: dict, fkey: str) -> np.ndarray:
-        """Rows matching a filter (`fkey`: its canonical JSON), memoised until the store generation changes
-        (_forget_filters): resolving a filter scans the metadata (O(chunks)), and the same few tenant
-        filters repeat on every query."""
+    def _allowed_rows(self, flt: dict, fkey: str, gen: Generation) -> np.ndarray:
+        """Rows matching a filter (`fkey`: its canonical JSON), memoised per store generation (keyed by
+        its number, so a search still running on an older generation cannot memoise stale rows for the
+        new one): resolving a filter scans the metadata (O(chunks)), and the same few tenant filters
+        repeat on every query."""
         cache = self.__dict__.setdefault("_allowed_cache", {})
-        if fkey not in cache:
-            if len(cache) >= 64:
-                cache.pop(next(iter(cache)))
-            cache[fkey] = self.store.rows_matching(flt)
-        return cache[fkey]
+        key = (gen.number, fkey)
+        got = cache.get(key)
+        if got is None:
+            got = gen.store.rows_matching(flt)
+            while len(cache) >= 64:
+                cache.pop(next(iter(cache)), None)
+            cache[key] = got
+        return got
 
-    def _exact(self, vecs: np.ndarray, rows: np.ndarray, k: int, key: tuple):
+    def _exact(self, vecs: np.ndarray, rows: np.ndarray, k: int, key: tuple, store: Store):
         """Exact inner products against the cached vectors of `rows` (None if any vector is missing).
 
-        The (rows, vectors) matrix is memoised per filter and shard partition (`key`) until the store
-        generation changes: gathering 10k vectors from the SQLite cache costs tens of ms, the product
-        itself well under one, and a tenant's filter repeats on every query of that tenant."""
+        The (rows, vectors) matrix is memoised per generation, filter and shard partition (`key`):
+        gathering 10k vectors from the SQLite cache costs tens of ms, the product itself well under one,
+        and a tenant's filter repeats on every query of that tenant."""
         memo = self.__dict__.setdefault("_exact_cache", {})
         got_memo = memo.pop(key, None)
         if got_memo is None:
-            hashes = self.store.hashes_for_rows(rows)
-            got = self.cache.get_many(list(set(hashes.values())))
+            hashes = store.hashes_for_rows(rows)
+            got = _LockedCache(self.cache, self._cache_lock).get_many(list(set(hashes.values())))
             if any(h not in got for h in hashes.values()):
                 return None
             rows = np.fromiter(hashes.keys(), dtype="int64")
             got_memo = (rows, np.stack([got[hashes[int(r)]] for r in rows]).astype("float32", copy=False))
         memo[key] = got_memo  # most recently used last
         while len(memo) > EXACT_MEMO_ENTRIES:
-            memo.pop(next(iter(memo)))
+            memo.pop(next(iter(memo)), None)
         rows, mat = got_memo
         scores = vecs @ mat.T
         out = []
@@ -309,49 +450,67 @@ class RetrievalIndex:
             out.append([(int(rows[j]), float(s[j])) for j in top])
         return out
 
-    def _hits(self, ranked: list[list[tuple[int, float]]]) -> list[list[Hit]]:
-        chunks = self.store.get_rows({r for lst in ranked for r, _ in lst})
+    def _hits(self, ranked: list[list[tuple[int, float]]], store: Store) -> list[list[Hit]]:
+        chunks = store.get_rows({r for lst in ranked for r, _ in lst})
         # a row the store no longer has was deleted: it never comes back, whatever FAISS says
         return [[Hit(chunks[r], s) for r, s in lst if r in chunks] for lst in ranked]
 
-    # ---- reading ------------------------------------------------------------------------------
+    # ---- reading (each read pins the generation it reads: a write meanwhile cannot close it) -----
     def get(self, chunk_ids: list[str]) -> list[Chunk]:
         """Chunks by id, in the order asked; ids not in the index are left out."""
-        found = self.store.get_chunk_ids(list(chunk_ids))
+        with self.reading() as gen:
+            found = gen.store.get_chunk_ids(list(chunk_ids))
         return [found[c] for c in chunk_ids if c in found]
 
     def chunk_ids(self) -> list[str]:
-        return self.store.chunk_ids()
+        with self.reading() as gen:
+            return gen.store.chunk_ids()
 
     def chunks_for_doc(self, doc_id: str) -> list[Chunk]:
-        return self.store.chunks_for_doc(doc_id)
+        with self.reading() as gen:
+            return gen.store.chunks_for_doc(doc_id)
 
     def doc_ids(self) -> list[str]:
-        return self.store.doc_ids()
+        with self.reading() as gen:
+            return gen.store.doc_ids()
 
     def __len__(self) -> int:
-        return self.store.count()
+        with self.reading() as gen:
+            return gen.store.count()
 
     def stats(self) -> dict[str, Any]:
-        m = self.manifest
-        return {"path": str(self.path), "embedder": self.embedder_name, "dim": self.dim,
-                "index_type": m["faiss"]["type"], "faiss_params": m["faiss"]["params"],
-                "shards": m["faiss"]["shards"], "generation": m["generation"], "chunks": len(self),
-                "documents": self.store.doc_count(), "vectors": self.dense.ntotal,
-                "tombstones": len(self.dense.tombstones), "created": m.get("created"),
-                "updated": m.get("updated"), "bytes": sum(f["bytes"] for f in m["files"].values())}
+        with self.reading() as gen:
+            m = gen.manifest
+            return {"path": str(self.path), "embedder": self.embedder_name, "dim": self.dim,
+                    "index_type": m["faiss"]["type"], "faiss_params": m["faiss"]["params"],
+                    "shards": m["faiss"]["shards"], "generation": gen.number, "chunks": gen.store.count(),
+                    "documents": gen.store.doc_count(), "vectors": gen.dense.ntotal,
+                    "tombstones": len(gen.dense.tombstones), "created": m.get("created"),
+                    "updated": m.get("updated"), "bytes": sum(f["bytes"] for f in m["files"].values())}
 
     # ---- live updates -------------------------------------------------------------------------
     def add_documents(self, docs: list[Document]) -> list[str]:
-        """Chunk, embed and add documents; a doc_id already in the index is replaced. Persisted."""
+        """Chunk, embed and add documents; a doc_id already in the index is replaced. Persisted.
+
+        Chunking and embedding run before any lock is taken (searches go on meanwhile); the write itself
+        is one generation swap. Metadata is checked first, so bad input fails before any work."""
         from retrieval.chunking import chunk_documents
 
         docs = _dedupe_docs(list(docs), [])
+        for d in docs:
+            metadata_json(d.metadata, d.doc_id)
         if not docs:
             return []
-        chunks = chunk_documents(docs, self.embedder.tokenizer, self.config.chunk_size, self.config.chunk_overlap)
+        gate = embed_gate(self.embedder)
+        chunks: list[Chunk] = []
+        for d in docs:  # one document per turn at the gate: queries get in between
+            with gate.hold():
+                chunks += chunk_documents([d], self.embedder.tokenizer, self.config.chunk_size,
+                                          self.config.chunk_overlap)
         texts = [_embed_text(c) for c in chunks]
-        vectors, _ = embed_with_cache(texts, self.embed, self.cache, self.embedder_name, self.dim)
+        cache = _LockedCache(self.cache, self._cache_lock)
+        vectors, _ = embed_with_cache(texts, lambda t: self.embed(t, bulk=True), cache, self.embedder_name,
+                                      self.dim)
         hashes = [content_hash(self.embedder_name, t) for t in texts]
         replace = [d.doc_id for d in docs]
 
@@ -386,14 +545,14 @@ class RetrievalIndex:
         with self._lock, writer_lock(self.path):
             if read_manifest(self.path).get("generation") != self.manifest.get("generation"):
                 fresh = RetrievalIndex.open(self.path, verify=False)
-                old_store = self.store
-                self.store, self.dense, self.manifest = fresh.store, fresh.dense, fresh.manifest
-                self._forget_filters()
-                old_store.close()
+                self._install(fresh.store, fresh.dense, fresh.manifest)
             yield
 
     def _commit(self, mutate: Callable[[Store, DenseIndex], None]) -> None:
-        """Write the next generation; only inside _writing(), which holds the locks and has reloaded."""
+        """Write the next generation; only inside _writing(), which holds the locks and has reloaded.
+
+        `mutate` changes copies of the store and of the FAISS index; the published generation is never
+        touched, so searches run on during the whole save, and a failure leaves nothing to undo."""
         with self._lock:
             man = self.manifest
             gen = max(int(man["generation"]), max_gen_on_disk(self.path)) + 1
@@ -403,39 +562,31 @@ class RetrievalIndex:
                 tmp.unlink()
             self.store.copy_to(tmp)
             new_store = Store(tmp)
-            # the in-memory FAISS index is mutated; on failure it is reloaded from the old generation
             try:
-                mutate(new_store, self.dense)
+                dense = _copy_dense(self.dense)
+                mutate(new_store, dense)
+            finally:
                 new_store.close()
-                fsync_rename(tmp, self.path / store_name)
-                crash_point("after_store")
-                dense = self._maybe_compact(Store(self.path / store_name))
-                files = dense.save(self.path, gen)
-                crash_point("after_dense")
-                new = dict(man, generation=gen, store=store_name,
-                           faiss=dict(man["faiss"], files=files),
-                           updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-                final = Store(self.path / store_name)
-                write_manifest(self.path, new, final.count(), final.doc_count(), dense)
-            except BaseException:
-                fresh = RetrievalIndex.open(self.path, verify=False)
-                self.dense, self.store, self.manifest = fresh.dense, fresh.store, fresh.manifest
-                self._forget_filters()
-                raise
-            old_store = self.store
-            self.store, self.dense, self.manifest = final, dense, new
-            self._forget_filters()
-            old_store.close()
+            fsync_rename(tmp, self.path / store_name)
+            crash_point("after_store")
+            dense = self._maybe_compact(Store(self.path / store_name), dense)
+            files = dense.save(self.path, gen)
+            crash_point("after_dense")
+            new = dict(man, generation=gen, store=store_name,
+                       faiss=dict(man["faiss"], files=files),
+                       updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            final = Store(self.path / store_name)
+            write_manifest(self.path, new, final.count(), final.doc_count(), dense)
+            self._install(final, dense, new)
             sweep(self.path, new)
 
-    def _maybe_compact(self, st: Store) -> DenseIndex:
+    def _maybe_compact(self, st: Store, dense: DenseIndex) -> DenseIndex:
         """HNSW cannot remove vectors: rebuild it from cached vectors once tombstones pass 20%."""
-        dense = self.dense
         try:
             if dense.kind != "hnsw" or len(dense.tombstones) <= 0.2 * max(1, dense.ntotal):
                 return dense
             rows, hashes = st.all_rows_and_hashes()
-            got = self.cache.get_many(list(set(hashes)))
+            got = _LockedCache(self.cache, self._cache_lock).get_many(list(set(hashes)))
             if any(h not in got for h in hashes):
                 return dense
             vecs = np.stack([got[h] for h in hashes]) if hashes else np.zeros((0, self.dim), "float32")
@@ -452,6 +603,33 @@ class RetrievalIndex:
 
 
 # ---- helpers ----------------------------------------------------------------------------------
+def _copy_dense(dense: DenseIndex) -> DenseIndex:
+    """A private copy of a DenseIndex for a write to change (memory: one more copy while it saves)."""
+    import faiss
+
+    return DenseIndex(dense.kind, dense.dim, dict(dense.params), [faiss.clone_index(s) for s in dense.shards],
+                      set(dense.tombstones))
+
+
+def _slices(texts: list[str], chars: int) -> Iterator[list[str]]:
+    """Consecutive runs of texts of about `chars` characters together (at least one text each)."""
+    run: list[str] = []
+    size = 0
+    for t in texts:
+        if run and size + len(t) > chars:
+            yield run
+            run, size = [], 0
+        run.append(t)
+        size += len(t)
+    if run:
+        yield run
+
+
+def _check_deadline(at: float | None) -> None:
+    if at is not None and time.monotonic() > at:
+        raise TimeoutError("the search passed its deadline and was stopped")
+
+
 def _check_k(k) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise RetrievalError(f"k must be a positive integer, got {k!r}")

@@ -1,0 +1,195 @@
+"""The index under concurrent use and hostile input: searches and writes at the same time (writes swap
+generations, searches never see half of one), bounded work per search (deadline, term cap), metadata
+SQLite could not read back refused at the door, and a health read that touches no SQLite."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from retrieval.errors import RetrievalError
+from retrieval.filters import normalize_filter
+from retrieval.index import RetrievalIndex
+from retrieval.store import MAX_QUERY_TERMS, Store, deadline
+from retrieval.types import Document
+
+QUESTION = "Which island is the largest?"
+
+
+def test_searches_and_writes_run_together_without_errors(index_copy):
+    idx = RetrievalIndex.open(index_copy)
+    idx.embed(["warm up"])
+    errors: list[str] = []
+    seen_tenants: set = set()
+    stop = threading.Event()
+
+    def searcher(mode: str, flt):
+        while not stop.is_set():
+            try:
+                hits = idx.search(QUESTION, k=4, mode=mode, filter=flt)
+                assert hits, (mode, flt)
+                seen_tenants.update(h.chunk.metadata.get("tenant") for h in hits)
+                if flt:
+                    assert {h.chunk.metadata["tenant"] for h in hits} == {flt["tenant"]}
+            except Exception as e:  # collected: a thread's assertion would otherwise vanish
+                errors.append(f"{mode} {flt}: {type(e).__name__}: {e}")
+                return
+
+    threads = [threading.Thread(target=searcher, args=a) for a in
+               (("dense", {"tenant": "globex"}), ("hybrid", None), ("bm25", {"tenant": "acme"}))]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(6):
+            idx.add_documents([Document(f"live{i}", f"Island number {i} of the live chain is small.", "Live",
+                                        "", {"tenant": "globex"})])
+            if i % 2:
+                assert idx.delete_documents([f"live{i - 1}"]) == 1
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert errors == []
+    assert sorted(d for d in idx.doc_ids() if d.startswith("live")) == ["live1", "live3", "live5"]
+    assert "live5" in {h.chunk.doc_id for h in idx.search("live chain island", k=10, mode="bm25")}
+    idx.close()
+
+
+def test_a_query_is_not_held_behind_an_ingests_embedding(index_copy):
+    """Ingest embeds in slices through the embedder gate; a query waits one slice at most."""
+    idx = RetrievalIndex.open(index_copy)
+    idx.embed(["warm up"])
+    encode = idx.embedder.encode
+
+    def slow_bulk(texts):  # an ingest slice costs 0.2 s; a query (one text) costs what it costs
+        if len(texts) > 1:
+            time.sleep(0.2)
+        return encode(texts)
+
+    idx.embedder.encode = slow_bulk
+    try:
+        text = " ".join(f"Sentence {i} about the glass towers and their amber herons." for i in range(300))
+        ingest = threading.Thread(target=idx.add_documents, args=([Document("big", text)],))
+        t0 = time.monotonic()
+        ingest.start()
+        time.sleep(0.5)  # the ingest is embedding now
+        q0 = time.monotonic()
+        hits = idx.search(QUESTION, k=3, mode="dense")
+        took = time.monotonic() - q0
+        ingest.join(120)
+        ingest_s = time.monotonic() - t0
+    finally:
+        idx.embedder.encode = encode
+    assert hits and ingest_s > 3.0  # the ingest really was long
+    # one slice (0.2 s asleep + a few chunks encoded) at most, not the whole ingest
+    assert took < min(1.5, ingest_s / 3), f"the query waited {took:.2f} s during a {ingest_s:.1f} s ingest"
+    assert idx.chunks_for_doc("big")
+    idx.close()
+
+
+def test_deadline_interrupts_a_running_sqlite_query(index_copy):
+    idx = RetrievalIndex.open(index_copy)
+    con = idx.store.con
+    slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError):
+        with deadline(time.monotonic() + 0.2):
+            con.execute(slow).fetchall()  # would never end on its own
+    assert time.monotonic() - t0 < 2.0
+    assert idx.search(QUESTION, k=1, mode="bm25")  # the connection is fine afterwards
+    with pytest.raises(TimeoutError):
+        idx.search(QUESTION, k=3, mode="hybrid", deadline_at=time.monotonic() - 1)
+    idx.close()
+
+
+def test_bm25_reads_a_bounded_number_of_terms(built_index):
+    idx = RetrievalIndex.open(built_index)
+    words = [f"zq{i}" for i in range(20_000)]
+    useful, frequent = idx.store._terms(" ".join(words) + " island")
+    assert len(useful) + len(frequent) == MAX_QUERY_TERMS and "island" not in useful
+    t0 = time.monotonic()
+    idx.search(" ".join(words), k=3, mode="bm25")
+    assert time.monotonic() - t0 < 5.0
+    idx.close()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), {"deep": [1.0, float("nan")]}])
+def test_non_finite_metadata_is_refused_and_every_tenant_can_still_search(index_copy, bad):
+    idx = RetrievalIndex.open(index_copy)
+    n0, gen0 = len(idx), idx.manifest["generation"]
+    with pytest.raises(RetrievalError, match="finite"):
+        idx.add_documents([Document("poison", "Poisoned text.", "", "", {"tenant": "acme", "score": bad})])
+    assert len(idx) == n0 and idx.manifest["generation"] == gen0  # refused before any work
+    for flt in ({"tenant": "acme"}, {"tenant": "globex"}):
+        for mode in ("dense", "hybrid", "bm25"):
+            assert idx.search(QUESTION, k=2, mode=mode, filter=flt)
+    idx.close()
+
+
+def test_store_refuses_non_finite_metadata_itself(tmp_path):
+    """The store is the last line: even a caller that skips the index's check cannot write it."""
+    from retrieval.types import Chunk
+
+    st = Store(tmp_path / "s.sqlite", create=True)
+    with pytest.raises(RetrievalError, match="finite"):
+        st.add_chunks([Chunk("c1", "d1", "text", metadata={"x": float("nan")})], ["h1"])
+    assert st.count() == 0
+    st.add_chunks([Chunk("c2", "d2", "text", metadata={"x": 1.5, "big": 10 ** 30})], ["h2"])
+    assert len(st.rows_matching(normalize_filter({"x": 1.5}))) == 1 and st.count() == 1
+    st.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        st.count()
+
+
+@pytest.mark.parametrize("flt, why", [({"n": 2 ** 80}, "64-bit"), ({"n": float("nan")}, "finite"),
+                                      ({"n": "\ud800"}, "surrogate"),
+                                      ({"n": [1, {"a": 1}]}, "string, number")])
+def test_filters_sqlite_cannot_bind_are_retrieval_errors(built_index, flt, why):
+    idx = RetrievalIndex.open(built_index)
+    with pytest.raises(RetrievalError, match=why):
+        idx.search(QUESTION, k=2, mode="bm25", filter=flt)
+    idx.close()
+
+
+def test_health_reads_the_manifest_not_sqlite(index_copy):
+    idx = RetrievalIndex.open(index_copy)
+    n = len(idx)
+    idx.store.close()  # any SQLite read would now raise
+    h = idx.health()
+    assert h["chunks"] == n and h["generation"] == idx.manifest["generation"] and h["index_type"] == "flat"
+
+
+def _open_store_files() -> list[str]:
+    import os
+
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if "/store.g" in target:
+            out.append(os.path.basename(target))
+    return out
+
+
+def test_a_replaced_generation_stays_readable_until_its_last_reader_ends_then_closes(index_copy):
+    idx = RetrievalIndex.open(index_copy)
+    n0 = len(idx)
+    with idx.reading() as gen:
+        idx.add_documents([Document("late", "A late document about islands.")])
+        assert gen.store.count() == n0 and len(idx) == n0 + 1  # the reader keeps its own generation
+    with pytest.raises(sqlite3.ProgrammingError):
+        gen.store.count()  # closed as its reader let go
+    for i in range(3):  # readers on other threads open their own connections to each generation
+        idx.add_documents([Document(f"more{i}", "More islands.")])
+        reader = threading.Thread(target=idx.search, args=(QUESTION,), kwargs={"mode": "bm25"})
+        reader.start()
+        idx.search(QUESTION, mode="hybrid")
+        reader.join(60)
+    current = idx.manifest["store"]
+    assert set(_open_store_files()) == {current}, _open_store_files()  # no deleted generation held open
+    idx.close()
