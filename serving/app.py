@@ -2,7 +2,8 @@
 uvicorn (`create_app(gateway)`) or as the ingress of a Ray Serve deployment (serving/ray_app.py), where
 the gateway is built inside the replica and found through `set_default_gateway`.
 
-Every error leaves in OpenAI's shape; request validation errors are 400 (not FastAPI's 422).
+Every error leaves in OpenAI's shape; request validation errors are 400 (not FastAPI's 422), a body over
+serve.limits.max_body_bytes is 413 before it is parsed (serving/limits.py).
 """
 
 from __future__ import annotations
@@ -21,21 +22,24 @@ from serving.auth import Principal
 from serving.chat import ChatService
 from serving.completion import CompletionService
 from serving.documents import DocumentService
-from serving.errors import GatewayError, error_body
+from serving.errors import GatewayError
 from serving.gateway import Gateway, server_timing, start_timings
+from serving.limits import BodyLimit
+from serving.metrics import endpoint_label
 from serving.protocol import (ChatCompletionRequest, CompletionRequest, DeleteResponse, DocumentsRequest,
                               DocumentsResponse, ErrorResponse, ModelCard, ModelList)
 
 log = logging.getLogger("raft.serve")
 
 _DEFAULT: Optional[Gateway] = None
-ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/documents": "documents"}
 
 _ERR = {"model": ErrorResponse}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {**_ERR, "description": "Invalid JSON, schema or values; context too long"},
+    400: {**_ERR, "description": "Invalid JSON, schema or values; over a serve.limits limit; context too "
+                                 "long"},
     401: {**_ERR, "description": "Missing or bad API key (when auth is configured)"},
     404: {**_ERR, "description": "Unknown model or document"},
+    413: {**_ERR, "description": "Request body over serve.limits.max_body_bytes"},
     503: {**_ERR, "description": "Engine or retrieval unavailable; retry"},
 }
 
@@ -63,14 +67,14 @@ def principal(request: Request, authorization: Optional[str] = Header(None, incl
     return get_gateway(request).auth.authenticate(authorization)
 
 
-def _endpoint(path: str) -> str:
-    return "documents" if path.startswith("/v1/documents") else ENDPOINTS.get(path, path.strip("/") or "root")
+def _current(app: Any) -> Optional[Gateway]:
+    return getattr(app.state, "gateway", None) or _DEFAULT
 
 
 def _error(request: Request, err: GatewayError) -> JSONResponse:
-    gw = getattr(request.app.state, "gateway", None) or _DEFAULT
+    gw = _current(request.app)
     if gw is not None:
-        gw.metrics.count(_endpoint(request.url.path), err.status)
+        gw.metrics.count(endpoint_label(request.url.path), err.status)
     headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
     return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
@@ -115,6 +119,17 @@ def create_app(gateway: Optional[Gateway] = None) -> FastAPI:
                   description="OpenAI-compatible chat and completions with retrieval and citations.")
     app.state.gateway = gateway
 
+    def body_limit() -> Optional[int]:
+        gw = _current(app)
+        return gw.cfg.limits.max_body_bytes if gw is not None else None
+
+    def rejected(path: str, err: GatewayError) -> None:
+        gw = _current(app)
+        if gw is not None:
+            gw.metrics.count(endpoint_label(path), err.status)
+
+    app.add_middleware(BodyLimit, limit=body_limit, rejected=rejected)
+
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError):
         return _error(request, exc)
@@ -123,14 +138,16 @@ def create_app(gateway: Optional[Gateway] = None) -> FastAPI:
     async def _invalid(request: Request, exc: RequestValidationError):
         errors = exc.errors()
         first = errors[0] if errors else {}
-        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
         if first.get("type") == "json_invalid":
-            msg = f"The request body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}"
-        else:
-            details = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or 'body'}: "
-                                f"{e.get('msg')}" for e in errors[:5])
-            msg = f"Invalid request: {details}"
-        return _error(request, GatewayError(400, msg, "invalid_request_error", ".".join(loc) or None, None))
+            why = first.get("ctx", {}).get("error", first.get("msg"))
+            where = _line_column(exc.body, first.get("loc", ()))
+            return _error(request, GatewayError(400, f"The request body is not valid JSON: {why}{where}.",
+                                                "invalid_request_error", None, "invalid_json"))
+        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        details = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or 'body'}: "
+                            f"{e.get('msg')}{_given(e)}" for e in errors[:5])
+        return _error(request, GatewayError(400, f"Invalid request: {details}", "invalid_request_error",
+                                            ".".join(loc) or None, None))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -169,7 +186,9 @@ def create_app(gateway: Optional[Gateway] = None) -> FastAPI:
         gw = get_gateway(request)
         return await _serve(request, gw, "documents", lambda t0: DocumentService(gw).add(req, who))
 
-    @app.delete("/v1/documents/{doc_id}", response_model=DeleteResponse, responses=ERROR_RESPONSES)
+    # `:path`: an id with an (encoded) slash, e.g. one indexed offline from a sub-folder, still reaches the
+    # handler, which answers in OpenAI's shape instead of a routing 404
+    @app.delete("/v1/documents/{doc_id:path}", response_model=DeleteResponse, responses=ERROR_RESPONSES)
     async def delete_document(doc_id: str, request: Request, who: Principal = Depends(principal)):
         gw = get_gateway(request)
         return await _serve(request, gw, "documents", lambda t0: DocumentService(gw).delete(doc_id, who))
@@ -185,6 +204,26 @@ def create_app(gateway: Optional[Gateway] = None) -> FastAPI:
         return Response(body, media_type=ctype)
 
     return app
+
+
+def _line_column(body: Any, loc: tuple) -> str:
+    """' at line L, column C' for the character offset FastAPI reports in `loc` (a bare offset would be
+    read as a parameter name)."""
+    pos = next((x for x in loc if isinstance(x, int)), None)
+    if pos is None or not isinstance(body, (str, bytes)):
+        return ""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    line = text.count("\n", 0, pos) + 1
+    return f" at line {line}, column {pos - (text.rfind(chr(10), 0, pos) + 1) + 1}"
+
+
+def _given(err: dict) -> str:
+    """The rejected value, shortened, so the client sees what it sent."""
+    value = err.get("input")
+    if isinstance(value, (dict, list)) or err.get("type") == "missing":
+        return ""
+    text = repr(value)
+    return f" (got {text[:60] + '...' if len(text) > 60 else text})"
 
 
 def dumps_openapi(app: FastAPI) -> str:

@@ -42,7 +42,9 @@ class ChatService:
             messages = augment_messages(messages, [h.chunk for h in hits])
         payload = gw.forward_fields(req, self.endpoint)
         payload.update(model=model.engine_model, messages=messages, stream=req.stream)
-        gw.check_context(gw.tokens.count_messages(messages), req.max_completion_tokens or req.max_tokens)
+        chars = sum(len(message_text(m)) for m in messages)
+        gw.check_context(await gw.count_tokens(gw.tokens.count_messages, messages, chars),
+                         req.max_completion_tokens or req.max_tokens)
 
         return await generate(gw, "/v1/chat/completions", payload, stream=req.stream, model_name=model.name,
                               hits=hits, stream_text=_delta_text, final_text=_message_text,

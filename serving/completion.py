@@ -38,10 +38,13 @@ class CompletionService:
                 prompt = prompt[0]
             if not prompt.strip():
                 raise bad_request("Retrieval needs a question: `prompt` is empty.", "prompt")
-            hits = await gw.retrieve(who, prompt, req.retrieval)
+            hits = await gw.retrieve(who, prompt, req.retrieval, "prompt")
             prompt = completion_prompt(prompt, [h.chunk for h in hits])
         texts = prompt if isinstance(prompt, list) else [prompt]
-        gw.check_context(max((gw.tokens.count(t) for t in texts), default=0), req.max_tokens)
+        def longest(ts: list[str]) -> int:
+            return max((gw.tokens.count(t) for t in ts), default=0)
+
+        gw.check_context(await gw.count_tokens(longest, texts, sum(map(len, texts))), req.max_tokens)
         payload = gw.forward_fields(req, self.endpoint)
         payload.update(model=model.engine_model, prompt=prompt, stream=req.stream)
 

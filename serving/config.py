@@ -89,6 +89,45 @@ class RetrievalSettings(Config):
     so $RAFT_EMBED_BACKEND (read when RayRetriever is used as a library) does not apply to `raft serve`."""
     max_batch: int = Field(32, ge=1)
     """local backend: most queries embedded and searched together when requests arrive concurrently."""
+    search_threads: int = Field(2, ge=1, le=64)
+    """local backend: searches (micro-batches) that run at once. Each runs on its own SQLite connection,
+    and a batch of a tenant that is already searching waits behind other tenants' batches, so one
+    tenant's slow search does not hold the others up."""
+
+
+class LimitsConfig(Config):
+    """Input limits. Each is checked before any work is done, and a request over one gets a 4xx in
+    OpenAI's error shape naming the limit and its config key."""
+
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    """Largest request body in bytes (413 above it, before the body is parsed)."""
+    max_query_chars: int = Field(8000, ge=1)
+    """Largest retrieval query in characters: the last user message (chat) or the prompt (completions)
+    when retrieval is on. It is what gets embedded and BM25-searched, so it bounds the work per search."""
+    max_document_chars: int = Field(200_000, ge=1)
+    """Largest `text` of one ingested document, in characters (about 1,400 chunks of 128 tokens)."""
+    max_documents_per_request: int = Field(100, ge=1)
+    """Most documents in one POST /v1/documents."""
+    max_metadata_bytes: int = Field(4096, ge=2)
+    """Largest `metadata` of one document, as compact JSON in UTF-8 bytes."""
+    max_metadata_depth: int = Field(4, ge=1)
+    """Deepest nesting of objects and arrays in `metadata` (`{"a": [1]}` has depth 2)."""
+    max_id_chars: int = Field(256, ge=1)
+    """Longest document id, in characters."""
+    id_pattern: str = r"[A-Za-z0-9][A-Za-z0-9._:@=+~-]*"
+    """Characters a document id may use (a Python regular expression the whole id must match). The
+    default keeps ids safe in a URL path as they are, so DELETE /v1/documents/{id} finds every id that
+    ingest accepted."""
+
+    @model_validator(mode="after")
+    def _pattern_compiles(self) -> "LimitsConfig":
+        import re
+
+        try:
+            re.compile(self.id_pattern)
+        except re.error as e:
+            raise ValueError(f"limits.id_pattern is not a valid regular expression: {e}") from None
+        return self
 
 
 class AuthConfig(Config):
@@ -132,6 +171,8 @@ class ServeConfig(Config):
     """The retrieval layer."""
     auth: AuthConfig = AuthConfig()
     """API keys and tenants."""
+    limits: LimitsConfig = LimitsConfig()
+    """Input limits (request, query, document and metadata sizes; id characters)."""
     ray: RayServeSettings = RayServeSettings()
     """Ray Serve settings (runner `ray`)."""
     runner: Literal["ray", "uvicorn"] = "ray"

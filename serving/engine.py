@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator, Optional
 
 import httpx
 
-from serving.errors import EngineUnavailable, GatewayError
+from serving.errors import EngineUnavailable, GatewayError, redact
 
 log = logging.getLogger("raft.serve.engine")
 
@@ -35,6 +35,7 @@ class EngineClient:
     def __init__(self, url: str, api_key: Optional[str] = None, connect_timeout: float = 0.5,
                  request_timeout: float = 300.0, max_connections: int = 256):
         self.url = root_url(url)
+        self.display_url = redact(self.url)  # credentials in the URL are used, never shown
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.timeout = httpx.Timeout(request_timeout, connect=connect_timeout, pool=connect_timeout * 4)
         self._client = httpx.AsyncClient(
@@ -50,8 +51,8 @@ class EngineClient:
 
     def _down(self, e: Exception) -> EngineUnavailable:
         detail = str(e) or "no response"
-        return EngineUnavailable(f"The model engine at {self.url} is unavailable ({type(e).__name__}: "
-                                 f"{detail}); retry shortly.")
+        return EngineUnavailable(f"The model engine at {self.display_url} is unavailable "
+                                 f"({type(e).__name__}: {redact(detail)}); retry shortly.")
 
     @staticmethod
     def _engine_error(resp: httpx.Response) -> GatewayError:
@@ -148,7 +149,8 @@ class EngineClient:
             try:
                 resp = await self._client.get(path, timeout=httpx.Timeout(2.0, connect=0.5))
             except (httpx.HTTPError, OSError) as e:
-                return {"status": "down", "url": self.url, "error": f"{type(e).__name__}: {e}"}
+                return {"status": "down", "url": self.display_url,
+                        "error": redact(f"{type(e).__name__}: {e}")}
             if resp.status_code == 200:
-                return {"status": "ok", "url": self.url}
-        return {"status": "down", "url": self.url, "error": f"HTTP {resp.status_code}"}
+                return {"status": "ok", "url": self.display_url}
+        return {"status": "down", "url": self.display_url, "error": f"HTTP {resp.status_code}"}

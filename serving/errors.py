@@ -2,14 +2,52 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any, Optional
+
+_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
+
+
+def redact(text: str) -> str:
+    """`text` with the `user:password@` part of every URL in it masked (for responses and logs)."""
+    return _USERINFO.sub(r"\1***@", text)
+
+
+_redacting = False
+
+
+def redact_logs() -> None:
+    """Mask URL credentials in every log record of this process (the gateway's, the HTTP client's, which
+    logs request URLs, uvicorn's), message and traceback, as records are made. Idempotent."""
+    global _redacting
+    if _redacting:
+        return
+    _redacting = True
+    make = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        try:
+            msg = record.getMessage()
+        except Exception:  # a malformed record is the logging module's to report, not ours
+            return record
+        if redact(msg) != msg:
+            record.msg, record.args = redact(msg), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        return record
+
+    logging.setLogRecordFactory(factory)
 
 
 class GatewayError(Exception):
-    """A request that fails with a known HTTP status; the message says what was wrong and what to do."""
+    """A request that fails with a known HTTP status; the message says what was wrong and what to do.
+    The message is redacted: an engine URL with credentials in it never reaches a client."""
 
     def __init__(self, status: int, message: str, type: str = "invalid_request_error",
                  param: Optional[str] = None, code: Optional[str] = None):
+        message = redact(message)
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 

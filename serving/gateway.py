@@ -16,10 +16,12 @@ from typing import Any, Optional
 from pydantic import BaseModel
 
 from retrieval.errors import RetrievalError
+from retrieval.filters import normalize_filter
 from serving.auth import Authenticator, Principal
 from serving.config import ServeConfig
 from serving.engine import EngineClient
-from serving.errors import GatewayError, RetrievalUnavailable, bad_request, model_not_found
+from serving.errors import GatewayError, RetrievalUnavailable, bad_request, model_not_found, redact_logs
+from serving.limits import check_query
 from serving.metrics import GatewayMetrics
 from serving.models import ServedModel, served_models
 from serving.protocol import SAMPLING_FIELDS, RetrievalOptions
@@ -74,6 +76,7 @@ def check_prompt_versions(cfg: ServeConfig) -> list[str]:
 
 class Gateway:
     def __init__(self, cfg: ServeConfig, engine: EngineClient, retriever: Optional[Retriever]):
+        redact_logs()
         self.cfg = cfg
         self.engine = engine
         self.retriever = retriever
@@ -117,21 +120,32 @@ class Gateway:
             return False
         return enabled
 
-    async def retrieve(self, who: Principal, query: str, opts: Optional[RetrievalOptions]) -> list[Any]:
+    async def retrieve(self, who: Principal, query: str, opts: Optional[RetrievalOptions],
+                       param: str = "messages") -> list[Any]:
+        """Search for `query` (the request field `param`) in the caller's documents. Everything about the
+        request is checked first; the search gets a deadline and stops there, even in its worker thread."""
         r = self.cfg.retrieval
+        check_query(query, self.cfg.limits, param)
         k = opts.top_k if opts and opts.top_k else r.top_k
         if k > r.max_top_k:
             raise bad_request(f"retrieval.top_k is {k}; the largest this server allows is {r.max_top_k}.",
                               "retrieval.top_k")
         mode = (opts.mode if opts and opts.mode else None) or r.mode
         flt = who.scope_filter(opts.filter if opts else None)  # tenant forced in, server side
-        t0 = time.perf_counter()
         try:
-            result = await asyncio.wait_for(self.retriever.asearch(query, k, mode, flt), r.timeout_s)
+            normalize_filter(flt)
+        except RetrievalError as e:
+            raise bad_request(f"Invalid retrieval.filter: {e}", "retrieval.filter") from None
+        t0 = time.perf_counter()
+        deadline = time.monotonic() + r.timeout_s
+        try:
+            result = await asyncio.wait_for(self.retriever.asearch(query, k, mode, flt, deadline=deadline),
+                                            r.timeout_s)
         except GatewayError:
             raise
-        except asyncio.TimeoutError:
-            raise RetrievalUnavailable(f"Retrieval took longer than {r.timeout_s:g} s; retry shortly.") from None
+        except (asyncio.TimeoutError, TimeoutError):  # asyncio's, or the search's own deadline
+            raise RetrievalUnavailable(f"Retrieval took longer than {r.timeout_s:g} s "
+                                       "(serve.retrieval.timeout_s); retry shortly.") from None
         except (ValueError, TypeError, KeyError, RetrievalError) as e:
             raise bad_request(f"Retrieval rejected the request: {e}", "retrieval") from None
         except Exception as e:  # a dead actor or a broken index: the service, not the request
@@ -145,7 +159,7 @@ class Gateway:
                 self.metrics.observe(stage, result.timings[stage])
         hits = result.hits
         if who.tenant is not None:  # defence in depth: never show another tenant's chunk
-            hits = [h for h in hits if (h.chunk.metadata or {}).get("tenant") == who.tenant]
+            hits = [who.public_hit(h) for h in hits if (h.chunk.metadata or {}).get("tenant") == who.tenant]
         self.metrics.retrieved.inc(len(hits))
         return hits
 
@@ -166,6 +180,13 @@ class Gateway:
     def _ignored(self, endpoint: str, key: str) -> None:
         log.info("%s: ignoring unknown request field %r", endpoint, key)
 
+    async def count_tokens(self, count: Any, arg: Any, chars: int) -> int:
+        """`count(arg)`: prompt tokens. A long prompt is tokenized in a worker thread, so one huge message
+        (retrieval off, up to serve.limits.max_body_bytes) never stalls the event loop for everyone."""
+        if chars < 20_000:
+            return count(arg)
+        return await asyncio.to_thread(count, arg)
+
     def check_context(self, prompt_tokens: int, max_tokens: Optional[int]) -> None:
         if not self.max_context:
             return
@@ -182,6 +203,8 @@ class Gateway:
                 f"retrieval.top_k.", "messages", "context_length_exceeded")
 
     async def health(self) -> dict[str, Any]:
+        """Engine reachability (one async HTTP call) and the retriever's cached state: nothing here waits
+        for a search or a write, so a busy index is reported as busy, not as down."""
         engine = await self.engine.health()
         if self.retriever is None:
             index: dict[str, Any] = {"status": "disabled"}

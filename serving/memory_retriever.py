@@ -60,7 +60,7 @@ class InMemoryRetriever:
         scored.sort(key=lambda h: (-h.score, h.chunk.chunk_id))
         return scored[:k]
 
-    async def asearch(self, query, k, mode, filter):
+    async def asearch(self, query, k, mode, filter, deadline=None):
         if not self.healthy:
             raise ConnectionError("in-memory retriever marked down")
         t0 = time.perf_counter()

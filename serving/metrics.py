@@ -9,6 +9,18 @@ from contextlib import contextmanager
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+# `endpoint` label per route; every other path (typos, scanners) shares "other", so random paths cannot
+# grow /metrics without bound.
+ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/documents": "documents",
+             "/v1/models": "models", "/health": "health", "/metrics": "metrics"}
+
+
+def endpoint_label(path: str) -> str:
+    if path.startswith("/v1/documents/"):
+        return "documents"
+    return ENDPOINTS.get(path, "other")
+
+
 # Gateway stages are milliseconds to a minute; generation dominates the upper buckets.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 STAGES = ("embed", "search", "retrieval", "generation", "total")

@@ -1,15 +1,24 @@
 """Wire schemas of the gateway (the OpenAI API plus RAFT's extensions), as vLLM keeps them: pydantic
 models only, no logic. Requests accept unknown keys (OpenAI clients send new fields all the time); the
 serving layer logs and drops what neither OpenAI nor RAFT defines, and forwards the rest to the engine.
+
+Types are strict, as in OpenAI's API: `top_k: "5"`, `stream: "yes"` or `enabled: 0` are errors, not
+coerced (an int is still accepted where a float is expected). Size limits depend on the server's config
+and are checked by serving/limits.py.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
+
+Bool = Annotated[bool, Strict()]
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+Str = Annotated[str, Strict()]
 
 
 class _Open(BaseModel):
@@ -21,9 +30,9 @@ class RetrievalOptions(BaseModel):
     it are ignored with a log line, like unknown top-level fields."""
 
     model_config = ConfigDict(extra="allow")
-    enabled: Optional[bool] = None
+    enabled: Optional[Bool] = None
     """Retrieve for this request; default: on for the RAFT model and adapters, off for the base model."""
-    top_k: Optional[int] = Field(None, ge=1)
+    top_k: Optional[Int] = Field(None, ge=1)
     """Chunks to retrieve (capped by the server's retrieval.max_top_k)."""
     filter: Optional[dict[str, Any]] = None
     """Metadata filter ({"key": value or [values]}); the tenant filter is always added server side."""
@@ -46,17 +55,17 @@ SAMPLING_FIELDS = (
 
 
 class _SamplingParams(_Open):
-    model: str = Field(min_length=1)
-    stream: bool = False
-    temperature: Optional[float] = Field(None, ge=0, le=2)
-    top_p: Optional[float] = Field(None, ge=0, le=1)
-    max_tokens: Optional[int] = Field(None, ge=1)
-    stop: Optional[Union[str, list[str]]] = None
-    n: Optional[int] = Field(None, ge=1, le=16)
-    seed: Optional[int] = None
-    presence_penalty: Optional[float] = Field(None, ge=-2, le=2)
-    frequency_penalty: Optional[float] = Field(None, ge=-2, le=2)
-    user: Optional[str] = None
+    model: Str = Field(min_length=1)
+    stream: Bool = False
+    temperature: Optional[Float] = Field(None, ge=0, le=2)
+    top_p: Optional[Float] = Field(None, ge=0, le=1)
+    max_tokens: Optional[Int] = Field(None, ge=1)
+    stop: Optional[Union[Str, list[Str]]] = None
+    n: Optional[Int] = Field(None, ge=1, le=16)
+    seed: Optional[Int] = None
+    presence_penalty: Optional[Float] = Field(None, ge=-2, le=2)
+    frequency_penalty: Optional[Float] = Field(None, ge=-2, le=2)
+    user: Optional[Str] = None
     stream_options: Optional[dict[str, Any]] = None
     retrieval: Optional[RetrievalOptions] = None
 
@@ -65,13 +74,13 @@ class ChatCompletionRequest(_SamplingParams):
     """POST /v1/chat/completions."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    max_completion_tokens: Optional[Int] = Field(None, ge=1)
 
 
 class CompletionRequest(_SamplingParams):
     """POST /v1/completions. With retrieval on, the prompt is the question."""
 
-    prompt: Union[str, list[str]]
+    prompt: Union[Str, list[Str]]
 
 
 class Citation(BaseModel):
@@ -86,21 +95,22 @@ class Citation(BaseModel):
 
 
 class DocumentIn(BaseModel):
-    """A document to ingest; it is chunked and embedded by the retrieval layer."""
+    """A document to ingest; it is chunked and embedded by the retrieval layer. `id` is the caller's
+    tenant's: two tenants may use the same id for two different documents."""
 
     model_config = ConfigDict(extra="forbid")
-    id: str = Field(min_length=1, max_length=512)
-    text: str = Field(min_length=1)
-    title: str = ""
-    source: str = ""
+    id: Str = Field(min_length=1)
+    text: Str = Field(min_length=1)
+    title: Str = ""
+    source: Str = ""
     metadata: dict[str, Any] = {}
 
 
 class DocumentsRequest(BaseModel):
-    """POST /v1/documents."""
+    """POST /v1/documents (how many documents, and how large, is set by serve.limits)."""
 
     model_config = ConfigDict(extra="forbid")
-    documents: list[DocumentIn] = Field(min_length=1, max_length=1000)
+    documents: list[DocumentIn] = Field(min_length=1)
 
 
 class DocumentsResponse(BaseModel):

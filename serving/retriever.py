@@ -1,7 +1,7 @@
 """The gateway's view of retrieval: one small async protocol, and adapters for what implements it.
 
-- `IndexRetriever`: a `retrieval.index.RetrievalIndex` in the gateway process (searches run in a worker
-  thread, so the event loop keeps serving while FAISS and the embedder work).
+- `IndexRetriever`: a `retrieval.index.RetrievalIndex` in the gateway process (searches run in worker
+  threads, so the event loop keeps serving while FAISS, SQLite and the embedder work).
 - `RayRetrieverAdapter`: `retrieval.ray_retriever.RayRetriever` (shard and embedder actors on Ray).
 - `InMemoryRetriever` (serving/memory_retriever.py): a dependency-free fake for tests and demos.
 
@@ -16,6 +16,7 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol, Sequence, runtime_checkable
 
@@ -32,7 +33,10 @@ class SearchResult:
 
 @runtime_checkable
 class Retriever(Protocol):
-    async def asearch(self, query: str, k: int, mode: str, filter: Optional[dict]) -> SearchResult: ...
+    async def asearch(self, query: str, k: int, mode: str, filter: Optional[dict],
+                      deadline: Optional[float] = None) -> SearchResult:
+        """`deadline` (time.monotonic()): when the caller gives up; a search still running then stops."""
+        ...
 
     async def aadd(self, docs: Sequence[Document]) -> list[str]: ...
 
@@ -42,7 +46,9 @@ class Retriever(Protocol):
         """Tenants (metadata `tenant`, None for untagged chunks) of a document's chunks; None if unknown."""
         ...
 
-    async def ahealth(self) -> dict[str, Any]: ...
+    async def ahealth(self) -> dict[str, Any]:
+        """Cached state: never waits for a search or a write."""
+        ...
 
     def close(self) -> None: ...
 
@@ -53,112 +59,156 @@ def _tenants(chunks: Sequence[Any]) -> Optional[set]:
     return {(c.metadata or {}).get("tenant") for c in chunks}
 
 
+@dataclass
+class _Pending:
+    key: tuple  # (k, mode, filter JSON): queries with the same key can share one search_batch
+    tenant: str  # whose search it is (the filter's tenant), for fairness between tenants
+    query: str
+    future: asyncio.Future
+    deadline: Optional[float]
+
+
 class IndexRetriever:
     """A RetrievalIndex opened in this process.
 
-    Concurrent requests are micro-batched: while one `search_batch` runs (in a worker thread, so the
-    event loop keeps serving), arriving queries queue up and go together in the next batch. One query
-    embedding batch of 16 costs far less than 16 single ones, which is what keeps the retrieval hop
-    cheap at high concurrency; a lone request never waits for company.
+    Concurrent requests are micro-batched: queries with the same k, mode and filter that arrive while
+    searches run go together in a later `search_batch` (one query embedding batch of 16 costs far less
+    than 16 single ones). Up to `threads` batches run at once, each in a worker thread on its own SQLite
+    connection; a free thread takes the oldest batch of a tenant that has no search running, and the last
+    free thread is kept for such a tenant, so one tenant's slow or numerous searches do not hold up the
+    others. Each batch carries a deadline (the last
+    of its callers'), at which the index stops it. Writes need no turn: the index swaps generations.
     """
 
-    def __init__(self, index: Any, max_batch: int = 32):
+    def __init__(self, index: Any, max_batch: int = 32, threads: int = 2):
         self.index = index
         self.max_batch = max_batch
-        self._queue: list[tuple[tuple, str, asyncio.Future]] = []
-        self._draining = False
-        # FAISS forbids adding/removing while searching, and a write swaps (and closes) the SQLite store
-        # under a reader: writes and searches take turns. Searches are already one at a time (_drain).
-        self._turn = threading.Lock()
+        self.threads = threads
+        self._queue: list[_Pending] = []
+        self._running: dict[str, int] = {}  # tenant -> batches in flight
+        self._active = 0
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="raft-search")
         # The index embeds inside search(); timing its `embed` (per thread) splits a search into the
         # embed and search stages the metrics report, without reaching into the index's internals.
         self._tls = threading.local()
         embed = index.embed
 
-        def timed_embed(texts):
+        def timed_embed(texts, *args, **kwargs):
             t0 = time.perf_counter()
             try:
-                return embed(texts)
+                return embed(texts, *args, **kwargs)
             finally:
                 self._tls.embed = getattr(self._tls, "embed", 0.0) + time.perf_counter() - t0
 
         index.embed = timed_embed
 
     @classmethod
-    def open(cls, index_dir: str, embedder: Optional[str] = None) -> "IndexRetriever":
+    def open(cls, index_dir: str, embedder: Optional[str] = None, threads: int = 2) -> "IndexRetriever":
         from retrieval.index import RetrievalIndex
 
-        return cls(RetrievalIndex.open(index_dir, embedder=embedder))
+        return cls(RetrievalIndex.open(index_dir, embedder=embedder), threads=threads)
 
-    def _search_batch(self, queries: list[str], k: int, mode: str, flt: Optional[dict]):
+    def _search_batch(self, queries: list[str], k: int, mode: str, flt: Optional[dict],
+                      deadline: Optional[float]):
         self._tls.embed = 0.0
         t0 = time.perf_counter()
-        with self._turn:
-            results = self.index.search_batch(queries, k=k, mode=mode, filter=flt)
+        results = self.index.search_batch(queries, k=k, mode=mode, filter=flt, deadline_at=deadline)
         total, embed = time.perf_counter() - t0, self._tls.embed
         timings = {"search": total - embed}
         if embed:
             timings["embed"] = embed
         return [SearchResult(list(hits), dict(timings, batch=len(queries))) for hits in results]
 
-    async def asearch(self, query, k, mode, filter):
+    async def asearch(self, query, k, mode, filter, deadline=None):
         key = (k, mode, json.dumps(filter, sort_keys=True, default=str) if filter else None)
+        tenant = json.dumps((filter or {}).get("tenant"), sort_keys=True, default=str)
         fut = asyncio.get_running_loop().create_future()
-        self._queue.append((key, query, fut))
-        if not self._draining:
-            self._draining = True
-            asyncio.get_running_loop().create_task(self._drain())
+        self._queue.append(_Pending(key, tenant, query, fut, deadline))
+        self._start()
         return await fut
 
-    async def _drain(self) -> None:
-        try:
-            while self._queue:
-                key = self._queue[0][0]
-                batch = [item for item in self._queue if item[0] == key][: self.max_batch]
-                taken = {id(item) for item in batch}
-                self._queue = [item for item in self._queue if id(item) not in taken]
-                k, mode, flt = key[0], key[1], json.loads(key[2]) if key[2] else None
-                try:
-                    results = await asyncio.to_thread(self._search_batch, [q for _, q, _ in batch], k, mode, flt)
-                except Exception as e:
-                    for _, _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(e)
-                    continue
-                for (_, _, fut), res in zip(batch, results):
-                    if not fut.done():
-                        fut.set_result(res)
-        finally:
-            self._draining = False
+    def _take(self) -> list[_Pending]:
+        """The next batch: the oldest query of a tenant with no search running, with the queued queries
+        that share its key. A tenant that is searching already gets another thread only while two are
+        free: the last free thread is kept for a tenant that is not."""
+        self._queue = [p for p in self._queue if not p.future.done()]  # callers that gave up
+        first = next((p for p in self._queue if not self._running.get(p.tenant)), None)
+        if first is None:
+            if not self._queue or self.threads - self._active < 2:
+                return []
+            first = self._queue[0]
+        batch = [p for p in self._queue if p.key == first.key][: self.max_batch]
+        taken = {id(p) for p in batch}
+        self._queue = [p for p in self._queue if id(p) not in taken]
+        return batch
 
-    def _locked(self, fn, *args):
-        with self._turn:
-            return fn(*args)
+    def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._active < self.threads:
+            batch = self._take()
+            if not batch:
+                return
+            self._active += 1
+            self._running[batch[0].tenant] = self._running.get(batch[0].tenant, 0) + 1
+            loop.create_task(self._run(batch))
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        tenant = batch[0].tenant
+        try:
+            k, mode, fkey = batch[0].key
+            deadlines = [p.deadline for p in batch]
+            deadline = None if None in deadlines else max(deadlines)  # the last caller still waiting
+            flt = json.loads(fkey) if fkey else None
+            try:
+                results = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, self._search_batch, [p.query for p in batch], k, mode, flt, deadline)
+            except Exception as e:
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(e)
+                return
+            for p, res in zip(batch, results):
+                if not p.future.done():
+                    p.future.set_result(res)
+        finally:
+            self._active -= 1
+            self._running[tenant] -= 1
+            if not self._running[tenant]:
+                del self._running[tenant]
+            self._start()
 
     async def aadd(self, docs):
-        return await asyncio.to_thread(self._locked, self.index.add_documents, list(docs))
+        return await asyncio.to_thread(self.index.add_documents, list(docs))
 
     async def adelete(self, doc_ids):
-        return await asyncio.to_thread(self._locked, self.index.delete_documents, list(doc_ids))
+        return await asyncio.to_thread(self.index.delete_documents, list(doc_ids))
 
     async def adoc_tenants(self, doc_id):
-        return _tenants(await asyncio.to_thread(self._locked, self.index.chunks_for_doc, doc_id))
+        return _tenants(await asyncio.to_thread(self.index.chunks_for_doc, doc_id))
 
     async def ahealth(self):
-        return {"status": "ok", "backend": "local", "chunks": len(self.index),
-                "embedder": getattr(self.index, "embedder_name", None), "path": str(getattr(self.index, "path", ""))}
+        return {"status": "ok", "backend": "local", **self.index.health(),
+                "searches_running": self._active, "searches_queued": len(self._queue)}
 
     def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
         close = getattr(self.index, "close", None)
         if close:
             close()
 
 
 class RayRetrieverAdapter:
-    """retrieval.ray_retriever.RayRetriever: the index sharded over Ray actors."""
+    """retrieval.ray_retriever.RayRetriever: the index sharded over Ray actors.
+
+    Health is answered from the last count a background probe got: a shard busy with a long search is
+    reported `busy`, and only an actor that is gone makes the index `down`."""
+
+    HEALTH_PROBE_S = 10.0  # longest a health probe waits for a shard before calling it busy
 
     def __init__(self, retriever: Any):
         self.r = retriever
+        self._health: dict[str, Any] = {"status": "ok", "backend": "ray", "chunks": None}
+        self._probe: Optional[asyncio.Task] = None
 
     @classmethod
     def open(cls, index_dir: str, num_shards: int = 2, num_embedders: int = 1,
@@ -172,7 +222,7 @@ class RayRetrieverAdapter:
         log.info("query embeddings (Ray actors): %s", ", ".join(r.embed_backends()))
         return cls(r)
 
-    async def asearch(self, query, k, mode, filter):
+    async def asearch(self, query, k, mode, filter, deadline=None):
         t0 = time.perf_counter()
         hits = await self.r.asearch(query, k, mode, filter)
         return SearchResult(list(hits), {"search": time.perf_counter() - t0})
@@ -193,8 +243,18 @@ class RayRetrieverAdapter:
         return _tenants(await self._call("chunks_for_doc", doc_id))
 
     async def ahealth(self):
-        n = await asyncio.to_thread(len, self.r)
-        return {"status": "ok", "backend": "ray", "chunks": n}
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.get_running_loop().create_task(self._refresh())
+        return dict(self._health)
+
+    async def _refresh(self) -> None:
+        try:
+            n = await asyncio.wait_for(asyncio.to_thread(len, self.r), self.HEALTH_PROBE_S)
+            self._health = {"status": "ok", "backend": "ray", "chunks": n}
+        except (asyncio.TimeoutError, TimeoutError):
+            self._health = dict(self._health, status="ok", busy=True)
+        except Exception as e:  # a dead shard actor: the service is down until it is restarted
+            self._health = {"status": "down", "backend": "ray", "error": f"{type(e).__name__}: {e}"}
 
     def close(self) -> None:
         shutdown = getattr(self.r, "shutdown", None) or getattr(self.r, "close", None)
@@ -213,7 +273,7 @@ def open_retriever(settings: Any) -> Optional[Retriever]:
         import torch
 
         torch.set_num_threads(settings.embed_threads)
-    r = IndexRetriever.open(settings.index_dir, settings.embedder)
+    r = IndexRetriever.open(settings.index_dir, settings.embedder, threads=settings.search_threads)
     r.max_batch = settings.max_batch
     backend = r.index.embedder.use_backend(settings.embed_backend, settings.embed_threads)
     log.info("query embeddings: %s on %s", r.index.embedder.name, backend)

@@ -34,3 +34,28 @@ def make_gateway(fake_engine):
     yield make
     for s in started:
         s.stop()
+
+
+@pytest.fixture(scope="session")
+def small_real_index(tmp_path_factory, embedder_path):
+    """A real RetrievalIndex (bundled MiniLM, FAISS, SQLite) over DOCS, built once per session."""
+    from retrieval.config import IndexConfig
+    from retrieval.index import RetrievalIndex
+
+    out = tmp_path_factory.mktemp("serve_idx") / "index"
+    RetrievalIndex.build(list(DOCS), out, IndexConfig(embedder=embedder_path)).close()
+    return out
+
+
+@pytest.fixture
+def index_retriever(small_real_index, tmp_path):
+    """An IndexRetriever on a private copy of small_real_index (tests write to it)."""
+    import shutil
+
+    from serving.retriever import IndexRetriever
+
+    copy = tmp_path / "index"
+    shutil.copytree(small_real_index, copy)
+    r = IndexRetriever.open(str(copy))
+    yield r
+    r.close()

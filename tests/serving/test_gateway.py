@@ -161,11 +161,19 @@ def test_live_ingest_and_delete_visible_to_next_request(make_gateway, monkeypatc
     r = httpx.post(srv.url + "/v1/chat/completions", headers=g, json=q).json()
     assert "bridge" not in {c["doc_id"] for c in r["citations"]}
     assert httpx.delete(srv.url + "/v1/documents/bridge", headers=g).status_code == 404  # not globex's
-    assert httpx.post(srv.url + "/v1/documents", headers=g, json={"documents": [doc]}).status_code == 409
+    # ids are per tenant: globex's "bridge" is a second document, and acme's is untouched
+    other = dict(doc, text="The Sael bridge of globex is painted green.")
+    assert httpx.post(srv.url + "/v1/documents", headers=g, json={"documents": [other]}).status_code == 200
+    r = httpx.post(srv.url + "/v1/chat/completions", headers=h, json=q).json()
+    assert r["citations"][0]["doc_id"] == "bridge" and "orange" in r["choices"][0]["message"]["content"]
+    r = httpx.post(srv.url + "/v1/chat/completions", headers=g, json=q).json()
+    assert r["citations"][0]["doc_id"] == "bridge" and "green" in r["choices"][0]["message"]["content"]
     r = httpx.delete(srv.url + "/v1/documents/bridge", headers=h)
     assert r.status_code == 200 and r.json()["deleted"] is True
     r = httpx.post(srv.url + "/v1/chat/completions", headers=h, json=q).json()
     assert "bridge" not in {c["doc_id"] for c in r["citations"]}
+    r = httpx.post(srv.url + "/v1/chat/completions", headers=g, json=q).json()
+    assert r["citations"][0]["doc_id"] == "bridge"  # globex's own survives acme's delete
 
 
 def test_models_health_and_metrics(make_gateway):

@@ -93,7 +93,7 @@ def test_bad_filter_is_a_400_not_a_500(make_gateway, real_retriever):
     srv, _ = make_gateway(retriever=real_retriever)
     r = httpx.post(srv.url + "/v1/chat/completions", json={
         "model": "raft", "messages": [{"role": "user", "content": "x"}], "retrieval": {"filter": {"a": {"b": 1}}}})
-    assert r.status_code == 400 and r.json()["error"]["param"] == "retrieval"
+    assert r.status_code == 400 and r.json()["error"]["param"] == "retrieval.filter"
 
 
 
