@@ -1,8 +1,15 @@
-"""`raft serve`: start the engine, the retrieval layer and the OpenAI-compatible gateway."""
+"""`raft serve`: start the engine, the retrieval layer and the OpenAI-compatible gateway.
+
+SIGTERM stops it as Ctrl-C does, on both runners: requests in flight get serve.shutdown_timeout_s to
+finish, then the gateway, the engine's whole process group and the local Ray this command started are
+stopped. Without that, SIGTERM (what a service manager or `docker stop` sends) would end the Python
+process without its cleanup and leave the engine running on its port.
+"""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import time
 
 HELP = "serve the RAFT model behind retrieval with citations (OpenAI-compatible API)"
@@ -29,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     from raft.commands.common import load_command_config
     from serving.config import ServeConfig
+    from serving.errors import redact, redact_logs
     from serving.launchers import engine_command, launch_engine
 
     console = Console(stderr=True)
@@ -40,21 +48,44 @@ def run(args: argparse.Namespace) -> int:
         print(shlex.join(cmd) if cmd else f"(no engine to start: using {cfg.engine.url})")
         return 0
 
+    redact_logs()
     t0 = time.monotonic()
     proc = None
+    own_ray: list[bool] = []
+    _stop_on_sigterm()
     try:
         with console.status(f"starting the {cfg.engine.kind} engine ..."):
             url, proc = launch_engine(cfg, args.engine_log)
-        console.print(f"engine: {cfg.engine.kind} at {url}" + (f" (log: {proc.log_path})" if proc else ""))
+        console.print(f"engine: {cfg.engine.kind} at {redact(url)}"
+                      + (f" (log: {proc.log_path})" if proc else ""))
         if cfg.runner == "uvicorn":
-            _run_uvicorn(cfg, url, console, t0)
+            _run_uvicorn(cfg, url, console, t0, own_ray)
         else:
-            _run_ray(cfg, url, console, t0)
+            _run_ray(cfg, url, console, t0, own_ray)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see _stop_on_sigterm)
+        console.print("stopping ...")
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
         if proc is not None:
             proc.stop()
             console.print("engine stopped")
+        if own_ray:
+            import ray
+
+            ray.shutdown()
+            console.print("Ray stopped")
     return 0
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM raises KeyboardInterrupt in the main thread, so it runs the same cleanup as Ctrl-C.
+    (Installed again after ray.init, which sets its own handler; uvicorn re-raises the signal to this
+    handler once its graceful shutdown is done.)"""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _banner(cfg, console, t0: float, where: str) -> None:
@@ -62,10 +93,10 @@ def _banner(cfg, console, t0: float, where: str) -> None:
                   f"http://{cfg.host}:{cfg.port}/v1  models: {cfg.model_name}"
                   + (f", {cfg.base_model_name}" if cfg.engine.kind == "vllm" and cfg.base_model_name else "")
                   + f"  retrieval: {cfg.retrieval.backend}  auth: "
-                  + ("on" if cfg.auth.resolved_keys() else "off") + "   (Ctrl-C stops)")
+                  + ("on" if cfg.auth.resolved_keys() else "off") + "   (Ctrl-C or SIGTERM stops)")
 
 
-def _run_uvicorn(cfg, url: str, console, t0: float) -> None:
+def _run_uvicorn(cfg, url: str, console, t0: float, own_ray: list[bool]) -> None:
     import asyncio
 
     import uvicorn
@@ -75,44 +106,47 @@ def _run_uvicorn(cfg, url: str, console, t0: float) -> None:
     from serving.retriever import open_retriever
 
     if cfg.retrieval.backend == "ray":
-        _init_ray(cfg)
+        _init_ray(cfg, own_ray)
     gw = Gateway.from_config(cfg, url, open_retriever(cfg.retrieval))
     _banner(cfg, console, t0, "uvicorn")
     try:
         # keep-alive longer than clients' usual idle expiry, so they close idle connections first
-        uvicorn.run(create_app(gw), host=cfg.host, port=cfg.port, log_level=cfg.log_level, timeout_keep_alive=KEEP_ALIVE_S)
+        uvicorn.run(create_app(gw), host=cfg.host, port=cfg.port, log_level=cfg.log_level,
+                    timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=cfg.shutdown_timeout_s)
     finally:
         asyncio.run(gw.close())
         if gw.retriever is not None:
             gw.retriever.close()
 
 
-def _init_ray(cfg) -> None:
+def _init_ray(cfg, own_ray: list[bool]) -> None:
+    """Connect to the configured cluster, or start a local Ray (noted in `own_ray`: stopped at exit)."""
     import os
 
     import ray
 
     if not ray.is_initialized():
         address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+        own_ray.append(True)  # also a connection to a cluster: ray.shutdown() then only disconnects
         ray.init(address=address, include_dashboard=False) if address else ray.init(include_dashboard=False)
+        _stop_on_sigterm()
 
 
-def _run_ray(cfg, url: str, console, t0: float) -> None:
+def _run_ray(cfg, url: str, console, t0: float, own_ray: list[bool]) -> None:
     from ray import serve
 
     from serving.ray_app import run_on_ray
     from serving.retriever import open_retriever
 
-    _init_ray(cfg)
-    # Retriever actors are created once, here, and shared by every gateway replica.
-    retriever = open_retriever(cfg.retrieval) if cfg.retrieval.backend == "ray" else None
-    run_on_ray(cfg, url, retriever)
-    _banner(cfg, console, t0, "Ray Serve")
+    _init_ray(cfg, own_ray)
+    retriever = None
     try:
+        # Retriever actors are created once, here, and shared by every gateway replica.
+        retriever = open_retriever(cfg.retrieval) if cfg.retrieval.backend == "ray" else None
+        run_on_ray(cfg, url, retriever)
+        _banner(cfg, console, t0, "Ray Serve")
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
-        console.print("stopping ...")
     finally:
         serve.shutdown()
         if retriever is not None:

@@ -191,6 +191,9 @@ class ServeConfig(Config):
     default: the engine model directory when it has one, else a 4-characters-per-token estimate."""
     log_level: str = "info"
     """Gateway log level."""
+    shutdown_timeout_s: float = Field(10.0, gt=0)
+    """On SIGTERM or Ctrl-C: how long requests in flight may finish before the gateway, the engine it
+    started and the local Ray it started are stopped anyway."""
 
     @model_validator(mode="after")
     def _check(self) -> "ServeConfig":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -101,7 +102,16 @@ class EngineProcess:
                         f"(engine.startup_timeout_s); log: {self.log_path}\n{self.log_tail()}")
 
     def stop(self, grace_s: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        """SIGTERM to the engine's process group, SIGKILL after `grace_s`. A leader that already exited
+        may have left workers in its group: they are killed too (the group id stays theirs while any
+        of them lives, so it cannot name someone else's processes)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
             return
         for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
             try:
@@ -121,12 +131,31 @@ class EngineProcess:
         self.stop()
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something listens on host:port (binding as servers do, with SO_REUSEADDR, so a port that
+    only lingers in TIME_WAIT counts as free)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def launch_engine(cfg: ServeConfig, log_path: Optional[str] = None) -> tuple[str, Optional[EngineProcess]]:
     """Start the configured engine (if it is one we start) and wait until it answers /health."""
     url = engine_url(cfg)
     cmd = engine_command(cfg)
     if cmd is None:
         return url, None
+    e = cfg.engine
+    if port_in_use(e.host, e.port):
+        # the new engine would fail to bind while the old process answered /health: the gateway would
+        # report ready and serve through someone else's engine
+        raise RaftError(f"engine.port {e.port} on {e.host} is already in use (another engine, or an earlier "
+                        "`raft serve` that was not stopped?); stop that process or set another engine.port")
     # A local model directory needs no hub: keep the engine offline so a typo fails fast instead of
     # trying to download. A hub name (e.g. meta-llama/...) is the user's explicit choice: leave the hub on.
     local = bool(cfg.engine.model) and Path(cfg.engine.model).exists()

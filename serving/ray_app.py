@@ -44,7 +44,8 @@ def build_application(cfg: ServeConfig, engine_url: str, retriever: Optional[Any
     """The bound application; serve.run it. `retriever` (picklable) overrides the configured one."""
     r = cfg.ray
     dep = RaftGateway.options(num_replicas=r.num_replicas, max_ongoing_requests=r.max_ongoing_requests,
-                              ray_actor_options={"num_cpus": r.num_cpus})
+                              ray_actor_options={"num_cpus": r.num_cpus},
+                              graceful_shutdown_timeout_s=cfg.shutdown_timeout_s)
     return dep.bind(replica_config(cfg), engine_url, retriever)
 
 
