@@ -12,7 +12,9 @@ and FAISS (HNSW) and BM25 (SQLite FTS5) search the full index.
     python benchmarks/serve_overhead.py                       # defaults: 100k chunks, 10k-request load run
     python benchmarks/serve_overhead.py --chunks 20000 --load-requests 1000   # quick look
 
-Writes benchmarks/results/serve_overhead.json and .png and prints the ratios against the targets.
+Writes benchmarks/results/serve_overhead.json and .png (or --out DIR) and prints the ratios against the
+targets, and what it ran on: the gateway's index type and query-embedding backend (from its /health)
+and the host's load average before and after (the machine may be shared; absolute times drift with it).
 """
 
 from __future__ import annotations
@@ -221,6 +223,12 @@ def main() -> int:
         wait_healthy(engine_url + "/health", timeout=120, proc=engine)
         wait_healthy(gateway_url + "/health", timeout=300, proc=gateway)
         asyncio.run(run_load(gateway_url, "raft", questions(32, 99), 8, True))  # warm up (embedder, caches)
+        index = httpx.get(gateway_url + "/health", timeout=10).json()["index"]
+        results["setup"].update(index_type=index.get("index_type"), embedder=index.get("embedder"),
+                                embed_backend=index.get("embed_backend"), load_before=os.getloadavg())
+        print(f"ran on: {a.chunks} chunks, index {index.get('index_type')}, embedder {index.get('embedder')} "
+              f"on {index.get('embed_backend')}, mode {a.mode}, {os.cpu_count()} CPUs, load average "
+              + " / ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1 / 5 / 15 min)")
         for c in a.concurrency:
             n = max(50, a.requests // 4) if c == 1 else a.requests
             qs = questions(n, seed=c)
@@ -245,6 +253,8 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
+    results["setup"]["load_after"] = os.getloadavg()
+    print("load average after: " + " / ".join(f"{x:.2f}" for x in results["setup"]["load_after"]))
     c1, c64 = results["by_concurrency"].get("1"), results["by_concurrency"].get("64")
     checks = {}
     if c1:

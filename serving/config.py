@@ -89,10 +89,10 @@ class RetrievalSettings(Config):
     so $RAFT_EMBED_BACKEND (read when RayRetriever is used as a library) does not apply to `raft serve`."""
     max_batch: int = Field(32, ge=1)
     """local backend: most queries embedded and searched together when requests arrive concurrently."""
-    search_threads: int = Field(2, ge=1, le=64)
-    """local backend: searches (micro-batches) that run at once. Each runs on its own SQLite connection,
-    and a batch of a tenant that is already searching waits behind other tenants' batches, so one
-    tenant's slow search does not hold the others up."""
+    search_threads: int = Field(3, ge=1, le=64)
+    """local backend: searches (micro-batches) that run at once, each on its own SQLite connection. A
+    tenant already searching gets another thread only while two are free: the last one is kept for a
+    tenant that is not, so one tenant's slow or numerous searches never hold the others up."""
 
 
 class LimitsConfig(Config):
@@ -105,7 +105,8 @@ class LimitsConfig(Config):
     """Largest retrieval query in characters: the last user message (chat) or the prompt (completions)
     when retrieval is on. It is what gets embedded and BM25-searched, so it bounds the work per search."""
     max_document_chars: int = Field(200_000, ge=1)
-    """Largest `text` of one ingested document, in characters (about 1,400 chunks of 128 tokens)."""
+    """Largest `text` of one ingested document, in characters (roughly 300 chunks at the default
+    chunk_size of 200 tokens)."""
     max_documents_per_request: int = Field(100, ge=1)
     """Most documents in one POST /v1/documents."""
     max_metadata_bytes: int = Field(4096, ge=2)

@@ -80,7 +80,7 @@ class IndexRetriever:
     of its callers'), at which the index stops it. Writes need no turn: the index swaps generations.
     """
 
-    def __init__(self, index: Any, max_batch: int = 32, threads: int = 2):
+    def __init__(self, index: Any, max_batch: int = 32, threads: int = 3):
         self.index = index
         self.max_batch = max_batch
         self.threads = threads
@@ -103,7 +103,7 @@ class IndexRetriever:
         index.embed = timed_embed
 
     @classmethod
-    def open(cls, index_dir: str, embedder: Optional[str] = None, threads: int = 2) -> "IndexRetriever":
+    def open(cls, index_dir: str, embedder: Optional[str] = None, threads: int = 3) -> "IndexRetriever":
         from retrieval.index import RetrievalIndex
 
         return cls(RetrievalIndex.open(index_dir, embedder=embedder), threads=threads)
@@ -187,7 +187,9 @@ class IndexRetriever:
         return _tenants(await asyncio.to_thread(self.index.chunks_for_doc, doc_id))
 
     async def ahealth(self):
+        embedder = getattr(self.index, "_embedder", None)  # None until the first query loads it
         return {"status": "ok", "backend": "local", **self.index.health(),
+                "embed_backend": getattr(embedder, "backend", None),
                 "searches_running": self._active, "searches_queued": len(self._queue)}
 
     def close(self) -> None:
