@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import re
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,11 +28,9 @@ LOCK_FILE = "writer.lock"
 
 
 def crash_point(name: str) -> None:
-    """Test hook: RAFT_INDEX_CRASH_AT=<name> kills the process here; RAFT_INDEX_SAVE_SLEEP pauses."""
-    if os.environ.get("RAFT_INDEX_SAVE_SLEEP"):
-        time.sleep(float(os.environ["RAFT_INDEX_SAVE_SLEEP"]))
-    if os.environ.get("RAFT_INDEX_CRASH_AT") == name:
-        os._exit(17)
+    """Marks a point of a save where the files on disk are half-way between two generations: `after_store`,
+    `after_dense` and `before_manifest`. It does nothing; the crash-safety tests replace it
+    (tests/retrieval/crash_hook.py) to kill or pause the process exactly there."""
 
 
 def sha256_file(path: Path) -> str:

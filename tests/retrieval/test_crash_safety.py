@@ -6,10 +6,15 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
+from crash_hook import CRASH_EXIT_CODE
 from retrieval.index import RetrievalIndex
+
+# runs first in each child process: crash_hook.install(**kwargs) from this folder
+PRELUDE = "import sys; sys.path.insert(0, {dir!r}); import crash_hook; crash_hook.install(**{kwargs!r})\n"
 
 ADD = textwrap.dedent("""
     import sys
@@ -30,9 +35,12 @@ REBUILD = textwrap.dedent("""
 """)
 
 
-def _run(code, args, **env):
-    e = dict(os.environ, **env)
-    return subprocess.run([sys.executable, "-c", code, *args], env=e, capture_output=True, text=True, timeout=300)
+def _child(code: str, **hook) -> list[str]:
+    return [sys.executable, "-c", PRELUDE.format(dir=str(Path(__file__).parent), kwargs=hook) + code]
+
+
+def _run(code, args, **hook):
+    return subprocess.run(_child(code, **hook) + args, capture_output=True, text=True, timeout=300)
 
 
 def _assert_old_index_intact(path, n0):
@@ -46,8 +54,8 @@ def _assert_old_index_intact(path, n0):
 @pytest.mark.parametrize("point", ["after_store", "before_manifest"])
 def test_crash_during_live_add_keeps_previous_generation(index_copy, point):
     n0 = len(RetrievalIndex.open(index_copy))
-    r = _run(ADD, [str(index_copy)], RAFT_INDEX_CRASH_AT=point)
-    assert r.returncode == 17 and "finished" not in r.stdout, r.stderr[-2000:]
+    r = _run(ADD, [str(index_copy)], crash_at=point)
+    assert r.returncode == CRASH_EXIT_CODE and "finished" not in r.stdout, r.stderr[-2000:]
     idx = _assert_old_index_intact(index_copy, n0)
     # the next save works and sweeps the dead generation's files
     idx.add_documents([idx.get(idx.chunk_ids()[:1])[0] and __import__("retrieval.types").types.Document(
@@ -58,16 +66,15 @@ def test_crash_during_live_add_keeps_previous_generation(index_copy, point):
 
 def test_crash_during_rebuild_into_existing_dir(index_copy, embedder_path):
     n0 = len(RetrievalIndex.open(index_copy))
-    r = _run(REBUILD, [str(index_copy), embedder_path], RAFT_INDEX_CRASH_AT="after_dense")
-    assert r.returncode == 17, r.stderr[-2000:]
+    r = _run(REBUILD, [str(index_copy), embedder_path], crash_at="after_dense")
+    assert r.returncode == CRASH_EXIT_CODE, r.stderr[-2000:]
     _assert_old_index_intact(index_copy, n0)
 
 
 def test_sigkill_mid_save(index_copy):
     n0 = len(RetrievalIndex.open(index_copy))
-    env = dict(os.environ, RAFT_INDEX_SAVE_SLEEP="3")
-    p = subprocess.Popen([sys.executable, "-c", ADD, str(index_copy)], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen(_child(ADD, pause_s=3.0) + [str(index_copy)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 240
         # wait until the new generation's store file exists, i.e. the save is under way

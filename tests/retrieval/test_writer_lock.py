@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
 import traceback
 
 from retrieval.index import RetrievalIndex
@@ -17,8 +16,10 @@ DOCS = {"w1.md": "Zorblatt the blue heron nests on the northern cliffs.",
 
 def _writer(path: str, doc_id: str, barrier, errors) -> None:
     try:
+        import crash_hook
+
         # a pause at each save step, so the two saves overlap if nothing serialises them
-        os.environ["RAFT_INDEX_SAVE_SLEEP"] = "0.3"
+        crash_hook.install(pause_s=0.3)
         idx = RetrievalIndex.open(path, verify=False)
         idx.embed(["warm up"])  # load the model before the race, not inside it
         barrier.wait(timeout=240)
