@@ -190,8 +190,8 @@ def main() -> int:
 
     import ray
 
-    from raft.tiny_model import build_tiny_model, corpus_texts
-    from raft.train.sample_data import write_dataset
+    from raft.testing.tiny_model import build_tiny_model, corpus_texts
+    from raft.testing.sample_data import write_dataset
 
     corpus = REPO / "raft" / "quickstart" / "corpus"
     work = Path(tempfile.mkdtemp(prefix="raft-bench-"))

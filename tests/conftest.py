@@ -53,7 +53,7 @@ def embedder_path() -> str:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A random tiny Llama (about 0.2M parameters) with a BPE tokenizer trained on the corpus."""
-    from raft.tiny_model import build_tiny_model, corpus_texts
+    from raft.testing.tiny_model import build_tiny_model, corpus_texts
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", corpus_texts(QUICKSTART_CORPUS))
 

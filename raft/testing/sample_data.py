@@ -1,4 +1,4 @@
-"""Small synthetic RAFT datasets in the `raft build` output layout, for tests, the benchmark and smoke runs.
+"""Small synthetic RAFT datasets in the `raft build` output layout, for tests, benchmarks and smoke runs.
 
 Each record shows an oracle paragraph among distractor paragraphs of the corpus; the answer quotes the oracle's
 first sentence and ends with a short answer, so even a tiny random model has a pattern to learn (the RAFT

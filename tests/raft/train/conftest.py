@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="session")
 def raft_dataset(tmp_path_factory, corpus_dir) -> Path:
     """24 train / 6 validation synthetic RAFT records (1-3 shown documents each)."""
-    from raft.train.sample_data import write_dataset
+    from raft.testing.sample_data import write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("raftdata") / "out", corpus_dir, n_train=24, n_val=6,
                          docs_max=3)
