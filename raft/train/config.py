@@ -142,9 +142,6 @@ class TrainConfig(Config):
     for bf16/fp16 (H100, H200, A100, L40S, L4, ...); no MFU on CPU or on a GPU not in the table."""
     seed: int = 0
     """Seed for LoRA init, shuffling and dropout."""
-    fail_at_steps: list[int] = []
-    """Testing aid: a worker (rank 1, or 0 if alone) dies after each of these steps (after its checkpoint, if
-    the step saves one), once per step and run (marker files under STORAGE/RUN/.fail_markers)."""
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "TrainConfig":

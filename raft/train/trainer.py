@@ -11,11 +11,13 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 from raft.errors import RaftError
 from raft.train import storage as store
 from raft.train.config import TrainConfig
+from raft.train.runtime import StepHook
 
 
 def run_dir(cfg: TrainConfig) -> str:
@@ -157,7 +159,7 @@ def check_gpus(cfg: TrainConfig) -> None:
                         "or point RAY_ADDRESS at a cluster with GPUs")
 
 
-def fit(cfg: TrainConfig, data: dict, log_dir: str | None):
+def fit(cfg: TrainConfig, data: dict, log_dir: str | None, step_hooks: Sequence[StepHook] = ()):
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -171,8 +173,7 @@ def fit(cfg: TrainConfig, data: dict, log_dir: str | None):
     if cfg.ray.use_gpu:
         resources["GPU"] = 1
     loop_cfg = {"cfg": cfg.model_dump(mode="json"), "data": ray.put(data), "log_dir": log_dir,
-                "fail_marker_dir": (str(Path(storage) / cfg.ray.run_name / ".fail_markers")
-                                    if cfg.fail_at_steps and not store.is_uri(storage) else None)}
+                "step_hooks": list(step_hooks)}
     trainer = TorchTrainer(
         train_func,
         train_loop_config=loop_cfg,
@@ -199,8 +200,8 @@ def write_adapter(cfg: TrainConfig, result, tokenizer, stats: dict, out: Path, s
     """Copy the chosen checkpoint's adapter to `out`, add tokenizer files and raft_meta.json. `source` is the
     model reference as the user gave it (a packaged name or GGUF file), kept so that export can find it again."""
     from raft.prompt import PROMPT_VERSION
+    from raft.train.checkpoint import ADAPTER_SUBDIR
     from raft.train.data import dataset_fingerprint
-    from raft.train.loop import ADAPTER_SUBDIR, PROBE_FILE
 
     chosen, metrics = result.checkpoint, dict(result.metrics or {})
     if cfg.export == "best" and result.best_checkpoints:
@@ -212,8 +213,6 @@ def write_adapter(cfg: TrainConfig, result, tokenizer, stats: dict, out: Path, s
     tmp = out.with_name(out.name + f".tmp-{uuid.uuid4().hex[:6]}")
     with chosen.as_directory() as d:
         shutil.copytree(Path(d) / ADAPTER_SUBDIR, tmp)
-        if (Path(d) / PROBE_FILE).is_file():  # lets tests/users check the reload gives the trained logits
-            shutil.copy(Path(d) / PROBE_FILE, tmp / PROBE_FILE)
     tokenizer.save_pretrained(tmp)
     cfg_path = tmp / "adapter_config.json"
     acfg = json.loads(cfg_path.read_text())
@@ -234,8 +233,10 @@ def write_adapter(cfg: TrainConfig, result, tokenizer, stats: dict, out: Path, s
     return meta
 
 
-def run_training(cfg: TrainConfig, console=None) -> dict:
-    """Everything `raft train` does; returns the summary (also printed)."""
+def run_training(cfg: TrainConfig, console=None, *, step_hooks: Sequence[StepHook] = ()) -> dict:
+    """Everything `raft train` does; returns the summary (also printed).
+
+    `step_hooks` run on every worker after each optimizer step (see raft.train.runtime.StepHook)."""
     from rich.console import Console
 
     from raft.model_source import resolve_model
@@ -268,7 +269,7 @@ def run_training(cfg: TrainConfig, console=None) -> dict:
     metrics_file = None if store.is_uri(log_dir) else Path(log_dir) / "metrics.jsonl"
     try:
         with TrainProgress(console, metrics_file):
-            result = fit(cfg, data, log_dir)
+            result = fit(cfg, data, log_dir, step_hooks)
     except TrainingFailedError as e:
         raise RaftError(f"training failed: {type(e).__name__}: {str(e)[:800]}\nworker logs: {ray_logs}\n"
                         "rerun the same command (same train.ray.storage_path and run_name) to resume from the "

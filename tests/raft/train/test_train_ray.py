@@ -104,28 +104,52 @@ def test_packing_trains_with_the_per_example_kernel(ray_local, tiny_model_dir, r
     assert summary["steps"] == STEPS
 
 
-def test_adapter_reloads_with_peft_and_gives_trained_logits(full_run):
+def _probe_ids(adapter: Path):
+    """Token ids of a validation prompt, tokenized as the adapter's own tokenizer does."""
+    import torch
+    from transformers import AutoTokenizer
+
+    meta = json.loads((adapter / "raft_meta.json").read_text())
+    record = json.loads((Path(meta["train_config"]["data"]["path"]) / "raft" / "validation.jsonl")
+                        .read_text().splitlines()[0])
+    return torch.tensor([AutoTokenizer.from_pretrained(str(adapter))(record["instruction"])["input_ids"][:96]])
+
+
+def _adapter_logits(base_path: str, adapter: Path, ids):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    with torch.no_grad():
+        return PeftModel.from_pretrained(base, str(adapter)).eval()(input_ids=ids).logits[0]
+
+
+def test_adapter_holds_what_peft_loads_and_reloads_to_its_checkpoint(full_run, tmp_path):
+    """The exported adapter is the chosen checkpoint's (same logits through PEFT), holds only the adapter,
+    raft_meta.json and tokenizer files, and changes the base model's output. (That a checkpoint reloads
+    to the model that saved it is checked without Ray in test_worker.py.)"""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     cfg, summary = full_run
     adapter = Path(summary["adapter"])
-    for f in ("adapter_config.json", "adapter_model.safetensors", "raft_meta.json", "tokenizer_config.json"):
-        assert (adapter / f).is_file(), f
+    AutoTokenizer.from_pretrained(str(adapter)).save_pretrained(tmp_path / "tok")
+    allowed = {"adapter_config.json", "adapter_model.safetensors", "raft_meta.json", "README.md",
+               *(p.name for p in (tmp_path / "tok").iterdir())}
+    files = {p.name for p in adapter.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "raft_meta.json", "tokenizer_config.json"} <= files
+    assert files <= allowed, files - allowed
     meta = json.loads((adapter / "raft_meta.json").read_text())
     assert meta["base_model"] == cfg.model.name_or_path and meta["prompt_version"] == "raft-prompt-v1"
     assert meta["dataset_fingerprint"].startswith("synthetic")
-    probe = torch.load(adapter / "probe.pt")
-    base = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, dtype=torch.float32)
-    model = PeftModel.from_pretrained(base, str(adapter)).eval()
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([probe["input_ids"]])).logits[0, -8:]
-    torch.testing.assert_close(logits, probe["logits"], rtol=1e-4, atol=1e-4)
+    ids = _probe_ids(adapter)
+    exported = _adapter_logits(cfg.model.name_or_path, adapter, ids)
+    from_checkpoint = _adapter_logits(cfg.model.name_or_path, Path(meta["checkpoint"]) / "adapter", ids)
+    torch.testing.assert_close(exported, from_checkpoint, rtol=1e-4, atol=1e-4)
     plain = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, dtype=torch.float32).eval()
     with torch.no_grad():
-        assert not torch.allclose(plain(input_ids=torch.tensor([probe["input_ids"]])).logits[0, -8:],
-                                  probe["logits"], atol=1e-3), "the adapter changed nothing"
+        assert not torch.allclose(plain(input_ids=ids).logits[0], exported, atol=1e-3), "the adapter changed nothing"
 
 
 def test_merged_model_loads_with_plain_transformers(full_run, tmp_path):
@@ -134,33 +158,37 @@ def test_merged_model_loads_with_plain_transformers(full_run, tmp_path):
 
     from raft.cli import main
 
-    _, summary = full_run
+    cfg, summary = full_run
     out = tmp_path / "merged"
     assert main(["export", summary["adapter"], "--merge", "--out", str(out)]) == 0
     assert not (out / "adapter_config.json").exists()
     model = AutoModelForCausalLM.from_pretrained(str(out)).eval()
     AutoTokenizer.from_pretrained(str(out))
-    probe = torch.load(Path(summary["adapter"]) / "probe.pt")
+    ids = _probe_ids(Path(summary["adapter"]))
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor([probe["input_ids"]])).logits[0, -8:]
-    torch.testing.assert_close(logits, probe["logits"], rtol=1e-4, atol=1e-4)
+        logits = model(input_ids=ids).logits[0]
+    torch.testing.assert_close(logits, _adapter_logits(cfg.model.name_or_path, Path(summary["adapter"]), ids),
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_resumes_after_worker_death_and_driver_stop(full_run, ray_local, tiny_model_dir, raft_dataset, storage):
     """A worker dies at step 2 (recovered inside the run), dies again at step 6 with no retries left, so the
     driver stops; the same command again resumes at step 6 and ends where the uninterrupted run ended."""
+    from worker_death import DieAfterSteps
+
     from raft.train.config import TrainConfig
     from raft.train.trainer import run_training
 
-    cfg = _cfg(TrainConfig, tiny_model_dir, raft_dataset, storage, "resume", fail_at_steps=[2, 6],
+    cfg = _cfg(TrainConfig, tiny_model_dir, raft_dataset, storage, "resume",
                ray={"num_workers": 2, "storage_path": str(storage), "run_name": "resume", "max_failures": 1})
+    hooks = [DieAfterSteps([2, 6], storage / "resume-fail-markers")]
     with pytest.raises(RaftError, match="resume"):
-        run_training(cfg)
+        run_training(cfg, step_hooks=hooks)
     rows = _metrics(storage / "resume")
     assert [r["resumed_step"] for r in rows if r.get("event") == "resumed"] == [2]
     assert max(r["step"] for r in rows if "eval_loss" in r) == 6
 
-    summary = run_training(cfg)  # driver restarted with the same run name: continues from step 6
+    summary = run_training(cfg, step_hooks=hooks)  # driver restarted with the same run name: continues from step 6
     rows = _metrics(storage / "resume")
     assert [r["resumed_step"] for r in rows if r.get("event") == "resumed"] == [2, 6]
     steps_after = [r["step"] for r in rows[[i for i, r in enumerate(rows) if r.get("resumed_step") == 6][0]:]
