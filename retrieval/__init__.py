@@ -1,4 +1,44 @@
 """Corpus loading, chunking, embedding, FAISS + BM25 indexes, hybrid search and the Ray actors serving them.
 
-This package imports neither `raft` nor `serving` (see DESIGN.md: serving -> raft -> retrieval).
+The stable Python API is what `__all__` names:
+
+    from retrieval import Document, IndexConfig, RetrievalIndex
+
+    index = RetrievalIndex.build("docs/", "idx", IndexConfig(chunk_size=256))
+    hits = index.search("what is RAFT?", k=5)                # hybrid: dense + BM25
+    index.add_documents([Document("new.md", "Text that is searchable at once.")])
+
+Names are imported on first use, so `import retrieval` does not load FAISS or torch. This package imports
+neither `raft` nor `serving` (the dependency direction is serving -> raft -> retrieval).
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> module that defines it
+_EXPORTS = {
+    "RetrievalIndex": "retrieval.index",
+    "IndexConfig": "retrieval.config",
+    "Document": "retrieval.types",
+    "Chunk": "retrieval.types",
+    "Hit": "retrieval.types",
+    "RetrievalError": "retrieval.errors",
+    "load_corpus": "retrieval.loaders",
+    "RayRetriever": "retrieval.ray_retriever",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'retrieval' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

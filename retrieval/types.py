@@ -1,4 +1,4 @@
-"""Retrieval's data contract (DESIGN.md): a Chunk, and a Hit that search returns."""
+"""Retrieval's data contract: a Document to index, its Chunks, and the Hit that search returns."""
 
 from __future__ import annotations
 
