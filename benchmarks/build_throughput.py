@@ -140,7 +140,7 @@ def bench_teacher(delay: float, levels: list[int], seconds_per_level: float) -> 
                     items = [Item(f"q{i}", f"When was the Coral Hall built? (variant {i})", ["c"], ["d"])
                              for i in range(n)]
                     t0 = time.perf_counter()
-                    oks = await asyncio.gather(*(b._answer(it, [ORACLE]) for it in items))
+                    oks = await asyncio.gather(*(b.answer(it, [ORACLE]) for it in items))
                     dt = time.perf_counter() - t0
                     await b.teacher.aclose()
                     return dt, oks

@@ -55,13 +55,16 @@ def run_set(folder: Path, work: Path, ncand: int, cfg_overrides: dict) -> dict:
     golds = [set(q["gold_ids"]) for q in qs]
     t0 = time.time()
     vecs = idx.embed([q["question"] for q in qs])
-    dense = idx._dense_rows(vecs, ncand, {})
-    sparse = [idx.store.bm25(q["question"], ncand, {}) for q in qs]
+    dense_hits = idx.search_vectors(vecs, ncand)
+    sparse_hits = [idx.search(q["question"], k=ncand, mode="bm25") for q in qs]
     search_s = time.time() - t0
-    doc_of = {r: c.doc_id for r, c in idx.store.get_rows({r for lst in dense + sparse for r, _ in lst}).items()}
+    # best-first (chunk id, score) lists, the form the fusions take
+    dense = [[(h.chunk.chunk_id, h.score) for h in hits] for hits in dense_hits]
+    sparse = [[(h.chunk.chunk_id, h.score) for h in hits] for hits in sparse_hits]
+    doc_of = {h.chunk.chunk_id: h.chunk.doc_id for hits in dense_hits + sparse_hits for h in hits}
 
     def docs(lst):
-        return list(dict.fromkeys(doc_of[r] for r, _ in lst if r in doc_of))
+        return list(dict.fromkeys(doc_of[c] for c, _ in lst))
 
     res = {"dense": metrics([docs(d) for d in dense], golds), "bm25": metrics([docs(s) for s in sparse], golds)}
     for w in WEIGHTS:

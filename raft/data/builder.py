@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from raft.data.cache import TeacherCache, cache_key
 from raft.data.config import BuildConfig
@@ -164,7 +164,10 @@ class Builder:
         return items
 
     # -- answers --------------------------------------------------------------------------------------
-    async def _answer(self, item: Item, texts: list[str]) -> bool:
+    async def answer(self, item: Item, texts: list[str]) -> bool:
+        """Ask the teacher for a chain-of-thought answer to `item` from the oracle `texts`, retried up to
+        max_attempts until its quotes check out; True when kept (item.cot and item.final_answer are set).
+        Needs `self.teacher` and `self.cache` (run() sets both up)."""
         reason = "no_attempt"
         for attempt in range(self.cfg.max_attempts):
             parts = {"question": item.question, "oracle": texts, "mode": self.cfg.mode, "hint": item.hint,
@@ -253,7 +256,7 @@ class Builder:
         task = prog.add("answers", len(items))
 
         async def one(it: Item):
-            ok = await self._answer(it, [by_id[o].text for o in it.oracle_ids])
+            ok = await self.answer(it, [by_id[o].text for o in it.oracle_ids])
             prog.advance(task)
             return ok
 
