@@ -49,7 +49,9 @@ class IndexConfig(_Config):
     shards: int = Field(1, ge=1)
     """dense index shards stored on disk (RayRetriever gives each shard actor its own)."""
     use_gpu: bool = False
-    """move the FAISS index to GPU when faiss-gpu and CUDA are present."""
+    """search the FAISS index on a GPU (needs faiss-gpu and a CUDA device; HNSW always runs on the CPU).
+    Without them the index searches on the CPU and logs a warning (not an error: the setting is stored in
+    the index, which may be opened on a host without a GPU)."""
     fusion: Literal["rrf", "weighted"] = "weighted"
     """hybrid fusion: weighted min-max-normalised scores or reciprocal-rank fusion; weighted 0.5 had the
     best mean recall@5 + MRR@10 over the five shared QA sets (benchmarks/retrieval_quality.py)."""

@@ -8,6 +8,8 @@ truth, drops any that slip through) until the next rebuild compacts them.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,9 @@ from typing import Any
 import numpy as np
 
 from retrieval.errors import RetrievalError
+
+log = logging.getLogger(__name__)
+_warned: set[str] = set()  # one warning per reason and process (an index is copied at every write)
 
 
 def choose_type(index_type: str, n: int) -> str:
@@ -31,6 +36,23 @@ def _faiss():
     import faiss
 
     return faiss
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_unavailable() -> str | None:
+    """Why FAISS cannot search on a GPU in this process, or None when it can (asked once per process)."""
+    faiss = _faiss()
+    if not hasattr(faiss, "StandardGpuResources"):
+        return "this FAISS build has no GPU support (install faiss-gpu-cu12: pip install 'raft-stack[gpu]')"
+    if faiss.get_num_gpus() < 1:
+        return "FAISS sees no CUDA device"
+    return None
+
+
+def _warn_cpu_fallback(why: str) -> None:
+    if why not in _warned:
+        _warned.add(why)
+        log.warning("index use_gpu=true, but %s: the dense index searches on the CPU", why)
 
 
 def _largest_divisor(dim: int, m: int) -> int:
@@ -60,6 +82,10 @@ class DenseIndex:
         self.kind, self.dim, self.params, self.shards = kind, dim, params, shards
         self.tombstones: set[int] = set(tombstones or ())
         self._gpu = None
+        if params.get("use_gpu") and kind != "hnsw":
+            why = gpu_unavailable()
+            if why:  # a warning, not an error: the flag travels in the manifest to hosts without a GPU
+                _warn_cpu_fallback(why)
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -173,17 +199,17 @@ class DenseIndex:
         return d, i
 
     def _gpu_shards(self):
-        """GPU copies of the shards when faiss-gpu and a GPU are present (guarded: CPU FAISS here)."""
-        if not self.params.get("use_gpu") or self.kind == "hnsw":
+        """GPU copies of the shards when use_gpu is set and FAISS can use a GPU; else the CPU shards (the
+        constructor has warned). HNSW has no GPU version in FAISS."""
+        if not self.params.get("use_gpu") or self.kind == "hnsw" or gpu_unavailable():
             return self.shards
         if self._gpu is None:
             faiss = _faiss()
             try:
-                if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
-                    return self.shards
                 self._res = faiss.StandardGpuResources()
                 self._gpu = [faiss.index_cpu_to_gpu(self._res, 0, s) for s in self.shards]
-            except Exception:
+            except Exception as e:  # e.g. out of GPU memory
+                _warn_cpu_fallback(f"copying it to the GPU failed ({type(e).__name__}: {e})")
                 return self.shards
         return self._gpu
 
