@@ -8,16 +8,12 @@ import sys
 import threading
 import time
 
-import pytest
 import uvicorn
 
 from raft.netutil import free_port, wait_healthy
 from retrieval.types import Document
-from serving.app import KEEP_ALIVE_S, create_app
+from serving.app import KEEP_ALIVE_S
 from serving.config import ServeConfig
-from serving.fake_engine import create_engine_app
-from serving.gateway import Gateway
-from serving.memory_retriever import InMemoryRetriever
 
 
 class ServerThread:

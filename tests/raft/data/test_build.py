@@ -8,7 +8,6 @@ import pytest
 
 from raft.data.builder import Builder
 from raft.data.config import BuildConfig
-from raft.data.teachers import OpenAITeacher
 from raft.errors import RaftError
 from raft.prompt import (completion_prompt, docs_from_record, extract_quotes, messages_from_record, quote_in,
                          render_user)
