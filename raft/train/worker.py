@@ -60,15 +60,16 @@ class TrainWorker:
         torch.manual_seed(cfg.seed + self.rank)
         random.seed(cfg.seed + self.rank)
         with self.rt.latest_checkpoint() as ckpt:
+            resumed = ckpt is not None
             self.setup_model(ckpt)
             self.plan_batches()
             self.setup_optimizer()
-            if ckpt is not None:
+            if resumed:
                 self.restore(ckpt)
         log = MetricsLog(self.log_dir if self.rank == 0 else None)
         log.write(self.pos.step, {"event": "start", "attention": self.attention, "batching": cfg.optim.batching,
                                   "row_len": self.row_len, "workers": self.world, "total_steps": self.total})
-        if ckpt is not None:
+        if resumed:
             log.write(self.pos.step, {"event": "resumed", "resumed_step": self.pos.step, "epoch": self.pos.epoch,
                                       "micro": self.pos.micro})
         self.model.train()
