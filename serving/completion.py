@@ -41,6 +41,7 @@ class CompletionService:
             hits = await gw.retrieve(who, prompt, req.retrieval, "prompt")
             prompt = completion_prompt(prompt, [h.chunk for h in hits])
         texts = prompt if isinstance(prompt, list) else [prompt]
+
         def longest(ts: list[str]) -> int:
             return max((gw.tokens.count(t) for t in ts), default=0)
 

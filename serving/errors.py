@@ -6,7 +6,7 @@ import logging
 import re
 from typing import Any, Optional
 
-_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
+_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s?#]+@")  # to the authority's last "@"
 
 
 def redact(text: str) -> str:

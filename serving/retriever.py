@@ -76,8 +76,8 @@ class IndexRetriever:
     than 16 single ones). Up to `threads` batches run at once, each in a worker thread on its own SQLite
     connection; a free thread takes the oldest batch of a tenant that has no search running, and the last
     free thread is kept for such a tenant, so one tenant's slow or numerous searches do not hold up the
-    others. Each batch carries a deadline (the last
-    of its callers'), at which the index stops it. Writes need no turn: the index swaps generations.
+    others. Each batch carries a deadline (the last of its callers'), at which the index stops it; a
+    queued query whose caller gave up is dropped. Writes need no turn: the index swaps generations.
     """
 
     def __init__(self, index: Any, max_batch: int = 32, threads: int = 3):
