@@ -55,16 +55,38 @@ def _top_parser(cmds: dict[str, str]) -> argparse.ArgumentParser:
     return p
 
 
+def _wrap(text: str) -> str:
+    """A one-line description wrapped to the terminal (COLUMNS honoured), as argparse wraps option help."""
+    import shutil
+    import textwrap
+
+    return textwrap.fill(text, max(40, shutil.get_terminal_size().columns - 2))
+
+
 def command_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
     module = importlib.import_module(COMMANDS[name])
     p = argparse.ArgumentParser(
         prog=f"raft {name}",
-        description=module.HELP,
+        description=_wrap(module.HELP),
         epilog="example:\n" + module.EXAMPLE.rstrip() + "\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     module.add_arguments(p)
     return p, module
+
+
+def parse_command_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Options, positionals and key=value overrides in any order (`raft train --config c.yaml lr=1`,
+    `raft index build docs/ --out idx chunk_size=256`). argparse cannot parse a parser with subcommands
+    intermixed, so a named subcommand (`raft index build ...`) is parsed by its own parser."""
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    if sub is None:
+        return parser.parse_intermixed_args(argv)
+    if argv and argv[0] in sub.choices:
+        args = sub.choices[argv[0]].parse_intermixed_args(argv[1:])
+        setattr(args, sub.dest, argv[0])
+        return args
+    return parser.parse_args(argv)  # -h, or no/unknown subcommand: argparse says what is allowed
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -101,11 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         top.print_help()
         return 0
     parser, module = command_parser(argv[0])
-    try:
-        # options, positionals and key=value overrides in any order (`raft train --config c.yaml lr=1`)
-        args = parser.parse_intermixed_args(argv[1:])
-    except TypeError:  # commands with sub-subcommands (raft index ...) cannot be parsed intermixed
-        args = parser.parse_args(argv[1:])
+    args = parse_command_args(parser, argv[1:])
     try:
         return int(module.run(args) or 0)
     except _user_errors() as e:

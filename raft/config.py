@@ -1,7 +1,7 @@
 """Typed configs: YAML files plus `key.sub=value` overrides, validated by pydantic, all errors at once.
 
 One YAML file may hold a whole pipeline, one top-level section per command (`index`, `build`, `train`,
-`serve`, `eval`); each command validates only its own section, against its own model. The models live
+`export`, `serve`, `eval`); each command validates only its own section, against its own model. The models live
 next to the code they configure (`retrieval/config.py`, `raft/data/config.py`, ...) and subclass
 `Config`, so every field carries a docstring that `raft <cmd> --help-config` prints.
 """
@@ -14,7 +14,7 @@ from typing import Any, Iterable, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-SECTIONS = ("index", "build", "train", "serve", "eval")
+SECTIONS = ("index", "build", "train", "export", "serve", "eval")
 
 
 class Config(BaseModel):
@@ -155,6 +155,22 @@ def load_config(
     return cfg  # type: ignore[return-value]
 
 
+def type_name(ann: Any) -> str:
+    """A short, readable type: `int`, `int or null`, `general|api`, `list[str]`."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is typing.Literal:
+        return "|".join(str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        parts = [type_name(a) for a in args if a is not type(None)]
+        return " or ".join(parts) + (" or null" if type(None) in args else "")
+    if origin is not None and args:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(type_name(a) for a in args)}]"
+    return getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+
+
 def describe(model: type[BaseModel], prefix: str = "") -> list[str]:
     """One line per field, nested sections flattened: `key (type, default): docstring`."""
     lines = []
@@ -164,7 +180,7 @@ def describe(model: type[BaseModel], prefix: str = "") -> list[str]:
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             lines += describe(ann, key + ".")
             continue
-        tname = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+        tname = type_name(ann)
         default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
         lines.append(f"{key} ({tname}, default {default}): {field.description or ''}".rstrip(": "))
     return lines

@@ -16,7 +16,7 @@ raft build docs/ --out data/smoke teacher.kind=extractive mix.num_distractors=3
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("corpus", nargs="?", help="corpus file or folder (what `raft index build` accepts); may be "
                    "omitted with --index")
-    p.add_argument("--out", "-o", required=True, metavar="DIR", help="dataset directory to write (and resume)")
+    p.add_argument("--out", "-o", metavar="DIR", help="dataset directory to write (and resume); required")
     p.add_argument("--questions", metavar="FILE", help="JSONL {id, question, answers, gold_ids}: skip question "
                    "generation (= build.questions_file)")
     p.add_argument("--index", metavar="DIR", help="reuse an existing index directory (= build.index_dir)")
@@ -25,14 +25,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from raft.commands.common import override_not_positional
     from raft.data.config import BuildConfig
-
-    import os
+    from raft.errors import RaftError
 
     extra = []
-    if args.corpus and "=" in args.corpus and not os.path.exists(args.corpus):
-        args.overrides = [args.corpus] + list(args.overrides)  # no CORPUS given (--index): it was an override
-        args.corpus = None
+    override_not_positional(args, "corpus")  # no CORPUS given (--index): it was an override
     if args.questions:
         extra.append(f"questions_file={args.questions}")
     if args.index:
@@ -43,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_command_config(args, BuildConfig, "build")
     if cfg is None:
         return 0
+    if not args.out:
+        raise RaftError("raft build needs --out DIR (the dataset directory), e.g. raft build docs/ --out data/raft")
     from rich.console import Console
 
     from raft.data.builder import Builder

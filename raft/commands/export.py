@@ -2,32 +2,83 @@
 
 from __future__ import annotations
 
+import argparse
+from typing import Literal, Optional
+
+from raft.commands.common import add_config_arguments, load_command_config
+from raft.config import Config
+
 HELP = "merge a trained LoRA adapter into its base model (a plain transformers model dir)"
 EXAMPLE = """raft export runs/raft-train/adapter --merge --out merged/   # then: transformers serve / vllm serve merged/
+raft export --config export.yaml   # a file with export: {adapter: ..., merge: true, out: ...}
 """
 
 
-def add_arguments(p) -> None:
-    p.add_argument("adapter", metavar="ADAPTER", help="adapter directory written by `raft train`")
+class ExportConfig(Config):
+    """`raft export`: merge an adapter into its base model (YAML section `export`; the flags set these keys)."""
+
+    adapter: str = ""
+    """Adapter directory written by `raft train` (the ADAPTER argument)."""
+    merge: bool = False
+    """Merge the adapter into the base weights (--merge; required: the adapter directory itself is already
+    what `vllm serve --lora-modules` loads)."""
+    out: str = ""
+    """Output directory for the merged model (--out)."""
+    base: Optional[str] = None
+    """Base model path or name (--base; default: the one recorded in the adapter's raft_meta.json)."""
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """dtype of the merged weights (auto: the base model's own dtype)."""
+    dequantize: bool = True
+    """QLoRA adapters: merge into the dequantized 4-bit base they were trained against (needs a GPU);
+    false (--no-dequantize) merges into the original-precision base instead."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("adapter", metavar="ADAPTER", nargs="?", help="adapter directory written by `raft train`")
     p.add_argument("--merge", action="store_true", help="merge the adapter into the base weights (required)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory for the merged model")
+    p.add_argument("--out", metavar="DIR", help="output directory for the merged model (required)")
     p.add_argument("--base", metavar="MODEL", help="base model path/name (default: the one in raft_meta.json)")
-    p.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
+    p.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"],
                    help="dtype of the merged weights (auto: the base model's own dtype)")
     p.add_argument("--no-dequantize", action="store_true",
                    help="for QLoRA adapters: merge into the original-precision base instead of the dequantized "
                         "4-bit base the adapter was trained against (no GPU needed)")
+    add_config_arguments(p, "export")
 
 
-def run(args) -> int:
+def _flag_overrides(args: argparse.Namespace) -> list[str]:
+    """The flags as `key=value` overrides, before the explicit ones so those win."""
+    import json
+
+    out = []
+    for key in ("adapter", "out", "base", "dtype"):
+        value = getattr(args, key)
+        if value is not None:
+            out.append(f"{key}={json.dumps(value)}")
+    if args.merge:
+        out.append("merge=true")
+    if args.no_dequantize:
+        out.append("dequantize=false")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from raft.commands.common import override_not_positional
     from raft.errors import RaftError
 
-    if not args.merge:
+    override_not_positional(args, "adapter")
+    args.overrides = _flag_overrides(args) + list(args.overrides or [])
+    cfg = load_command_config(args, ExportConfig, "export")
+    if cfg is None:
+        return 0
+    if not cfg.merge:
         raise RaftError("nothing to do: pass --merge (the adapter directory itself is already what "
                         "`vllm serve --lora-modules` loads)")
+    if not cfg.adapter or not cfg.out:
+        raise RaftError("raft export needs an ADAPTER directory and --out DIR, e.g. "
+                        "raft export runs/raft-train/adapter --merge --out merged/")
     from raft.train.export import merge_adapter
 
-    out = merge_adapter(args.adapter, args.out, base=args.base, dtype=args.dtype,
-                        dequantize=not args.no_dequantize)
+    out = merge_adapter(cfg.adapter, cfg.out, base=cfg.base, dtype=cfg.dtype, dequantize=cfg.dequantize)
     print(f"merged model written to {out}")
     return 0

@@ -22,17 +22,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b = sub.add_parser("build", help="load, chunk, embed and index a corpus (a file or a directory)",
                        epilog="example:\n  raft index build docs/ --out idx chunk_size=256\n",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    b.add_argument("corpus", metavar="CORPUS", help="file or directory (.txt .md .html .pdf .json .jsonl)")
-    # --out/--config take one value; anything after it (key=value overrides) joins `overrides`, so
-    # `build CORPUS --out DIR chunk_size=256` parses although argparse does not intermix positionals
-    b.add_argument("--out", "-o", required=True, metavar="DIR", action=_ValueThenOverrides, nargs="+",
-                   help="index directory to write (replaced atomically)")
+    b.add_argument("corpus", metavar="CORPUS", nargs="?",
+                   help="file or directory (.txt .md .html .pdf .json .jsonl)")
+    b.add_argument("--out", "-o", metavar="DIR", help="index directory to write (replaced atomically)")
     b.add_argument("--ray", action="store_true", help="embed through Ray Data with an embedder actor pool")
     b.add_argument("--json", action="store_true", help="print the summary as JSON")
-    add_config_arguments(b, "index")
-    for action in b._actions:
-        if action.dest == "config":
-            action.nargs, action.__class__ = "+", _ValueThenOverrides
+    add_config_arguments(b, "index")  # raft/cli.py parses intermixed: CORPUS, options, overrides in any order
 
     a = sub.add_parser("add", help="add (or replace) documents in an existing index",
                        epilog="example:\n  raft index add idx new.md more_docs/\n",
@@ -66,17 +61,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--batch-size", type=int, default=64, help="queries embedded together with --queries")
 
 
-class _ValueThenOverrides(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values[0])
-        extra = list(values[1:])
-        bad = [v for v in extra if "=" not in v]
-        if bad:
-            parser.error(f"unexpected argument(s) after {option_string} {values[0]}: {' '.join(bad)} "
-                         "(overrides look like key=value)")
-        namespace.overrides = list(getattr(namespace, "overrides", None) or []) + extra
-
-
 def run(args: argparse.Namespace) -> int:
     return {"build": _build, "add": _add, "delete": _delete, "stats": _stats, "search": _search}[args.action](args)
 
@@ -90,13 +74,18 @@ def _console():
 def _build(args) -> int:
     import json
 
-    from raft.commands.common import load_command_config
+    from raft.commands.common import load_command_config, override_not_positional
     from retrieval.config import IndexConfig
+    from retrieval.errors import RetrievalError
     from retrieval.index import RetrievalIndex
 
+    override_not_positional(args, "corpus")
     cfg = load_command_config(args, IndexConfig, "index")
     if cfg is None:
         return 0
+    if not args.corpus or not args.out:
+        raise RetrievalError("raft index build needs a CORPUS (file or directory) and --out DIR, e.g. "
+                             "raft index build docs/ --out idx")
     if args.ray:
         cfg = cfg.model_copy(update={"ray": True})
     con = _console()

@@ -72,7 +72,8 @@ def open_or_build_index(corpus: Path | None, out: Path, cfg: BuildConfig, consol
         raise RaftError(f"corpus {str(corpus)!r} does not exist")
     idx_dir = out / "index"
     stamp_path = out / "index.source.json"
-    stamp = {"corpus": str(corpus.resolve()), "fingerprint": _corpus_fingerprint(corpus), "index": cfg.index}
+    stamp = {"corpus": str(corpus.resolve()), "fingerprint": _corpus_fingerprint(corpus),
+             "index": cfg.index.model_dump(mode="json")}
     if idx_dir.exists() and stamp_path.exists():
         try:
             if json.loads(stamp_path.read_text()) == stamp:
@@ -81,15 +82,9 @@ def open_or_build_index(corpus: Path | None, out: Path, cfg: BuildConfig, consol
             pass
     shutil.rmtree(idx_dir, ignore_errors=True)
     stamp_path.unlink(missing_ok=True)
-    from retrieval.config import IndexConfig
-
-    try:
-        icfg = IndexConfig(**cfg.index)
-    except Exception as e:
-        raise RaftError(f"build.index: {e}") from None
     if console:
         console.print(f"indexing {corpus} -> {idx_dir}")
-    idx = RetrievalIndex.build(corpus, idx_dir, icfg)
+    idx = RetrievalIndex.build(corpus, idx_dir, cfg.index)
     stamp_path.write_text(json.dumps(stamp))
     return idx
 

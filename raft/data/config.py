@@ -7,6 +7,7 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 
 from raft.config import Config
+from retrieval.config import IndexConfig
 
 
 class TeacherConfig(Config):
@@ -114,8 +115,9 @@ class BuildConfig(Config):
     """JSONL of {id, question, answers, gold_ids}: skip question generation; gold_ids are corpus doc ids."""
     index_dir: Optional[str] = None
     """Reuse this existing index directory instead of indexing the corpus into OUT/index."""
-    index: dict = Field(default_factory=dict)
-    """Keys passed to retrieval's IndexConfig when the corpus is indexed (e.g. {chunk_size: 512})."""
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    """How the corpus is indexed into OUT/index (the keys of `raft index build`, e.g. index.chunk_size=512);
+    typed, so a bad key or value is reported with every other problem of the config."""
     max_attempts: int = Field(3, ge=1, le=10)
     """Teacher answers per question until one passes the checks (quotes verified, answer tag present)."""
     answer_hint: bool = True
