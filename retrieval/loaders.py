@@ -51,17 +51,61 @@ def load_corpus(path: str | Path, id_field: str = "id", title_field: str = "titl
     return docs, skipped
 
 
+# File signatures of common binary formats, named in the skip reason (a PNG renamed .html is still a PNG).
+# Only signatures no text file starts with (each has a byte that is a control character or invalid UTF-8).
+_MAGIC = {b"\x89PNG": "PNG image", b"\xff\xd8\xff": "JPEG image", b"PK\x03\x04": "ZIP archive",
+          b"\x1f\x8b": "gzip archive", b"\x7fELF": "executable"}
+# Share of characters that no text file holds (control characters other than whitespace, C1 controls,
+# U+FFFD) above which decoded content is binary; real text has none or nearly none.
+MAX_CONTROL_SHARE = 0.01
+_CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f\ufffd]")
+_HIGH = re.compile("[^\x00-\x7f]")
+# Without a valid UTF-8 or UTF-16 decoding, text is read as Latin-1/cp1252 only when mostly ASCII: Western
+# text in those encodings has a few accented letters, random bytes have half their bytes above 0x7F.
+MAX_HIGH_SHARE_LEGACY = 0.3
+
+
 def _read_text(f: Path) -> str:
     raw = f.read_bytes()
-    if b"\x00" in raw[:8192]:
+    for magic, what in _MAGIC.items():
+        if raw.startswith(magic):
+            raise _Skip(f"binary content ({what})")
+    if b"\x00" in raw[:8192] and raw[:2] not in (b"\xff\xfe", b"\xfe\xff"):
         raise _Skip("binary content (NUL bytes)")
+    legacy = False
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         try:
-            return raw.decode("utf-16") if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else raw.decode("latin-1")
+            text = raw.decode("utf-16") if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else None
         except UnicodeDecodeError as e:
             raise _Skip(f"not text: {e}") from None
+        if text is None:
+            legacy = True
+            try:
+                text = raw.decode("cp1252")
+            except UnicodeDecodeError:
+                text = raw.decode("latin-1")
+    why = binary_reason(text, legacy)
+    if why:
+        raise _Skip(f"binary content ({why})")
+    return text
+
+
+def binary_reason(text: str, legacy: bool = False) -> str | None:
+    """Why decoded `text` is not text (None when it is). `legacy`: it was decoded as Latin-1/cp1252 because
+    it is not valid UTF-8, which any byte string is, so it must also be mostly ASCII."""
+    sample = text[:65536]
+    if not sample:
+        return None
+    control = len(_CONTROL.findall(sample))
+    if control > MAX_CONTROL_SHARE * len(sample):
+        return f"{control / len(sample):.0%} control characters"
+    if legacy:
+        high = len(_HIGH.findall(sample))
+        if high > MAX_HIGH_SHARE_LEGACY * len(sample):
+            return f"not UTF-8, and {high / len(sample):.0%} of its bytes are above 0x7F"
+    return None
 
 
 class _Skip(Exception):
