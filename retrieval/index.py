@@ -18,6 +18,7 @@ about one slice.
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 import weakref
@@ -155,21 +156,35 @@ class RetrievalIndex:
                 f"index {str(d)!r} was built with embedder {man['embedder']['name']!r} "
                 f"(dim {man['embedder']['dim']}), not {embedder!r}: its vectors are meaningless to that model. "
                 f"Query with {man['embedder']['name']!r} or rebuild the index with the new embedder")
+        rebuild = _rebuild_hint(d, man)
         for name, info in man["files"].items():
             p = d / name
             if not p.exists():
                 raise RetrievalError(f"index {str(d)!r} is half-written or damaged: {name} named by the manifest "
-                                     "is missing; rebuild it")
+                                     f"is missing; {rebuild}")
             if p.stat().st_size != info["bytes"] or (verify and sha256_file(p) != info["sha256"]):
-                raise RetrievalError(f"index {str(d)!r} is damaged: {name} does not match the checksum in the "
-                                     "manifest; rebuild it")
+                raise RetrievalError(f"index {str(d)!r} is damaged: {p} does not match the "
+                                     f"{'size' if p.stat().st_size != info['bytes'] else 'checksum'} in the "
+                                     f"manifest; {rebuild}")
         cfg = IndexConfig(**man["config"])
         if device is not None:
             cfg = cfg.model_copy(update={"device": device})
         store = Store(d / man["store"])
+        try:
+            store.con.execute("SELECT row FROM chunks LIMIT 1").fetchall()  # reads the schema: a cheap probe
+        except sqlite3.DatabaseError as e:
+            store.close()
+            raise RetrievalError(f"index {str(d)!r} is damaged: {d / man['store']} is not a readable SQLite "
+                                 f"store ({e}); {rebuild}") from None
         fa = man["faiss"]
         params = dict(fa["params"], use_gpu=cfg.use_gpu)
-        dense = DenseIndex.load(d, fa["type"], man["embedder"]["dim"], params, fa["files"], mmap=mmap)
+        try:
+            dense = DenseIndex.load(d, fa["type"], man["embedder"]["dim"], params, fa["files"], mmap=mmap)
+        except (RuntimeError, ValueError, OSError) as e:
+            store.close()
+            why = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+            raise RetrievalError(f"index {str(d)!r} is damaged: its FAISS files ({', '.join(fa['files'])}) cannot "
+                                 f"be read ({why}); {rebuild}") from None
         return cls(d, man, store, dense, cfg)
 
     # ---- building -----------------------------------------------------------------------------
@@ -603,6 +618,12 @@ class RetrievalIndex:
 
 
 # ---- helpers ----------------------------------------------------------------------------------
+def _rebuild_hint(d: Path, man: dict) -> str:
+    """How to rebuild the index at `d`: from the corpus directory it was built from, when it records one."""
+    corpus = (man.get("corpus") or {}).get("path")
+    return f"rebuild it: raft index build {corpus or 'CORPUS'} --out {d}"
+
+
 def _copy_dense(dense: DenseIndex) -> DenseIndex:
     """A private copy of a DenseIndex for a write to change (memory: one more copy while it saves)."""
     import faiss

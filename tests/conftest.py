@@ -36,7 +36,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory) -> Path:
-    """A private copy of the small shipped corpus (eight Markdown files about a fictional country)."""
+    """A private copy of the small shipped corpus (short Markdown articles about a fictional country)."""
     dst = tmp_path_factory.mktemp("corpus") / "corpus"
     shutil.copytree(QUICKSTART_CORPUS, dst)
     return dst

@@ -157,7 +157,7 @@ def _stats(args) -> int:
 
     from retrieval.index import RetrievalIndex
 
-    st = RetrievalIndex.open(args.index, verify=False).stats()
+    st = RetrievalIndex.open(args.index).stats()  # verify: checksums, so damage is reported here
     if args.json:
         print(json.dumps(st))
     else:
@@ -199,7 +199,7 @@ def _search(args) -> int:
         queries = [("0", args.query)]
     else:
         raise RetrievalError("give a QUERY or --queries FILE.jsonl")
-    idx = RetrievalIndex.open(args.index, verify=False)
+    idx = RetrievalIndex.open(args.index)  # verify: checksums, so a damaged file is named, not a traceback
     for i in range(0, len(queries), max(1, args.batch_size)):
         part = queries[i:i + args.batch_size]
         results = idx.search_batch([q for _, q in part], k=args.k, mode=args.mode, filter=flt or None)

@@ -1,22 +1,23 @@
-"""`raft quickstart`: the whole pipeline on the shipped corpus with a tiny CPU model, in a few minutes."""
+"""`raft quickstart`: the whole pipeline on the shipped corpus with SmolLM2-135M-Instruct on a CPU."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-HELP = "run the whole pipeline (build, train on Ray, export, serve, ask, eval) on a tiny CPU model"
+from raft.quickstart import CONFIG as DEFAULT_CONFIG
+
+HELP = "run the whole pipeline (build, train on Ray, export, serve, ask, eval) with a small real model on a CPU"
 EXAMPLE = """raft quickstart
 raft quickstart --out runs/qs2 --no-eval"""
-
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart_cpu.yaml"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/quickstart", metavar="DIR",
                    help="where every output goes (default: runs/quickstart)")
     p.add_argument("--config", default=str(DEFAULT_CONFIG), metavar="FILE",
-                   help="pipeline config with build/train/serve/eval sections (default: configs/quickstart_cpu.yaml)")
+                   help="pipeline config with build/train/serve/eval sections (default: the shipped "
+                        "raft/quickstart/quickstart_cpu.yaml, also at configs/quickstart_cpu.yaml)")
     p.add_argument("--port", type=int, default=None, help="gateway port (default: a free port)")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation step")
     p.add_argument("--help-config", action="store_true",
@@ -70,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     config = Path(args.config)
     if not config.is_file():
-        raise RaftError(f"quickstart config {str(config)!r} not found; run from a clone of the repository "
-                        "or pass --config FILE (see configs/quickstart_cpu.yaml)")
+        raise RaftError(f"quickstart config {str(config)!r} not found; pass --config FILE (the default is "
+                        f"{DEFAULT_CONFIG})")
     check_config(config)
     from raft.quickstart.pipeline import Pipeline
 

@@ -1,10 +1,11 @@
 """`raft quickstart`: the whole pipeline on a CPU, by running the real `raft` commands one after another.
 
 Each step is the command a user would type (printed before it runs), so the quickstart is also the
-tutorial: build a tiny model -> `raft build` -> `raft train` (Ray Train, 2 workers) -> `raft export --merge`
--> `raft serve` (Ray Serve gateway + retriever actors + `transformers serve`) -> questions through the
-OpenAI client -> `raft eval` (base vs base+RAG vs RAFT+RAG). Paths and ports in the config are replaced by
-ones under `--out` and free ports, so runs never collide.
+tutorial: the base model (SmolLM2-135M-Instruct from its GGUF, converted once) -> `raft build` -> `raft train`
+(Ray Train) -> `raft export --merge` -> `raft serve` (Ray Serve gateway + retriever actors + `transformers
+serve`) -> questions through the OpenAI client -> `raft eval` (base vs base+RAG vs RAFT+RAG on held-out
+questions). Paths and ports in the config are replaced by ones under `--out` and free ports, so runs never
+collide.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from rich.table import Table
 
 from raft.errors import RaftError
 from raft.netutil import NotHealthyError, free_port, wait_healthy
-from raft.quickstart import CORPUS, QUESTIONS
+from raft.quickstart import CORPUS, QUESTIONS, TRAIN_QUESTIONS
 
-SMOKE_NOTE = (
-    "The model here is a tiny random Llama trained for a minute on a CPU: a smoke model that proves the "
-    "plumbing, not a model that knows the answers. For a real run on a GPU use "
+DEMO_NOTE = (
+    "SmolLM2-135M-Instruct fine-tuned for a few minutes on a CPU is a demonstration of what RAFT training does "
+    "to how a model reads retrieved passages, not a production model. For a real model on a GPU use "
     "configs/train_llama8b_qlora.yaml, configs/serve_vllm.yaml and configs/eval_gpu.yaml."
 )
 DEMO_QUESTIONS = 3
@@ -38,11 +39,22 @@ class Pipeline:
         self.out, self.config, self.console = out.resolve(), config.resolve(), console
         self.sections = yaml.safe_load(config.read_text()) or {}
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                    "TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "0"}
+                    "TOKENIZERS_PARALLELISM": "false"}
         self.gateway_port = gateway_port or free_port()
         self.engine_port, self.base_port = free_port(), free_port()
         self.procs: list[subprocess.Popen] = []
         self.timings: dict[str, float] = {}
+        self.started: dict[str, float] = {}  # seconds from the quickstart's start to each step's start
+        self.t_start = time.monotonic()
+
+    def begin(self, step: str) -> float:
+        self.console.rule(f"[bold]{step}")
+        now = time.monotonic()
+        self.started[step] = now - self.t_start
+        return now
+
+    def end(self, step: str, t0: float) -> None:
+        self.timings[step] = time.monotonic() - t0
 
     # -- paths -------------------------------------------------------------------------------------
     def p(self, name: str) -> str:
@@ -52,11 +64,10 @@ class Pipeline:
     def raft(self, step: str, *argv: str) -> None:
         """Run `raft ARGV...` in a subprocess, streaming its output; fail the quickstart if it fails."""
         shown = "raft " + shlex.join(argv)
-        self.console.rule(f"[bold]{step}")
+        t0 = self.begin(step)
         self.console.print(f"[dim]$ {shown}[/]", highlight=False)
-        t0 = time.monotonic()
         rc = subprocess.run([sys.executable, "-m", "raft.cli", *argv], env=self.env).returncode
-        self.timings[step] = time.monotonic() - t0
+        self.end(step, t0)
         if rc != 0:
             raise RaftError(f"quickstart step '{step}' failed (exit {rc}); the command was: {shown}")
 
@@ -92,32 +103,32 @@ class Pipeline:
         self.procs.clear()
 
     # -- the steps ---------------------------------------------------------------------------------
-    def build_model(self) -> None:
-        from raft.tiny_model import build_tiny_model, corpus_texts
+    def base_model(self) -> str:
+        """The base model as the config names it, converted (once, then cached) if it is a GGUF."""
+        from raft.model_source import resolve_model
 
-        self.console.rule("[bold]1. tiny base model")
-        t0 = time.monotonic()
-        if not (self.out / "base-model" / "config.json").exists():
-            build_tiny_model(self.out / "base-model", corpus_texts(CORPUS))
-        self.timings["1. tiny base model"] = time.monotonic() - t0
-        self.console.print(f"random tiny Llama + BPE tokenizer trained on the corpus -> {self.p('base-model')}")
+        name = str(self.sections.get("train", {}).get("model", {}).get("name_or_path", ""))
+        t0 = self.begin("1. base model")
+        path = resolve_model(name, log=lambda m: self.console.print(m, highlight=False))
+        self.end("1. base model", t0)
+        self.console.print(f"{name} -> {path}", highlight=False)
+        return name
 
     def run(self, ask: bool = True, evaluate: bool = True) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
         cfg = str(self.config)
-        t0 = time.monotonic()
-        self.console.print(f"[bold]raft quickstart[/]: output in {self.out}\n[yellow]{SMOKE_NOTE}[/]")
-        self.build_model()
-        self.raft("2. build the RAFT dataset", "build", str(CORPUS), "--out", self.p("dataset"), "--config", cfg)
-        self.raft("3. fine-tune a LoRA adapter on Ray", "train", "--config", cfg,
-                  f"model.name_or_path={self.p('base-model')}", f"data.path={self.p('dataset')}",
+        self.t_start = time.monotonic()
+        self.console.print(f"[bold]raft quickstart[/]: output in {self.out}")
+        self.base_model()
+        self.raft("2. build the RAFT dataset", "build", str(CORPUS), "--out", self.p("dataset"), "--config", cfg,
+                  f"questions_file={TRAIN_QUESTIONS}")
+        self.raft("3. fine-tune a LoRA adapter on Ray", "train", "--config", cfg, f"data.path={self.p('dataset')}",
                   f"ray.storage_path={self.p('ray')}", f"output_dir={self.p('adapter')}")
         self.raft("4. merge the adapter", "export", self.p("adapter"), "--merge", "--out", self.p("merged"))
         answers: list[dict] = []
         report: dict = {}
         try:
-            self.console.rule("[bold]5. serve: gateway + retrieval + engine")
-            t_serve = time.monotonic()
+            t_serve = self.begin("5. serve: gateway + retrieval + engine")
             gw = self.background("gateway", [
                 sys.executable, "-m", "raft.cli", "serve", "--config", cfg,
                 f"engine.model={self.p('merged')}", f"engine.port={self.engine_port}",
@@ -130,37 +141,42 @@ class Pipeline:
             self.wait_healthy("gateway", f"http://127.0.0.1:{self.gateway_port}/health", gw)
             if base is not None:
                 self.wait_healthy("base-engine", f"http://127.0.0.1:{self.base_port}/health", base)
-            self.timings["5. serve"] = time.monotonic() - t_serve
+            self.end("5. serve: gateway + retrieval + engine", t_serve)
             if ask:
-                t_ask = time.monotonic()
+                t_ask = self.begin("6. ask held-out questions through the OpenAI client")
                 answers = self.ask()
-                self.timings["6. ask"] = time.monotonic() - t_ask
+                self.end("6. ask held-out questions through the OpenAI client", t_ask)
             if evaluate:
                 report = self.evaluate(cfg)
         finally:
             self.stop_all()
-        total = time.monotonic() - t0
-        self.summary(total)
-        return {"answers": answers, "report": report, "timings": self.timings, "total_s": total}
+        total = time.monotonic() - self.t_start
+        self.summary(total, report)
+        result = {"answers": answers, "report": report, "timings": self.timings, "total_s": total}
+        (self.out / "quickstart_summary.json").write_text(json.dumps({
+            "timings": self.timings, "started_at_s": self.started, "total_s": round(total, 1),
+            "eval": {r["label"]: {k: r.get(k) for k in ("em", "f1", "answer_tag_rate", "quote_validity", "n")}
+                     for r in report.get("runs", [])}}, indent=2))
+        return result
 
     def ask(self) -> list[dict]:
         from openai import OpenAI
 
-        self.console.rule("[bold]6. ask through the OpenAI client")
         client = OpenAI(base_url=f"http://127.0.0.1:{self.gateway_port}/v1", api_key="EMPTY")
         questions = [json.loads(line) for line in QUESTIONS.read_text().splitlines() if line.strip()]
         answers = []
         for q in questions[:DEMO_QUESTIONS]:
             resp = client.chat.completions.create(
-                model="raft", messages=[{"role": "user", "content": q["question"]}], max_tokens=48,
+                model="raft", messages=[{"role": "user", "content": q["question"]}], max_tokens=64,
                 temperature=0.0, extra_body={"retrieval": {"top_k": 3}})
-            body = resp.model_dump()
-            citations = body.get("citations") or []
-            self.console.print(f"[bold]Q:[/] {q['question']}  [dim](gold: {q['answers'][0]})[/]")
+            citations = resp.model_dump().get("citations") or []
+            self.console.print(f"[bold]Q:[/] {q['question']}  [dim](gold: {q['answers'][0]})[/]", highlight=False)
             self.console.print(f"[bold]A:[/] {resp.choices[0].message.content!r}", highlight=False)
-            for c in citations:
-                self.console.print(f"   [cyan]cited[/] {c.get('doc_id')} (chunk {c.get('chunk_id')}, "
-                                   f"score {c.get('score', 0):.3f}) {c.get('title', '')}", highlight=False)
+            quoted = [c for c in citations if c.get("quotes")]
+            shown = quoted or citations
+            self.console.print(f"   [cyan]{'cited' if quoted else 'retrieved'}:[/] " + "; ".join(
+                f"{c.get('doc_id')} (chunk {c.get('chunk_id')}, score {c.get('score', 0):.2f})" for c in shown),
+                highlight=False)
             answers.append({"question": q["question"], "answer": resp.choices[0].message.content,
                             "citations": citations})
         return answers
@@ -169,19 +185,16 @@ class Pipeline:
         systems = []
         for s in self.sections.get("eval", {}).get("systems", []):
             s = dict(s)
-            if s.get("retrieval") == "gateway":
-                s["base_url"] = f"http://127.0.0.1:{self.gateway_port}/v1"
-            else:
-                s["base_url"] = f"http://127.0.0.1:{self.base_port}/v1"
-                s["model"] = self.p("base-model")
+            port = self.gateway_port if s.get("retrieval") == "gateway" else self.base_port
+            s["base_url"] = f"http://127.0.0.1:{port}/v1"
             systems.append(s)
-        self.raft("7. evaluate base vs base+RAG vs RAFT+RAG", "eval", "--config", cfg,
+        self.raft("7. evaluate base vs base+RAG vs RAFT+RAG on held-out questions", "eval", "--config", cfg,
                   f"data={QUESTIONS}", f"index={self.p('dataset/index')}", f"out={self.p('eval')}",
                   "systems=" + json.dumps(systems))
         report_json = self.out / "eval" / "report.json"
         return json.loads(report_json.read_text()) if report_json.exists() else {}
 
-    def summary(self, total: float) -> None:
+    def summary(self, total: float, report: dict) -> None:
         t = Table(title="raft quickstart", show_header=True)
         t.add_column("step")
         t.add_column("seconds", justify="right")
@@ -189,6 +202,36 @@ class Pipeline:
             t.add_row(step, f"{secs:.1f}")
         t.add_row("[bold]total", f"[bold]{total:.1f}")
         self.console.print(t)
+        report_md = self.out / "eval" / "report.md"
         self.console.print(f"outputs: dataset {self.p('dataset')}, adapter {self.p('adapter')}, merged model "
-                           f"{self.p('merged')}, eval report {self.p('eval/report.md')}")
-        self.console.print(f"[yellow]{SMOKE_NOTE}[/]")
+                           f"{self.p('merged')}" + (f", eval report {report_md}" if report_md.exists() else "")
+                           + f"; server logs {self.p('gateway.log')}, {self.p('base-engine.log')}",
+                           highlight=False)
+        for line in conclusion(report):
+            self.console.print(line, highlight=False)
+        self.console.print(f"[yellow]{DEMO_NOTE}[/]")
+
+
+def _run(report: dict, label: str) -> dict | None:
+    return next((r for r in report.get("runs", []) if r.get("label") == label), None)
+
+
+def conclusion(report: dict) -> list[str]:
+    """What the evaluation table shows, in plain words, from the figures in `report`."""
+    base, rag, raft = _run(report, "base"), _run(report, "base+RAG"), _run(report, "RAFT+RAG")
+    if not (base and rag and raft):
+        return []
+    n = report.get("n_items", raft["n"])
+    pct = lambda v: f"{100 * (v or 0):.0f}%"  # noqa: E731
+    lines = [f"On {n} held-out questions (none of them trained on): closed book, the base model answered "
+             f"{pct(base['em'])} exactly (F1 {base['f1'] or 0:.2f}): the facts are not in the model. Given the "
+             f"retrieved passages, it answered {pct(rag['em'])} exactly (F1 {rag['f1'] or 0:.2f}), with the "
+             f"`<ANSWER>:` tag in {pct(rag['answer_tag_rate'])} of its replies. After RAFT training, the same "
+             f"model with the same retrieval answered {pct(raft['em'])} exactly (F1 {raft['f1'] or 0:.2f}), "
+             f"tagged {pct(raft['answer_tag_rate'])} of its answers and quoted its evidence verbatim in "
+             f"{pct(raft['quote_validity'])} of its quotes."]
+    sweep = [r for r in report.get("runs", []) if r.get("system") == "RAFT+RAG" and r.get("sweep") == "top_k"]
+    if sweep:
+        lines.append("RAFT+RAG by number of retrieved passages: " + ", ".join(
+            f"top-{r['value']} EM {r['em'] or 0:.2f}" for r in sorted(sweep, key=lambda r: r["value"])) + ".")
+    return lines

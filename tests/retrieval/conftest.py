@@ -6,23 +6,30 @@ import shutil
 
 import pytest
 
+# tenants and acls fixed by document name, so that tests can say what a tenant may see (geography, the
+# best answer to the tests' question about the largest island, belongs to acme)
+GLOBEX = {"veloria_economy.md", "veloria_government.md", "veloria_science.md", "veloria_wildlife.md",
+          "veloria_arts.md", "veloria_climate.md", "veloria_farming.md", "veloria_sport.md"}
+ADMIN = {"veloria_culture.md", "veloria_economy.md"}
+
 
 @pytest.fixture(scope="session")
 def small_config(embedder_path):
     from retrieval.config import IndexConfig
 
-    # small chunks so the eight quickstart documents give several chunks each
+    # small chunks so each quickstart document gives several chunks
     return IndexConfig(embedder=embedder_path, chunk_size=64, chunk_overlap=16)
 
 
 @pytest.fixture(scope="session")
 def tenant_docs(corpus_dir):
-    """The quickstart corpus, each document tagged with a tenant (alternating) and an acl list."""
+    """The quickstart corpus, each document tagged with a tenant (half each) and an acl list."""
     from retrieval.loaders import load_corpus
 
     docs, _ = load_corpus(corpus_dir)
-    for i, d in enumerate(docs):
-        d.metadata = {"tenant": "acme" if i % 2 == 0 else "globex", "acl": ["staff"] + (["admin"] if i < 2 else [])}
+    for d in docs:
+        d.metadata = {"tenant": "globex" if d.doc_id in GLOBEX else "acme",
+                      "acl": ["staff"] + (["admin"] if d.doc_id in ADMIN else [])}
     return docs
 
 

@@ -10,13 +10,14 @@ from retrieval.types import Document
 QUESTION = "Which island is the largest in the Veloria chain?"
 
 
-def test_build_writes_self_describing_dir_and_each_mode_finds_the_answer(built_index):
+def test_build_writes_self_describing_dir_and_each_mode_finds_the_answer(built_index, corpus_dir):
     man = json.loads((built_index / "manifest.json").read_text())
+    n_docs = len(list(corpus_dir.glob("*.md")))
     assert man["embedder"] == {"name": "all-MiniLM-L6-v2", "dim": 384}
-    assert man["faiss"]["type"] == "flat" and man["counts"]["documents"] == 8
+    assert man["faiss"]["type"] == "flat" and man["counts"]["documents"] == n_docs
     assert all(len(f["sha256"]) == 64 for f in man["files"].values())
     idx = RetrievalIndex.open(built_index)
-    assert len(idx) == man["counts"]["chunks"] > 8
+    assert len(idx) == man["counts"]["chunks"] > n_docs
     assert idx.dim == 384 and idx.embedder_name == "all-MiniLM-L6-v2"
     for mode in ("dense", "bm25", "hybrid"):
         hits = idx.search(QUESTION, k=3, mode=mode)
@@ -151,7 +152,8 @@ def test_other_faiss_types_build_search_filter_and_delete(tmp_path, tenant_docs,
     cfg = small_config.model_copy(update={"index_type": kind, "pq_m": 8, "shards": 2})
     idx = RetrievalIndex.build(tenant_docs, tmp_path / kind, cfg)
     assert idx.manifest["faiss"]["type"] == kind and len(idx.manifest["faiss"]["files"]) == 3
-    assert idx.search(QUESTION, k=1, mode="dense")[0].chunk.doc_id == "veloria_geography.md"
+    # approximate search: the best answer is near the top (8-byte PQ codes of 384-d vectors blur close texts)
+    assert "veloria_geography.md" in [h.chunk.doc_id for h in idx.search(QUESTION, k=5, mode="dense")]
     hits = idx.search(QUESTION, k=5, mode="dense", filter={"tenant": "globex"})
     assert len(hits) == 5 and all(h.chunk.metadata["tenant"] == "globex" for h in hits)
     idx.delete_documents(["veloria_geography.md"])

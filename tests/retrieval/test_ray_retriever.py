@@ -10,7 +10,12 @@ QUERIES = ["Which island is the largest in the Veloria chain?", "What does Velor
 
 
 def _ids(hits):
-    return [(h.chunk.chunk_id, round(h.score, 5)) for h in hits]
+    return [h.chunk.chunk_id for h in hits]
+
+
+def _same(got, want) -> bool:
+    """Same chunks in the same order, scores equal up to the ONNX/torch embedders' float noise."""
+    return _ids(got) == _ids(want) and all(abs(g.score - w.score) < 1e-4 for g, w in zip(got, want))
 
 
 @pytest.mark.parametrize(("num_shards", "backend", "want_backend"), [(2, "auto", "onnx"), (3, "torch", "torch")])
@@ -27,9 +32,9 @@ def test_ray_retriever_matches_local_search(ray_local, built_index, num_shards, 
             for flt in (None, {"tenant": "globex"}):
                 got = r.search_batch(QUERIES, k=5, mode=mode, filter=flt)
                 want = local.search_batch(QUERIES, k=5, mode=mode, filter=flt)
-                assert [_ids(g) for g in got] == [_ids(w) for w in want], (mode, flt)
+                assert all(_same(g, w) for g, w in zip(got, want)) and len(got) == len(want), (mode, flt)
         hits = asyncio.run(r.asearch(QUERIES[0], k=3, mode="hybrid"))
-        assert _ids(hits) == _ids(local.search(QUERIES[0], k=3))
+        assert _same(hits, local.search(QUERIES[0], k=3))
         assert hits[0].chunk.text and hits[0].chunk.doc_id == "veloria_geography.md"
     finally:
         r.shutdown()

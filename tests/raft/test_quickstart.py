@@ -1,0 +1,61 @@
+"""The shipped quickstart data and what the quickstart tells its user (the full run is `.ci/run`'s job)."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from raft.data.teachers import sentences
+from raft.prompt import normalize_for_match
+from raft.quickstart import CONFIG, CORPUS, QUESTIONS, TRAIN_QUESTIONS
+from raft.quickstart.pipeline import conclusion
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_held_out_questions_are_natural_unseen_and_answerable():
+    held, train = _rows(QUESTIONS), _rows(TRAIN_QUESTIONS)
+    assert len(held) >= 30 and len(train) >= 60
+    assert not {q["question"] for q in held} & {q["question"] for q in train}
+    # no training answer quotes the sentence that answers a held-out question: the extractive teacher quotes
+    # the sentence of the gold document that holds the answer, so the model never wrote a held-out evidence
+    def evidence(q):
+        text = (CORPUS / q["gold_ids"][0]).read_text()
+        return next(s for s in sentences(text) if normalize_for_match(q["answers"][0]) in normalize_for_match(s))
+
+    assert not {evidence(q) for q in held} & {evidence(q) for q in train}
+    docs = {p.name: normalize_for_match(p.read_text()) for p in CORPUS.iterdir()}
+    for q in held + train:
+        assert q["question"].endswith("?") and not q["question"].startswith("Fill in the blank")
+        assert all(g in docs for g in q["gold_ids"]), q
+        assert normalize_for_match(q["answers"][0]) in docs[q["gold_ids"][0]], q  # the answer is in its document
+    assert len({q["id"] for q in held + train}) == len(held) + len(train)
+
+
+def test_quickstart_config_trains_on_one_file_and_evaluates_on_the_other():
+    cfg = yaml.safe_load(CONFIG.read_text())
+    assert cfg["build"]["questions_file"].endswith(TRAIN_QUESTIONS.name)
+    assert cfg["eval"]["data"].endswith(QUESTIONS.name)
+    assert cfg["train"]["model"]["name_or_path"] == "smollm2-135m-instruct"
+    assert sorted(cfg["eval"]["sweep"]["top_k"]) == [1, 3, 5]
+
+
+def test_conclusion_says_what_the_table_shows():
+    def run(label, em, f1, tag, quotes=None, sweep="main", value=None):
+        return {"label": label, "system": label.split(" ")[0], "sweep": sweep, "value": value, "em": em, "f1": f1,
+                "answer_tag_rate": tag, "quote_validity": quotes, "n": 40}
+
+    report = {"n_items": 40, "runs": [
+        run("base", 0.0, 0.05, 0.0), run("base+RAG", 0.025, 0.21, 0.0), run("RAFT+RAG", 0.6, 0.72, 1.0, 0.9),
+        run("RAFT+RAG top_k=5", 0.55, 0.7, 1.0, sweep="top_k", value=5),
+        run("RAFT+RAG top_k=1", 0.5, 0.6, 0.95, sweep="top_k", value=1)]}
+    text = " ".join(conclusion(report))
+    assert "On 40 held-out questions" in text
+    assert "closed book, the base model answered 0% exactly (F1 0.05)" in text
+    assert "answered 2% exactly (F1 0.21)" in text and "tag in 0% of its replies" in text
+    assert "answered 60% exactly (F1 0.72)" in text and "verbatim in 90% of its quotes" in text
+    assert "top-1 EM 0.50, top-5 EM 0.55" in text
+    assert conclusion({"runs": []}) == []  # no eval (--no-eval): nothing to conclude
