@@ -203,9 +203,13 @@ class RetrievalIndex:
         cfg = config or IndexConfig()
         t0 = time.time()
         skipped: list[tuple[str, str]] = []
+        corpus = None
         if isinstance(docs_or_corpus_path, (str, Path)):
             docs, skipped = load_corpus(docs_or_corpus_path, cfg.id_field, cfg.title_field, cfg.text_field)
             where = str(docs_or_corpus_path)
+            src = Path(docs_or_corpus_path).expanduser().resolve()
+            # recorded so that `add` names a file under the root as this build did (see loaders.load_corpus)
+            corpus = {"path": str(src), "root": str(src.parent if src.is_file() else src)}
         else:
             docs, where = list(docs_or_corpus_path), "documents"
         docs = _dedupe_docs(docs, skipped)
@@ -223,7 +227,7 @@ class RetrievalIndex:
         out.mkdir(parents=True, exist_ok=True)
         texts = [_embed_text(c) for c in chunks]
         vectors, encoded = _embed_chunks(texts, embedder, out, cfg, show_progress)
-        idx = cls._write_new(out, chunks, vectors, cfg, embedder.name, embedder)
+        idx = cls._write_new(out, chunks, vectors, cfg, embedder.name, embedder, corpus=corpus)
         idx.build_summary = {"documents": len(docs), "chunks": len(chunks), "embedded": encoded,
                              "cached": len(chunks) - encoded, "skipped": skipped, "seconds": time.time() - t0,
                              "index_type": idx.dense.kind, "path": str(out)}
@@ -232,17 +236,19 @@ class RetrievalIndex:
     @classmethod
     def _write_new(cls, out: Path, chunks: list[Chunk], vectors: np.ndarray, cfg: IndexConfig,
                    embedder_name: str, embedder: Embedder | None = None,
-                   hashes: list[str] | None = None, dense: DenseIndex | None = None) -> "RetrievalIndex":
+                   hashes: list[str] | None = None, dense: DenseIndex | None = None,
+                   corpus: dict | None = None) -> "RetrievalIndex":
         """Write a fresh generation from chunks and their vectors (also used by benchmarks, which may
-        pass a prebuilt `dense` whose ids are the rows 1..n the store assigns)."""
+        pass a prebuilt `dense` whose ids are the rows 1..n the store assigns). `corpus`: {path, root} of
+        the corpus the chunks came from, kept in the manifest."""
         out.mkdir(parents=True, exist_ok=True)
         with writer_lock(out):
-            return cls._write_new_locked(out, chunks, vectors, cfg, embedder_name, embedder, hashes, dense)
+            return cls._write_new_locked(out, chunks, vectors, cfg, embedder_name, embedder, hashes, dense, corpus)
 
     @classmethod
     def _write_new_locked(cls, out: Path, chunks: list[Chunk], vectors: np.ndarray, cfg: IndexConfig,
                           embedder_name: str, embedder: Embedder | None, hashes: list[str] | None,
-                          dense: DenseIndex | None) -> "RetrievalIndex":
+                          dense: DenseIndex | None, corpus: dict | None = None) -> "RetrievalIndex":
         old_gen = 0
         try:
             old_gen = int(read_manifest(out).get("generation", 0))
@@ -277,9 +283,16 @@ class RetrievalIndex:
                          "metric": "inner_product"},
                "store": store_name, "config": cfg.model_dump(mode="json"),
                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if corpus:
+            man["corpus"] = corpus
         write_manifest(out, man, len(chunks), len({c.doc_id for c in chunks}), dense)
         sweep(out, man)
         return cls(out, man, Store(out / store_name), dense, cfg, embedder)
+
+    @property
+    def corpus_root(self) -> str | None:
+        """The directory document ids are relative to (None for an index built from Documents)."""
+        return (self.manifest.get("corpus") or {}).get("root")
 
     # ---- embedding ----------------------------------------------------------------------------
     @property

@@ -19,11 +19,17 @@ _HEADING = re.compile(r"^#\s+(.+?)\s*#*\s*$", re.MULTILINE)
 
 
 def load_corpus(path: str | Path, id_field: str = "id", title_field: str = "title",
-                text_field: str = "text") -> tuple[list[Document], list[tuple[str, str]]]:
+                text_field: str = "text", corpus_root: str | Path | None = None,
+                ) -> tuple[list[Document], list[tuple[str, str]]]:
     """Load every supported file under `path` (a file or a directory, recursively).
 
-    Returns (documents, skipped) where skipped lists (path, reason). doc_id of a file is its path
-    relative to the corpus root (the file name when `path` is a file); JSON records keep their own id.
+    Returns (documents, skipped) where skipped lists (path, reason).
+
+    Document ids, one rule for `raft index build` and `raft index add`: a file's id is its path relative to
+    the corpus root, which is `path` itself for a directory and the directory holding it for a file.
+    `corpus_root` (an index's recorded root, for add) takes that place for files under it, so a file added
+    again gets the id it was built with and replaces it. JSON/JSONL records keep their own id (else
+    FILE_ID:N, FILE_ID:LINE).
     """
     root = Path(path)
     if not root.exists():
@@ -32,10 +38,16 @@ def load_corpus(path: str | Path, id_field: str = "id", title_field: str = "titl
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()
                                                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
     base = root.parent if root.is_file() else root
+    resolve = False
+    if corpus_root is not None:
+        known = Path(corpus_root).expanduser().resolve()
+        if root.resolve().is_relative_to(known):
+            base, resolve = known, True
     docs: list[Document] = []
     skipped: list[tuple[str, str]] = []
     for f in files:
-        rel = f.relative_to(base).as_posix()
+        # under a known root: the argument resolved, then the file's place inside it (symlinked files stay put)
+        rel = ((root.resolve() / f.relative_to(root)) if resolve else f).relative_to(base).as_posix()
         suffix = f.suffix.lower()
         if suffix not in TEXT_SUFFIXES:
             skipped.append((str(f), f"unsupported file type {suffix or '(none)'!r}"))

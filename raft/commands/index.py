@@ -33,8 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        epilog="example:\n  raft index add idx new.md more_docs/\n",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("index", metavar="DIR")
-    a.add_argument("files", metavar="FILES", nargs="+", help="files or directories; doc ids are paths "
-                   "relative to each argument's parent (a JSONL record keeps its own id)")
+    a.add_argument("files", metavar="FILES", nargs="+", help="files or directories; a file under the corpus "
+                   "root the index was built from gets the id that build gave it (its path relative to that root), "
+                   "so an edited file replaces its old version; a file elsewhere gets its name (a directory: "
+                   "paths inside it); a JSONL record keeps its own id")
 
     d = sub.add_parser("delete", help="delete documents (all their chunks) by document id",
                        epilog="example:\n  raft index delete idx a.md torchhub:12\n",
@@ -122,34 +124,58 @@ def _init_ray() -> None:
 def _add(args) -> int:
     import time
 
+    from retrieval.errors import RetrievalError
     from retrieval.index import RetrievalIndex
     from retrieval.loaders import load_corpus
 
     t0 = time.time()
     idx = RetrievalIndex.open(args.index)
     docs, skipped = [], []
+    c = idx.config
     for f in args.files:
-        c = idx.config
-        d, s = load_corpus(f, c.id_field, c.title_field, c.text_field)
+        d, s = load_corpus(f, c.id_field, c.title_field, c.text_field, corpus_root=idx.corpus_root)
         docs += d
         skipped += s
-    ids = idx.add_documents(docs)
     con = _console()
-    con.print(f"added {len(docs)} document(s) as {len(ids)} chunk(s) to {args.index} in {time.time() - t0:.1f}s; "
-              f"index now holds {len(idx)} chunks")
     for p, r in skipped:
         con.print(f"  [yellow]skipped[/] {p}: {r}")
+    if not docs:
+        raise RetrievalError(f"nothing to add: no usable document in {', '.join(args.files)}"
+                             + (f" ({len(skipped)} skipped, listed above)" if skipped else ""))
+    present = set(idx.doc_ids())
+    replaced = [d.doc_id for d in docs if d.doc_id in present]
+    ids = idx.add_documents(docs)
+    con.print(f"added {len(docs)} document(s) ({len(docs) - len(replaced)} new, {len(replaced)} replaced) as "
+              f"{len(ids)} chunk(s) to {args.index} in {time.time() - t0:.1f}s; index now holds {len(idx)} chunks")
     return 0
 
 
 def _delete(args) -> int:
+    from retrieval.errors import RetrievalError
     from retrieval.index import RetrievalIndex
 
     idx = RetrievalIndex.open(args.index)
+    present = set(idx.doc_ids())
+    unknown = [d for d in dict.fromkeys(args.ids) if d not in present]
+    if unknown:
+        raise RetrievalError(f"{len(unknown)} of {len(set(args.ids))} document id(s) are not in {args.index}: "
+                             + ", ".join(_with_suggestion(d, present) for d in unknown[:20])
+                             + (f" and {len(unknown) - 20} more" if len(unknown) > 20 else "")
+                             + "; nothing was deleted (`raft index stats` counts documents; ids are paths relative "
+                             "to the corpus root, or a JSONL record's id)")
     n = idx.delete_documents(args.ids)
-    _console().print(f"deleted {n} chunk(s) of {len(args.ids)} document id(s) from {args.index}; "
+    _console().print(f"deleted {n} chunk(s) of {len(set(args.ids))} document id(s) from {args.index}; "
                      f"{len(idx)} chunks remain")
     return 0
+
+
+def _with_suggestion(doc_id: str, present: set[str]) -> str:
+    """`x.md` -> `'x.md' (did you mean 'sub/x.md'?)` when an id in the index ends with it or is close."""
+    import difflib
+
+    tail = [p for p in present if p.endswith("/" + doc_id)]
+    close = tail[:2] or difflib.get_close_matches(doc_id, list(present), n=2, cutoff=0.8)
+    return repr(doc_id) + (f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else "")
 
 
 def _stats(args) -> int:
