@@ -209,8 +209,15 @@ def _read_queries(path: str) -> list[tuple[str, str]]:
     return out
 
 
+def _fit(text: str, width: int) -> str:
+    if width <= 1:
+        return ""
+    return text if len(text) <= width else text[:max(0, width - 1)].rstrip() + "…"
+
+
 def _search(args) -> int:
     import json
+    import shutil
 
     from retrieval.errors import RetrievalError
     from retrieval.filters import parse_filter_args
@@ -226,6 +233,7 @@ def _search(args) -> int:
     else:
         raise RetrievalError("give a QUERY or --queries FILE.jsonl")
     idx = RetrievalIndex.open(args.index)  # verify: checksums, so a damaged file is named, not a traceback
+    width = max(40, shutil.get_terminal_size().columns)  # COLUMNS honoured; piped output gets 80
     for i in range(0, len(queries), max(1, args.batch_size)):
         part = queries[i:i + args.batch_size]
         results = idx.search_batch([q for _, q in part], k=args.k, mode=args.mode, filter=flt or None)
@@ -237,7 +245,7 @@ def _search(args) -> int:
             else:
                 print(f"query {qid}: {q}")
                 for r, row in enumerate(rows, 1):
-                    snippet = " ".join(row["text"].split())[:160]
-                    print(f"  {r}. [{row['score']:.4f}] {row['doc_id']} ({row['chunk_id']}) {row['title']}\n"
-                          f"     {snippet}")
+                    head = f"  {r}. [{row['score']:.4f}] {row['doc_id']} ({row['chunk_id']})"
+                    print(head + _fit(" " + (row["title"] or ""), width - len(head)))  # ids are never cut
+                    print("     " + _fit(" ".join(row["text"].split()), width - 5))
     return 0

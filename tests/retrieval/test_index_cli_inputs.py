@@ -1,6 +1,6 @@
 """`raft index` on bad or surprising input: a damaged index is a one-line error naming the file and how
 to rebuild; build and add name documents by one rule, so re-adding an edited file replaces it; deleting
-an unknown id is an error."""
+an unknown id is an error; search output fits the terminal."""
 
 import json
 
@@ -97,6 +97,16 @@ def test_delete_of_unknown_ids_is_an_error_that_deletes_nothing(index_copy, caps
 def test_delete_suggests_the_id_under_the_root(index_copy, capsys):
     assert main(["index", "delete", str(index_copy), "sub/veloria_history.md"]) == 2
     assert "did you mean 'veloria_history.md'" in capsys.readouterr().err
+
+
+def test_search_output_fits_the_terminal(built_index, capsys, monkeypatch):
+    for columns in (60, 120):
+        monkeypatch.setenv("COLUMNS", str(columns))
+        assert main(["index", "search", str(built_index), "what does Veloria export?", "-k", "3"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 1 + 2 * 3
+        assert max(len(line) for line in lines[1:]) <= columns
+        assert all(line.startswith("     ") for line in lines[2::2])  # the snippet lines
 
 
 def test_add_of_nothing_usable_is_an_error(index_copy, tmp_path, capsys):
