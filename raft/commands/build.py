@@ -45,15 +45,21 @@ def run(args: argparse.Namespace) -> int:
         raise RaftError("raft build needs --out DIR (the dataset directory), e.g. raft build docs/ --out data/raft")
     from rich.console import Console
 
+    from raft.commands.common import OutputGuard, absolute, check_writable
     from raft.data.builder import Builder
     from raft.data.summary import print_summary
-
     from raft.model_source import resolve_model
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # paths in the summary stay whole, copyable
+    # absolute, as the index and any Ray workers see them; the dataset records them in its config
+    corpus, out = absolute(args.corpus), absolute(args.out)
+    cfg.questions_file, cfg.index_dir = absolute(cfg.questions_file), absolute(cfg.index_dir)
+    check_writable(out, "--out")
     if cfg.teacher.kind != "extractive":  # a packaged name or .gguf becomes the converted directory
         cfg.teacher = cfg.teacher.model_copy(
             update={"model": resolve_model(cfg.teacher.model, log=console.print, absolute=False)})
-    summary = Builder(cfg, args.out, corpus=args.corpus, console=console).run()
+    with OutputGuard(out, "raft build", remove_new_dir=False,
+                     kept=f"the teacher cache in {out}/.cache is kept, so a rerun repeats no teacher call"):
+        summary = Builder(cfg, out, corpus=corpus, console=console).run()
     print_summary(summary, console)
     return 0

@@ -73,3 +73,129 @@ def load_command_config(args: argparse.Namespace, model, section: str):
         return None
     return cfg
 
+
+# ---- paths -----------------------------------------------------------------------------------------
+def is_uri(value: str) -> bool:
+    return "://" in value
+
+
+def absolute(value: str | None, must_exist: bool = False) -> str | None:
+    """`value` made absolute against the caller's working directory (~ expanded), so Ray workers and engine
+    processes, which run elsewhere, find it. URIs (s3://...) and empty values stay as they are; with
+    `must_exist`, so does anything that is not an existing path (a hub name such as org/model)."""
+    from pathlib import Path
+
+    if not value or is_uri(value):
+        return value
+    p = Path(value).expanduser()
+    if must_exist and not p.exists():
+        return value
+    return str(p.resolve())
+
+
+# ---- outputs ---------------------------------------------------------------------------------------
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def check_writable(path: str, what: str, need_bytes: int = 0) -> None:
+    """Fail now, not after the work, when `path` (a directory to create or fill) cannot be written: its
+    nearest existing ancestor must be a directory that takes a probe file, with `need_bytes` free.
+    Nothing is left behind (the directory itself is not created here). `what` names the flag or key."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from raft.errors import RaftError
+
+    if is_uri(path):
+        return
+    p = Path(path).expanduser().absolute()
+    if p.exists() and not p.is_dir():
+        raise RaftError(f"{what} {str(p)!r} is a file, not a directory; choose another path")
+    anc = p
+    while not anc.exists():
+        anc = anc.parent
+    if not anc.is_dir():
+        raise RaftError(f"{what} {str(p)!r} cannot be created: {str(anc)!r} is a file, not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".raft-write-test-", dir=anc)
+        try:
+            os.write(fd, b"ok")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise RaftError(f"{what} {str(p)!r} is not writable ({e.strerror or e} in {str(anc)!r}); "
+                        "choose a directory you can write") from None
+    if need_bytes:
+        free = shutil.disk_usage(anc).free
+        if free < need_bytes:
+            raise RaftError(f"{what} {str(p)!r}: only {_human(free)} free on its disk, about {_human(need_bytes)} "
+                            "needed; free some space or choose another disk")
+
+
+def write_failure(e: BaseException) -> str | None:
+    """Why a write failed, when `e` is one (a full or read-only disk, a permission, a failed write inside
+    SQLite or FAISS); None for any other error."""
+    import errno
+    import sqlite3
+
+    if isinstance(e, OSError):
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "the disk is full"
+        return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    text = str(e)
+    if isinstance(e, sqlite3.Error) and ("full" in text or "I/O" in text or "readonly" in text):
+        return f"SQLite: {text}"
+    if isinstance(e, RuntimeError) and ("write" in text.lower() and ("fail" in text or "error" in text)):
+        return "a write failed: " + text.strip().splitlines()[-1][:200]
+    return None
+
+
+class OutputGuard:
+    """Around the part of a command that writes `out`: when a write fails (see write_failure), remove what
+    the failed attempt left (`*.tmp*` files and directories that were not there before; with
+    `remove_new_dir`, the whole directory when this command created it) and raise one RaftError that
+    says so. Earlier work that a rerun reuses (named in `kept`) is left in place and named; `tidy` removes
+    what else a failed write leaves in a directory that existed (e.g. an index's unfinished generation)."""
+
+    def __init__(self, out: str, what: str, remove_new_dir: bool = True, kept: str = "", tidy=None):
+        from pathlib import Path
+
+        self.out, self.what, self.remove_new_dir, self.kept = Path(out).expanduser(), what, remove_new_dir, kept
+        self.tidy = tidy
+        self.existed = self.out.exists()
+        self.before = set(self.out.rglob("*")) if self.existed else set()
+
+    def __enter__(self) -> "OutputGuard":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        import shutil
+
+        from raft.errors import RaftError
+
+        reason = write_failure(exc) if exc is not None else None
+        if reason is None:
+            return False
+        if not self.existed and self.remove_new_dir:
+            shutil.rmtree(self.out, ignore_errors=True)
+            cleaned = f"removed the partial {self.out}"
+        else:
+            left = [p for p in self.out.rglob("*") if p not in self.before and ".tmp" in p.name]
+            for p in sorted(left, key=lambda p: len(p.parts), reverse=True):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            if self.tidy is not None:
+                before = set(self.out.rglob("*"))
+                self.tidy()
+                left += [p for p in before if not p.exists() and p not in left]
+            cleaned = f"removed {len(left)} partial file(s)" if left else "nothing partial was left"
+        raise RaftError(f"{self.what}: writing {self.out} failed ({reason}); {cleaned}"
+                        + (f"; {self.kept}" if self.kept else "") + "; free space or fix the location, then rerun"
+                        ) from None

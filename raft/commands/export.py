@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Literal, Optional
 
 from raft.commands.common import add_config_arguments, load_command_config
@@ -63,7 +64,9 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from raft.commands.common import override_not_positional
+    import shutil
+
+    from raft.commands.common import override_not_positional, write_failure
     from raft.errors import RaftError
 
     override_not_positional(args, "adapter")
@@ -77,8 +80,43 @@ def run(args: argparse.Namespace) -> int:
     if not cfg.adapter or not cfg.out:
         raise RaftError("raft export needs an ADAPTER directory and --out DIR, e.g. "
                         "raft export runs/raft-train/adapter --merge --out merged/")
+    from raft.commands.common import absolute, check_writable
+
+    adapter, out = Path(absolute(cfg.adapter)), Path(absolute(cfg.out))
+    # the merged weights are about as large as the base model's (in its own dtype)
+    check_writable(str(out), "--out", need_bytes=_weights_bytes(cfg.base or _recorded_base(adapter)))
     from raft.train.export import merge_adapter
 
-    out = merge_adapter(cfg.adapter, cfg.out, base=cfg.base, dtype=cfg.dtype, dequantize=cfg.dequantize)
-    print(f"merged model written to {out}")
+    before = set(out.parent.glob(out.name + ".tmp-*"))
+    try:
+        merged = merge_adapter(str(adapter), str(out), base=cfg.base, dtype=cfg.dtype, dequantize=cfg.dequantize)
+    except Exception as e:
+        reason = write_failure(e)
+        if reason is None:
+            raise
+        # merge_adapter writes OUT.tmp-XXXX and renames it: a failed write leaves only that behind
+        left = set(out.parent.glob(out.name + ".tmp-*")) - before
+        for p in left:
+            shutil.rmtree(p, ignore_errors=True)
+        raise RaftError(f"raft export: writing {out} failed ({reason}); removed the partial "
+                        f"{', '.join(str(p) for p in left) or 'output'}; free space or choose another --out, "
+                        "then rerun") from None
+    print(f"merged model written to {merged}")
     return 0
+
+
+def _recorded_base(adapter: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((adapter / "raft_meta.json").read_text()).get("base_model")
+    except (OSError, ValueError):
+        return None
+
+
+def _weights_bytes(model: str | None) -> int:
+    """Size of a local model directory's weight files (0 when unknown: a hub name, a packaged model)."""
+    if not model or not Path(model).expanduser().is_dir():
+        return 0
+    return sum(f.stat().st_size for f in Path(model).expanduser().iterdir()
+               if f.suffix in (".safetensors", ".bin") and f.is_file())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from raft.commands.common import add_config_arguments
 
@@ -76,7 +77,7 @@ def _console():
 def _build(args) -> int:
     import json
 
-    from raft.commands.common import load_command_config, override_not_positional
+    from raft.commands.common import OutputGuard, absolute, check_writable, load_command_config, override_not_positional
     from retrieval.config import IndexConfig
     from retrieval.errors import RetrievalError
     from retrieval.index import RetrievalIndex
@@ -88,6 +89,9 @@ def _build(args) -> int:
     if not args.corpus or not args.out:
         raise RetrievalError("raft index build needs a CORPUS (file or directory) and --out DIR, e.g. "
                              "raft index build docs/ --out idx")
+    corpus, out = absolute(args.corpus), absolute(args.out)
+    # the store holds at least the corpus text: a lower bound of what the disk must take (PDFs excluded)
+    check_writable(out, "--out", need_bytes=_text_bytes(corpus))
     if args.ray:
         cfg = cfg.model_copy(update={"ray": True})
     con = _console()
@@ -96,7 +100,8 @@ def _build(args) -> int:
               f"{', Ray Data' if cfg.ray else ''})")
     if cfg.ray:
         _init_ray()
-    idx = RetrievalIndex.build(args.corpus, args.out, cfg, show_progress=not args.json)
+    with OutputGuard(out, "raft index build", tidy=lambda: _sweep_unfinished(out)):
+        idx = RetrievalIndex.build(corpus, out, cfg, show_progress=not args.json)
     s = idx.build_summary
     if args.json:
         print(json.dumps(s | {"skipped": [{"path": p, "reason": r} for p, r in s["skipped"]]}))
@@ -112,6 +117,27 @@ def _build(args) -> int:
     return 0
 
 
+def _text_bytes(corpus: str) -> int:
+    from pathlib import Path
+
+    p = Path(corpus)
+    if not p.exists():
+        return 0  # load_corpus says so, with the usual message
+    files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()]
+    return sum(f.stat().st_size for f in files if f.suffix.lower() != ".pdf")
+
+
+def _sweep_unfinished(index_dir: str) -> None:
+    """Remove the files of a generation whose save failed (the manifest still names the previous one)."""
+    from retrieval.errors import RetrievalError
+    from retrieval.generations import read_manifest, sweep
+
+    try:
+        sweep(Path(index_dir), read_manifest(index_dir))
+    except (RetrievalError, OSError):
+        pass
+
+
 def _init_ray() -> None:
     import os
 
@@ -124,12 +150,15 @@ def _init_ray() -> None:
 def _add(args) -> int:
     import time
 
+    from raft.commands.common import OutputGuard, check_writable
     from retrieval.errors import RetrievalError
     from retrieval.index import RetrievalIndex
     from retrieval.loaders import load_corpus
 
     t0 = time.time()
     idx = RetrievalIndex.open(args.index)
+    # a write copies the store and the dense index into the next generation
+    check_writable(args.index, "index", need_bytes=sum(f["bytes"] for f in idx.manifest["files"].values()))
     docs, skipped = [], []
     c = idx.config
     for f in args.files:
@@ -144,13 +173,15 @@ def _add(args) -> int:
                              + (f" ({len(skipped)} skipped, listed above)" if skipped else ""))
     present = set(idx.doc_ids())
     replaced = [d.doc_id for d in docs if d.doc_id in present]
-    ids = idx.add_documents(docs)
+    with OutputGuard(args.index, "raft index add", remove_new_dir=False, tidy=lambda: _sweep_unfinished(args.index)):
+        ids = idx.add_documents(docs)
     con.print(f"added {len(docs)} document(s) ({len(docs) - len(replaced)} new, {len(replaced)} replaced) as "
               f"{len(ids)} chunk(s) to {args.index} in {time.time() - t0:.1f}s; index now holds {len(idx)} chunks")
     return 0
 
 
 def _delete(args) -> int:
+    from raft.commands.common import check_writable
     from retrieval.errors import RetrievalError
     from retrieval.index import RetrievalIndex
 
@@ -163,6 +194,7 @@ def _delete(args) -> int:
                              + (f" and {len(unknown) - 20} more" if len(unknown) > 20 else "")
                              + "; nothing was deleted (`raft index stats` counts documents; ids are paths relative "
                              "to the corpus root, or a JSONL record's id)")
+    check_writable(args.index, "index", need_bytes=sum(f["bytes"] for f in idx.manifest["files"].values()))
     n = idx.delete_documents(args.ids)
     _console().print(f"deleted {n} chunk(s) of {len(set(args.ids))} document id(s) from {args.index}; "
                      f"{len(idx)} chunks remain")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from raft.commands.common import add_config_arguments, load_command_config
 
 HELP = "fine-tune a LoRA adapter on a RAFT dataset with Ray Train (resumable, N workers)"
-EXAMPLE = """raft train --config configs/train_tiny_cpu.yaml data.path=out/quickstart ray.num_workers=2
+EXAMPLE = """raft train --config configs/train_tiny_cpu.yaml data.path=runs/quickstart/dataset ray.num_workers=2
 raft train --config configs/train_llama8b_qlora.yaml ray.run_name=my-run   # same run_name again = resume
 """
 
@@ -14,12 +14,29 @@ def add_arguments(p) -> None:
     add_config_arguments(p, "train")
 
 
+def resolve_paths(cfg) -> None:
+    """Relative paths made absolute against the caller's directory before anything reaches a Ray worker
+    (which runs elsewhere); the adapter's raft_meta.json records them as used. Hub names (a dataset or a
+    model that is not a local path) and object-store URIs stay as they are."""
+    from raft.commands.common import absolute
+
+    cfg.data.path = absolute(cfg.data.path, must_exist=True)
+    cfg.data.eval_path = absolute(cfg.data.eval_path, must_exist=True)
+    cfg.ray.storage_path = absolute(cfg.ray.storage_path)
+    cfg.output_dir = absolute(cfg.output_dir)
+
+
 def run(args) -> int:
     from raft.train.config import TrainConfig
 
     cfg = load_command_config(args, TrainConfig, "train")
     if cfg is None:
         return 0
+    from raft.commands.common import check_writable
+
+    resolve_paths(cfg)
+    if cfg.output_dir:  # found now, not after training (the default lies under the storage path, checked there)
+        check_writable(cfg.output_dir, "train.output_dir")
     from raft.train.trainer import run_training
 
     run_training(cfg)
