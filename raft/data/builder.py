@@ -59,11 +59,13 @@ def _corpus_fingerprint(corpus: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def open_or_build_index(corpus: Path | None, out: Path, cfg: BuildConfig, console=None):
+def open_or_build_index(corpus: Path | None, out: Path, cfg: BuildConfig, console=None, skipped: list | None = None):
     """The index to mine from: cfg.index_dir as is, else OUT/index, rebuilt when the corpus or the index
-    settings changed since it was built (or when a killed run left it half written)."""
+    settings changed since it was built (or when a killed run left it half written). The corpus files the
+    index build skipped (path, reason) are appended to `skipped`, also when the index is reused."""
     from retrieval.index import RetrievalIndex
 
+    skipped = skipped if skipped is not None else []
     if cfg.index_dir:
         return RetrievalIndex.open(cfg.index_dir)
     if corpus is None:
@@ -76,8 +78,11 @@ def open_or_build_index(corpus: Path | None, out: Path, cfg: BuildConfig, consol
              "index": cfg.index.model_dump(mode="json")}
     if idx_dir.exists() and stamp_path.exists():
         try:
-            if json.loads(stamp_path.read_text()) == stamp:
-                return RetrievalIndex.open(idx_dir)
+            saved = json.loads(stamp_path.read_text())
+            if {k: v for k, v in saved.items() if k != "skipped"} == stamp:
+                idx = RetrievalIndex.open(idx_dir)
+                skipped += [tuple(x) for x in saved.get("skipped", [])]
+                return idx
         except Exception:  # half-written or stale: rebuild below
             pass
     shutil.rmtree(idx_dir, ignore_errors=True)
@@ -85,7 +90,8 @@ def open_or_build_index(corpus: Path | None, out: Path, cfg: BuildConfig, consol
     if console:
         console.print(f"indexing {corpus} -> {idx_dir}")
     idx = RetrievalIndex.build(corpus, idx_dir, cfg.index)
-    stamp_path.write_text(json.dumps(stamp))
+    skipped += idx.build_summary.get("skipped", [])
+    stamp_path.write_text(json.dumps(stamp | {"skipped": idx.build_summary.get("skipped", [])}))
     return idx
 
 
@@ -103,6 +109,8 @@ class Builder:
         self.q_stats: Counter = Counter()
         self.quotes = Counter()
         self.calls = Counter()
+        self.skipped: list[tuple[str, str]] = []  # corpus files the index build could not use
+        self.missing_gold: Counter = Counter()  # gold doc ids of the questions file that the corpus lacks
 
     # -- teacher calls through the cache -------------------------------------------------------------
     async def _cached(self, kind: str, key_parts: dict, call) -> Completion:
@@ -145,11 +153,12 @@ class Builder:
 
     def _items_from_file(self, chunks_by_id: dict) -> list[Item]:
         items = []
-        for q in load_questions(self.cfg.questions_file):
+        for q in self.given:
             oracle, missing = [], []
             for d in q.gold_ids:
                 cands = [c for c in self.index.chunks_for_doc(d) if c.chunk_id in chunks_by_id]
                 (oracle.extend(best_chunks(cands, q.question, q.answers)) if cands else missing.append(d))
+            self.missing_gold.update(missing)
             if missing or not oracle:
                 self.drops["gold_doc_not_in_corpus" if q.gold_ids else "no_gold_ids"] += 1
                 continue
@@ -196,9 +205,17 @@ class Builder:
     async def _run(self) -> dict:
         t0 = time.perf_counter()
         cfg, D = self.cfg, self.cfg.mix.num_distractors
+        # the questions file is read before the (slow) indexing, so its mistakes cost seconds
+        self.given = load_questions(cfg.questions_file) if cfg.questions_file else []
+        if cfg.questions_file and not any(q.gold_ids for q in self.given):
+            raise RaftError(f"questions file {cfg.questions_file}: " + (
+                "holds no questions" if not self.given else
+                f"none of its {len(self.given)} question(s) has `gold_ids`") + "; each line needs {id, question, "
+                "answers, gold_ids} where gold_ids are the ids of the corpus documents that answer it (a file's "
+                "path relative to the corpus directory, e.g. \"history.md\")")
         self.out.mkdir(parents=True, exist_ok=True)
         if self.index is None:
-            self.index = open_or_build_index(self.corpus, self.out, cfg, self.console)
+            self.index = open_or_build_index(self.corpus, self.out, cfg, self.console, self.skipped)
         ids = sorted(self.index.chunk_ids())
         all_chunks = [c for i in range(0, len(ids), 4096) for c in self.index.get(ids[i:i + 4096])]
         chunks = [c for c in all_chunks if c.text and c.text.strip()]
@@ -221,6 +238,9 @@ class Builder:
             await self.teacher.aclose()
             self.cache.close()
         summary = self._summary(t0, all_chunks, empty, items, kept, records, mix_stats)
+        if not records:  # an empty dataset is no result: say which stage dropped everything, write nothing
+            raise RaftError("the build produced 0 records: " + self._why_empty(items, kept)
+                            + f" (the teacher cache in {self.out / '.cache'} is kept: a rerun repeats no teacher call)")
         from raft.data.export import write_dataset
 
         by_split: dict[str, list[dict]] = {}
@@ -308,6 +328,33 @@ class Builder:
             "answers": it.answers or [it.final_answer], "gold_ids": it.gold_ids,
         }
 
+    def _why_empty(self, items: list[Item], kept: list[Item]) -> str:
+        """Which filter dropped every question, and what to do about it."""
+        def reasons(c: Counter) -> str:
+            return ", ".join(f"{k}={v}" for k, v in c.most_common())
+
+        if self.cfg.questions_file and not items:
+            n = len(self.given)
+            if self.missing_gold:
+                doc_ids = getattr(self.index, "doc_ids", None)
+                sample = sorted(doc_ids())[:5] if doc_ids else []
+                return (f"none of the {n} question(s) of {self.cfg.questions_file} could be used ({reasons(self.drops)}); "
+                        f"gold ids not in the corpus: {', '.join(repr(d) for d, _ in self.missing_gold.most_common(5))}"
+                        f"{' ...' if len(self.missing_gold) > 5 else ''}; the corpus's document ids look like "
+                        f"{', '.join(repr(d) for d in sample)}")
+            return f"none of the {n} question(s) of {self.cfg.questions_file} could be used ({reasons(self.drops)})"
+        if not items:
+            return (f"the teacher ({self.teacher.name}) wrote no usable question for any of the "
+                    f"{self.q_stats.get('chunks_asked', 0)} chunks ({reasons(self.q_stats)}); check teacher.model "
+                    "and teacher.base_url, or give your own questions with --questions FILE")
+        if not kept:
+            return (f"all {len(items)} answers were dropped by the answer checks "
+                    f"(final reasons: {reasons(self.drops)}; every failed attempt: {reasons(self.attempt_fails)}): "
+                    f"the teacher ({self.teacher.name}) must quote the passage between ##begin_quote## and "
+                    "##end_quote## and end with <ANSWER>: ...; try a stronger teacher model")
+        return (f"all {len(kept)} answered questions were dropped while mixing distractors ({reasons(self.drops)}); "
+                "lower build.mix.num_distractors or set build.mix.within_split=false")
+
     def _summary(self, t0, all_chunks, empty, items, kept, records, mix_stats) -> dict:
         st = self.teacher.stats
         total_q = self.quotes["total"]
@@ -316,6 +363,7 @@ class Builder:
             "out": str(self.out), "corpus": str(self.corpus) if self.corpus else None,
             "prompt_version": PROMPT_VERSION, "teacher": {"kind": self.teacher.kind, "model": self.teacher.name},
             "chunks": {"total": len(all_chunks), "empty_skipped": empty},
+            "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped],
             "questions": {"source": "file" if self.cfg.questions_file else "teacher", "count": len(items),
                           **dict(self.q_stats)},
             "answers": {"kept": len(kept), "dropped": sum(self.drops.values()),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+MAX_SKIPPED_SHOWN = 10
+
 
 def print_summary(s: dict, console) -> None:
     a, q, t, calls = s["answers"], s["questions"], s["tokens"], s["teacher_calls"]
@@ -20,6 +22,12 @@ def print_summary(s: dict, console) -> None:
         f"time        {s['seconds']:.1f}s",
         f"output      {s['out']}",
     ]
+    skipped = s.get("skipped_files") or []
+    if skipped:  # as `raft index build` lists them: a file left out of the corpus is worth knowing about
+        lines[1:1] = ([f"skipped     {len(skipped)} corpus file(s)/record(s):"]
+                      + [f"  {x['path']}: {x['reason']}" for x in skipped[:MAX_SKIPPED_SHOWN]]
+                      + ([f"  ... and {len(skipped) - MAX_SKIPPED_SHOWN} more (build_summary.json lists all)"]
+                         if len(skipped) > MAX_SKIPPED_SHOWN else []))
     console.print("[bold]raft build[/] done", highlight=False)
     for line in lines:
         console.print("  " + line, highlight=False, markup=False)
