@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from raft.commands.common import add_config_arguments, load_command_config
 
@@ -50,6 +51,34 @@ def _shortcut_overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
+class PredictionStream:
+    """Each scored answer appended to OUT/predictions.partial.jsonl as it comes back (the file is created
+    with the first one), so a run that fails later, or is interrupted, keeps every answer it paid for."""
+
+    def __init__(self, path: Path):
+        self.path, self._f = path, None
+        self.failed: OSError | None = None  # a safety copy that cannot be written must not stop the run
+
+    def write(self, row: dict) -> None:
+        if self.failed is not None:
+            return
+        try:
+            if self._f is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._f = self.path.open("w", encoding="utf-8")
+            self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self._f.flush()
+        except OSError as e:
+            self.failed = e
+
+    def __enter__(self) -> "PredictionStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._f is not None:
+            self._f.close()
+
+
 def run(args: argparse.Namespace) -> int:
     import asyncio
     import time
@@ -57,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from raft.errors import RaftError
     from raft.eval.config import EvalConfig
     from raft.eval.data import load_items
     from raft.eval.report import write_report
@@ -68,16 +98,20 @@ def run(args: argparse.Namespace) -> int:
         return 0
     console = Console(stderr=True)
     start = time.perf_counter()
+    from raft.commands.common import absolute, check_writable
     from raft.model_source import resolve_model
 
+    cfg.data, cfg.index, cfg.out = absolute(cfg.data, must_exist=True), absolute(cfg.index), absolute(cfg.out)
     # a packaged model name or a .gguf file becomes the converted directory that `transformers serve` loads
     cfg.systems = [s.model_copy(update={"model": resolve_model(s.model, log=console.print, absolute=False)})
                    for s in cfg.systems]
     items = load_items(cfg.data, cfg.split, cfg.limit)
+    check_writable(cfg.out, "eval.out (--out)")  # before any request: the answers must have somewhere to go
+    stream = PredictionStream(Path(cfg.out) / "predictions.partial.jsonl")
     console.print(f"[bold]raft eval[/]: {len(items)} questions from {cfg.data}; systems: "
                   + ", ".join(f"{s.name} ({s.retrieval})" for s in cfg.systems))
     with Progress(TextColumn("{task.description:<32}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=False) as progress:
+                  TimeElapsedColumn(), console=console, transient=False) as progress, stream:
         tasks: dict[str, int] = {}
 
         def on_start(spec, total):
@@ -86,9 +120,15 @@ def run(args: argparse.Namespace) -> int:
         def on_progress(label, n):
             progress.advance(tasks[label], n)
 
-        result = asyncio.run(evaluate(cfg, items, on_progress=on_progress, on_start=on_start))
-    files = write_report(result, cfg.out, config=cfg.model_dump(mode="json"), data=cfg.data,
-                         k_values=cfg.k_values)
+        result = asyncio.run(evaluate(cfg, items, on_progress=on_progress, on_start=on_start, on_row=stream.write))
+    try:
+        files = write_report(result, cfg.out, config=cfg.model_dump(mode="json"), data=cfg.data,
+                             k_values=cfg.k_values)
+    except OSError as e:
+        kept = (f"the answers streamed so far are in {stream.path}" if stream.path.exists() else
+                "no answer could be kept on disk")
+        raise RaftError(f"writing the report to {cfg.out} failed ({e.strerror or e}); {kept}") from None
+    stream.path.unlink(missing_ok=True)  # predictions.jsonl holds them all now
     from rich.table import Table
 
     table = Table(title="raft eval")

@@ -60,6 +60,13 @@ class Endpoint:
         except openai.AuthenticationError:
             raise RaftError(f"endpoint {self.base_url} rejected the API key; set api_key "
                             "(e.g. api_key=env:OPENAI_API_KEY)") from None
+        except openai.NotFoundError:
+            # an OpenAI-compatible server answers GET {base}/models; a 404 means the path is wrong (usually a
+            # base URL without /v1), and every request would fail the same way
+            hint = (f"; try {self.base_url}/v1" if not self.base_url.endswith("/v1") else
+                    "; check the path of base_url")
+            raise RaftError(f"endpoint {self.base_url} answered 404 Not Found to GET {self.base_url}/models: it is "
+                            f"not the root of an OpenAI-compatible API (base_url must end in /v1){hint}") from None
         except openai.APIStatusError:
             return []  # reachable; it just does not list models
 

@@ -122,16 +122,26 @@ def write_report(result: dict[str, Any], out_dir: str | Path, *, config: dict, d
     so a present report.json means a complete report."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "predictions.jsonl").open("w", encoding="utf-8") as f:
-        for row in result["predictions"]:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    # replaced, not rewritten in place: `raft eval` streams the rows into it as they come, and a failure
+    # here must leave those
+    tmp = out / "predictions.jsonl.tmp"
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for row in result["predictions"]:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        tmp.replace(out / "predictions.jsonl")
+    finally:
+        tmp.unlink(missing_ok=True)
     (out / "report.md").write_text(markdown(result, k_values, data), encoding="utf-8")
     plots = _plots(result, out, k_values)
     summary = {k: v for k, v in result.items() if k != "predictions"}
     summary.update({"data": data, "config": config, "plots": plots})
     tmp = out / "report.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(out / "report.json")
+    try:
+        tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+        tmp.replace(out / "report.json")
+    finally:
+        tmp.unlink(missing_ok=True)
     files = {"json": str(out / "report.json"), "markdown": str(out / "report.md"),
              "predictions": str(out / "predictions.jsonl")}
     files.update({p: str(out / p) for p in plots})

@@ -63,9 +63,11 @@ def _gold(item: EvalItem, level: str, docs: list[dict]) -> tuple[list[str], str]
 class Evaluator:
     """Holds endpoints, the optional local index and the judge for one `raft eval` invocation."""
 
-    def __init__(self, cfg: EvalConfig, items: list[EvalItem], on_progress: Callable[[str, int], None] | None = None):
+    def __init__(self, cfg: EvalConfig, items: list[EvalItem], on_progress: Callable[[str, int], None] | None = None,
+                 on_row: Callable[[dict[str, Any]], None] | None = None):
         self.cfg, self.items = cfg, items
         self.on_progress = on_progress or (lambda label, n: None)
+        self.on_row = on_row or (lambda row: None)
         self.style = cfg.answer_style
         if self.style == "auto":
             self.style = "api" if looks_like_api(a for it in items for a in it.answers) else "text"
@@ -175,6 +177,7 @@ class Evaluator:
         if self.judge and not reply.error:
             row["judge"], row["judge_reply"] = await judge_score(
                 self.judge, item.question, item.answers, answer, cfg.judge.max_tokens)
+        self.on_row(row)
         self.on_progress(spec.label, 1)
         return row
 
@@ -236,14 +239,17 @@ def _reuses_main(spec: RunSpec) -> bool:
 
 async def evaluate(cfg: EvalConfig, items: list[EvalItem],
                    on_progress: Callable[[str, int], None] | None = None,
-                   on_start: Callable[[RunSpec, int], None] | None = None) -> dict[str, Any]:
+                   on_start: Callable[[RunSpec, int], None] | None = None,
+                   on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Check endpoints, run every planned run, and return {"runs": [...], "predictions": [...], ...}.
+    `on_row` gets each scored answer as it comes back (`raft eval` writes it out at once, so a failure
+    later loses none of them).
 
     Runs against different endpoints (the base model's engine, the gateway) go on at the same time; runs
     against one endpoint take turns, in plan order, so that its main run comes before its sweeps."""
     if not cfg.systems:
         raise RaftError("no systems to evaluate: list them under eval.systems, or pass --base-url and --model")
-    ev = Evaluator(cfg, items, on_progress)
+    ev = Evaluator(cfg, items, on_progress, on_row)
     start = time.perf_counter()
     try:
         listed = await ev.check_endpoints()

@@ -42,6 +42,7 @@ class FakeOpenAI:
         self.corpus = corpus
         self.requests: list[dict] = []
         self.delay = delay  # seconds each chat completion takes
+        self.chat_status = 200  # a test sets an error status to make every chat completion fail
         self.spans: list[tuple[float, float]] = []  # (start, end) of each chat completion
         server = self
 
@@ -69,6 +70,8 @@ class FakeOpenAI:
                 server.requests.append(body)
                 if self.path != "/v1/chat/completions":
                     return self._send(404, {"error": {"message": "not found"}})
+                if server.chat_status != 200:
+                    return self._send(server.chat_status, {"error": {"message": "chat failed"}})
                 start = time.monotonic()
                 time.sleep(server.delay)
                 self._send(200, server.complete(body))

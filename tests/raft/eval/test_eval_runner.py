@@ -216,10 +216,11 @@ def test_unreachable_endpoint_fails_fast(tmp_path, dataset, capsys):
 
 def test_failed_requests_are_counted_not_fatal(tmp_path, server, dataset):
     cfg_path = write_config(tmp_path, server, dataset)
-    # the fake answers 404 for a wrong path: point one system at a URL whose chat endpoint 404s
+    # every chat completion fails (the start-up check of /models passes: a wrong base URL stops it there)
+    server.chat_status = 404
     assert main(["eval", "--config", str(cfg_path), "judge.enabled=false", "sweep.top_k=[]",
                  "sweep.distractors=[]",
-                 f'systems=[{{"name": "bad", "base_url": "{server.base_url}/x", "model": "reader"}}]']) == 1
+                 f'systems=[{{"name": "bad", "base_url": "{server.base_url}", "model": "reader"}}]']) == 1
     run = json.loads((tmp_path / "report" / "report.json").read_text())["runs"][0]
     assert run["errors"] == 6 and run["em"] is None and "404" in run["first_error"]
 
