@@ -37,12 +37,13 @@ def run(args: argparse.Namespace) -> int:
     from raft.commands.common import load_command_config
     from serving.config import ServeConfig
     from serving.errors import redact, redact_logs
-    from serving.launchers import engine_command, launch_engine
+    from serving.launchers import engine_command, launch_engine, resolve_engine_paths
 
     console = Console(stderr=True)
     cfg = load_command_config(args, ServeConfig, "serve")
     if cfg is None:
         return 0
+    resolve_engine_paths(cfg, log=lambda m: console.print(m, highlight=False))
     if args.print_engine_command:
         cmd = engine_command(cfg)
         print(shlex.join(cmd) if cmd else f"(no engine to start: using {cfg.engine.url})")
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     redact_logs()
     t0 = time.monotonic()
+    _preflight(cfg, console)
     proc = None
     own_ray: list[bool] = []
     _stop_on_sigterm()
@@ -75,6 +77,31 @@ def run(args: argparse.Namespace) -> int:
             ray.shutdown()
             console.print("Ray stopped")
     return 0
+
+
+def _preflight(cfg, console) -> None:
+    """Everything that can be checked before the engine starts (which takes seconds to minutes): the
+    gateway's and the engine's ports are free, the index opens (checksums verified, embedder matching),
+    the model and adapters exist."""
+    from raft.errors import RaftError
+    from serving.launchers import check_engine_model, port_in_use
+
+    if port_in_use(cfg.host, cfg.port):
+        raise RaftError(f"port {cfg.port} on {cfg.host} is already in use (another gateway, or an earlier `raft "
+                        "serve` that was not stopped?); stop that process or set another port, e.g. port=9000")
+    e = cfg.engine
+    if e.kind != "openai" and port_in_use(e.host, e.port):
+        raise RaftError(f"engine.port {e.port} on {e.host} is already in use (another engine, or an earlier "
+                        "`raft serve` that was not stopped?); stop that process or set another engine.port")
+    if e.kind != "openai" and (e.host, e.port) == (cfg.host, cfg.port):
+        raise RaftError(f"port and engine.port are both {cfg.port} on {cfg.host}; give the engine another port")
+    r = cfg.retrieval
+    if r.backend != "none":
+        from retrieval.index import RetrievalIndex
+
+        with console.status(f"checking the index {r.index_dir} ..."):
+            RetrievalIndex.open(r.index_dir, embedder=r.embedder).close()
+    check_engine_model(cfg)
 
 
 def _stop_on_sigterm() -> None:
@@ -108,11 +135,24 @@ def _run_uvicorn(cfg, url: str, console, t0: float, own_ray: list[bool]) -> None
     if cfg.retrieval.backend == "ray":
         _init_ray(cfg, own_ray)
     gw = Gateway.from_config(cfg, url, open_retriever(cfg.retrieval))
-    _banner(cfg, console, t0, "uvicorn")
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)  # binds the port; exits the process when it cannot
+            if not self.should_exit:
+                _banner(cfg, console, t0, "uvicorn")  # "ready" only once the port is bound
+
+    # keep-alive longer than clients' usual idle expiry, so they close idle connections first
+    server = Server(uvicorn.Config(create_app(gw), host=cfg.host, port=cfg.port, log_level=cfg.log_level,
+                                   timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=cfg.shutdown_timeout_s))
     try:
-        # keep-alive longer than clients' usual idle expiry, so they close idle connections first
-        uvicorn.run(create_app(gw), host=cfg.host, port=cfg.port, log_level=cfg.log_level,
-                    timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=cfg.shutdown_timeout_s)
+        try:
+            server.run()
+        except SystemExit as e:  # uvicorn exits when it cannot bind (the port was taken after the check)
+            from raft.errors import RaftError
+
+            raise RaftError(f"the gateway could not listen on {cfg.host}:{cfg.port} (uvicorn exit {e.code}); "
+                            "set another port") from None
     finally:
         asyncio.run(gw.close())
         if gw.retriever is not None:

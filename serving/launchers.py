@@ -6,6 +6,7 @@ so tests can assert them exactly; `EngineProcess` runs one, waits for /health, a
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,6 +21,9 @@ import httpx
 
 from raft.errors import RaftError
 from serving.config import ServeConfig
+
+# `ValueError: ...`, `OSError: ...`, `torch.OutOfMemoryError: ...`, `RuntimeError` at the end of a traceback
+_ERROR_LINE = re.compile(r"^([\w.]+(Error|Exception|Exit)|Traceback)\b.*")
 
 
 def _exe(name: str) -> str:
@@ -85,12 +89,22 @@ class EngineProcess:
         except OSError:
             return ""
 
+    def last_error(self) -> str:
+        """The line of the engine's log that says why it stopped: the last exception line (a Python
+        traceback ends with it), else the last line."""
+        lines = [ln.strip() for ln in self.log_tail(200).splitlines() if ln.strip()]
+        for ln in reversed(lines):
+            if _ERROR_LINE.match(ln):
+                return ln[:400]
+        return lines[-1][:400] if lines else "(the log is empty)"
+
     def wait_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
+                # the reason, not the engine's whole traceback; the full log is one path away
                 raise RaftError(f"the engine exited with code {self.proc.returncode} while starting: "
-                                f"{' '.join(self.cmd)}\n--- last lines of {self.log_path} ---\n{self.log_tail()}")
+                                f"{self.last_error()} (command: {' '.join(self.cmd)}; full log: {self.log_path})")
             try:
                 if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
                     return
@@ -99,7 +113,7 @@ class EngineProcess:
             time.sleep(0.25)
         self.stop()
         raise RaftError(f"the engine did not become healthy within {timeout_s:g} s "
-                        f"(engine.startup_timeout_s); log: {self.log_path}\n{self.log_tail()}")
+                        f"(engine.startup_timeout_s); last log line: {self.last_error()} (full log: {self.log_path})")
 
     def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM to the engine's process group, SIGKILL after `grace_s`. A leader that already exited
@@ -129,6 +143,54 @@ class EngineProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def resolve_engine_paths(cfg: ServeConfig, log=None) -> None:
+    """Make the paths the engine and the gateway's replicas read absolute against this directory (they run
+    elsewhere), and turn a packaged model name or a .gguf file into the converted model directory."""
+    from raft.model_source import resolve_model
+
+    e = cfg.engine
+    if e.kind in ("vllm", "transformers") and e.model:
+        e.model = resolve_model(e.model, log=log)
+    # adapters may also be hub names: only existing paths change
+    e.adapters = {name: str(Path(path).expanduser().resolve()) if Path(path).expanduser().exists() else path
+                  for name, path in e.adapters.items()}
+    if cfg.retrieval.index_dir:
+        cfg.retrieval.index_dir = str(Path(cfg.retrieval.index_dir).expanduser().resolve())
+
+
+def check_engine_model(cfg: ServeConfig) -> None:
+    """The model and adapters the engine would load exist, before it is started (its own error would be
+    a long traceback in its log, after a start-up that can take minutes)."""
+    e = cfg.engine
+    if e.kind == "openai" or not e.model:
+        return
+    what = "the merged model directory (raft export --merge)" if e.kind == "transformers" else "the base model"
+    p = Path(e.model)
+    if p.exists():
+        if not (p.is_dir() and (p / "config.json").is_file()):
+            raise RaftError(f"engine.model {e.model!r} is not a transformers model directory (no config.json); "
+                            f"point it at {what}")
+    elif e.model.startswith(("/", ".", "~")) or e.model.count("/") != 1:
+        raise RaftError(f"engine.model {e.model!r} does not exist; point it at {what}, a hub name such as "
+                        "Qwen/Qwen2.5-0.5B-Instruct, a .gguf file or smollm2-135m-instruct")
+    elif os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(e.model):
+        raise RaftError(f"engine.model {e.model!r} is not a local directory and not in the Hugging Face cache, "
+                        "and HF_HUB_OFFLINE=1 forbids downloading it; download it first or give a local path")
+    for name, path in e.adapters.items():
+        if Path(path).is_absolute() and not (Path(path) / "adapter_config.json").is_file():
+            raise RaftError(f"engine.adapters.{name}: {path!r} is not an adapter directory (no adapter_config.json); "
+                            "give the adapter directory `raft train` wrote")
+
+
+def _in_hub_cache(repo: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+    except Exception:
+        return True  # cannot tell: let the engine try
 
 
 def port_in_use(host: str, port: int) -> bool:

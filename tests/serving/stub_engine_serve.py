@@ -17,6 +17,7 @@ def stub_command(cfg) -> list[str]:
 
 
 launchers.engine_command = stub_command
+launchers.check_engine_model = lambda cfg: None  # "stub-model" names no model: the stub engine needs none
 
 if __name__ == "__main__":
     from raft.cli import main
