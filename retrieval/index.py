@@ -141,6 +141,7 @@ class RetrievalIndex:
         self._cache_lock = threading.Lock()
         self._lock = threading.RLock()  # writers of this object (the directory's writer lock is taken too)
         self._swap = threading.Lock()  # held only to read or replace (store, dense, manifest) together
+        self._refresh_lock = threading.Lock()  # one refresh() at a time
         self.build_summary: dict[str, Any] = {}
 
     # ---- opening ------------------------------------------------------------------------------
@@ -349,6 +350,42 @@ class RetrievalIndex:
         self._forget_filters()
         if old is not store:
             old.retire()
+
+    def refresh(self) -> bool:
+        """Pick up a generation another process (or another index object) committed since this one was
+        opened or last refreshed; True when one was installed. Costs one stat of the manifest when nothing
+        changed, so a long-lived reader (the gateway) may call it before every search. Never waits for a
+        write of this object: a refresh that finds another in progress leaves it to that one."""
+        try:
+            st = (self.path / MANIFEST).stat()
+        except OSError:
+            return False
+        sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if sig == self.__dict__.get("_manifest_sig") or not self._refresh_lock.acquire(blocking=False):
+            return False
+        try:
+            current = self._current().number
+            if int(read_manifest(self.path).get("generation", 0)) <= current:
+                self._manifest_sig = sig
+                return False
+            fresh = RetrievalIndex.open(self.path, verify=False)
+            # compare and swap: a write of this object may have installed this generation, or a newer one, meanwhile
+            with self._swap:
+                old = None
+                if fresh.manifest.get("generation", 0) > self.manifest.get("generation", 0):
+                    old = self.store
+                    self.store, self.dense, self.manifest = fresh.store, fresh.dense, fresh.manifest
+            if old is None:
+                fresh.store.close()
+                return False
+            self._forget_filters()
+            old.retire()
+            self._manifest_sig = sig
+            return True
+        except RetrievalError:  # a manifest being replaced right now, or damage: the next call looks again
+            return False
+        finally:
+            self._refresh_lock.release()
 
     def health(self) -> dict[str, Any]:
         """What the index holds, from the manifest in memory: never waits for a search or a write."""

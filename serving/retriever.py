@@ -18,6 +18,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional, Protocol, Sequence, runtime_checkable
 
 from retrieval.types import Document, Hit
@@ -108,8 +109,16 @@ class IndexRetriever:
 
         return cls(RetrievalIndex.open(index_dir, embedder=embedder), threads=threads)
 
+    def _follow_writes(self) -> None:
+        """Documents another process committed (`raft index add` beside a running gateway) are searched
+        from the next request on: the index installs a newer generation when the manifest changed."""
+        refresh = getattr(self.index, "refresh", None)
+        if refresh is not None:
+            refresh()
+
     def _search_batch(self, queries: list[str], k: int, mode: str, flt: Optional[dict],
                       deadline: Optional[float]):
+        self._follow_writes()
         self._tls.embed = 0.0
         t0 = time.perf_counter()
         results = self.index.search_batch(queries, k=k, mode=mode, filter=flt, deadline_at=deadline)
@@ -184,7 +193,11 @@ class IndexRetriever:
         return await asyncio.to_thread(self.index.delete_documents, list(doc_ids))
 
     async def adoc_tenants(self, doc_id):
-        return _tenants(await asyncio.to_thread(self.index.chunks_for_doc, doc_id))
+        def read():
+            self._follow_writes()
+            return self.index.chunks_for_doc(doc_id)
+
+        return _tenants(await asyncio.to_thread(read))
 
     async def ahealth(self):
         embedder = getattr(self.index, "_embedder", None)  # None until the first query loads it
@@ -211,6 +224,33 @@ class RayRetrieverAdapter:
         self.r = retriever
         self._health: dict[str, Any] = {"status": "ok", "backend": "ray", "chunks": None}
         self._probe: Optional[asyncio.Task] = None
+        index_dir = getattr(retriever, "index_dir", None)
+        self._manifest = Path(index_dir) / "manifest.json" if index_dir else None
+        self._seen = self._manifest_state()
+        self._reload_lock: Optional[asyncio.Lock] = None
+
+    def _manifest_state(self) -> Optional[tuple]:
+        try:
+            st = self._manifest.stat() if self._manifest is not None else None
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino) if st else None
+
+    async def _follow_writes(self) -> None:
+        """Another process committed a generation (`raft index add` beside a running gateway): the shard
+        actors reload before this search, so it sees the new documents. One stat when nothing changed."""
+        state = self._manifest_state()
+        shards = getattr(self.r, "shards", None)
+        if state is None or state == self._seen or not shards:
+            return
+        if self._reload_lock is None:
+            self._reload_lock = asyncio.Lock()
+        async with self._reload_lock:
+            state = self._manifest_state()
+            if state == self._seen:
+                return  # another search reloaded them while this one waited
+            await asyncio.gather(*[s.reload.remote() for s in shards])
+            self._seen = state
 
     @classmethod
     def open(cls, index_dir: str, num_shards: int = 2, num_embedders: int = 1,
@@ -225,6 +265,7 @@ class RayRetrieverAdapter:
         return cls(r)
 
     async def asearch(self, query, k, mode, filter, deadline=None):
+        await self._follow_writes()
         t0 = time.perf_counter()
         hits = await self.r.asearch(query, k, mode, filter)
         return SearchResult(list(hits), {"search": time.perf_counter() - t0})
@@ -236,12 +277,19 @@ class RayRetrieverAdapter:
         return await asyncio.to_thread(getattr(self.r, name), *args)
 
     async def aadd(self, docs):
-        return await self._call("add_documents", list(docs))
+        try:
+            return await self._call("add_documents", list(docs))
+        finally:
+            self._seen = self._manifest_state()  # the write reloaded the shards itself
 
     async def adelete(self, doc_ids):
-        return await self._call("delete_documents", list(doc_ids))
+        try:
+            return await self._call("delete_documents", list(doc_ids))
+        finally:
+            self._seen = self._manifest_state()
 
     async def adoc_tenants(self, doc_id):
+        await self._follow_writes()
         return _tenants(await self._call("chunks_for_doc", doc_id))
 
     async def ahealth(self):
