@@ -80,12 +80,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _preflight(cfg, console) -> None:
-    """Everything that can be checked before the engine starts (which takes seconds to minutes): the
-    gateway's and the engine's ports are free, the index opens (checksums verified, embedder matching),
-    the model and adapters exist."""
+    """Everything that can be checked before the engine starts (which takes seconds to minutes): the index
+    opens (checksums verified, embedder matching), the model and adapters exist, and the gateway's and
+    the engine's ports are free."""
     from raft.errors import RaftError
     from serving.launchers import check_engine_model, port_in_use
 
+    r = cfg.retrieval
+    if r.backend != "none":
+        from retrieval.index import RetrievalIndex
+
+        with console.status(f"checking the index {r.index_dir} ..."):
+            RetrievalIndex.open(r.index_dir, embedder=r.embedder).close()
+    check_engine_model(cfg)
     if port_in_use(cfg.host, cfg.port):
         raise RaftError(f"port {cfg.port} on {cfg.host} is already in use (another gateway, or an earlier `raft "
                         "serve` that was not stopped?); stop that process or set another port, e.g. port=9000")
@@ -95,13 +102,6 @@ def _preflight(cfg, console) -> None:
                         "`raft serve` that was not stopped?); stop that process or set another engine.port")
     if e.kind != "openai" and (e.host, e.port) == (cfg.host, cfg.port):
         raise RaftError(f"port and engine.port are both {cfg.port} on {cfg.host}; give the engine another port")
-    r = cfg.retrieval
-    if r.backend != "none":
-        from retrieval.index import RetrievalIndex
-
-        with console.status(f"checking the index {r.index_dir} ..."):
-            RetrievalIndex.open(r.index_dir, embedder=r.embedder).close()
-    check_engine_model(cfg)
 
 
 def _stop_on_sigterm() -> None:

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from raft.eval.config import EvalConfig
     from raft.eval.data import load_items
     from raft.eval.report import write_report
-    from raft.eval.runner import evaluate
+    from raft.eval.runner import check_reachable, evaluate
 
     args.overrides = _shortcut_overrides(args) + list(args.overrides or [])
     cfg = load_command_config(args, EvalConfig, "eval")
@@ -102,11 +102,13 @@ def run(args: argparse.Namespace) -> int:
     from raft.model_source import resolve_model
 
     cfg.data, cfg.index, cfg.out = absolute(cfg.data, must_exist=True), absolute(cfg.index), absolute(cfg.out)
+    items = load_items(cfg.data, cfg.split, cfg.limit)
+    check_writable(cfg.out, "eval.out (--out)")  # before any request: the answers must have somewhere to go
+    if cfg.systems:
+        asyncio.run(check_reachable(cfg))  # seconds, before a model conversion that may take a minute
     # a packaged model name or a .gguf file becomes the converted directory that `transformers serve` loads
     cfg.systems = [s.model_copy(update={"model": resolve_model(s.model, log=console.print, absolute=False)})
                    for s in cfg.systems]
-    items = load_items(cfg.data, cfg.split, cfg.limit)
-    check_writable(cfg.out, "eval.out (--out)")  # before any request: the answers must have somewhere to go
     stream = PredictionStream(Path(cfg.out) / "predictions.partial.jsonl")
     console.print(f"[bold]raft eval[/]: {len(items)} questions from {cfg.data}; systems: "
                   + ", ".join(f"{s.name} ({s.retrieval})" for s in cfg.systems))

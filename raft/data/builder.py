@@ -204,7 +204,7 @@ class Builder:
 
     async def _run(self) -> dict:
         t0 = time.perf_counter()
-        cfg, D = self.cfg, self.cfg.mix.num_distractors
+        cfg = self.cfg
         # the questions file is read before the (slow) indexing, so its mistakes cost seconds
         self.given = load_questions(cfg.questions_file) if cfg.questions_file else []
         if cfg.questions_file and not any(q.gold_ids for q in self.given):
@@ -213,30 +213,22 @@ class Builder:
                 f"none of its {len(self.given)} question(s) has `gold_ids`") + "; each line needs {id, question, "
                 "answers, gold_ids} where gold_ids are the ids of the corpus documents that answer it (a file's "
                 "path relative to the corpus directory, e.g. \"history.md\")")
-        self.out.mkdir(parents=True, exist_ok=True)
-        if self.index is None:
-            self.index = open_or_build_index(self.corpus, self.out, cfg, self.console, self.skipped)
-        ids = sorted(self.index.chunk_ids())
-        all_chunks = [c for i in range(0, len(ids), 4096) for c in self.index.get(ids[i:i + 4096])]
-        chunks = [c for c in all_chunks if c.text and c.text.strip()]
-        empty = len(all_chunks) - len(chunks)
-        if len(chunks) < D + 1:
-            raise RaftError(f"the corpus has {len(chunks)} non-empty chunk(s) but num_distractors={D} needs at "
-                            f"least {D + 1} (the oracle plus {D} distinct distractors); add documents or lower "
-                            f"build.mix.num_distractors")
-        by_id = {c.chunk_id: c for c in chunks}
         if self.teacher is None:
             self.teacher = make_teacher(cfg.teacher)
-        self.cache = TeacherCache(self.out / ".cache" / "teacher.sqlite")
         try:
-            await self.teacher.check()
-            with Progress(enabled=cfg.progress, console=self.console) as prog:
-                items = await self._gather_items(chunks, by_id, prog)
-                kept = await self._gather_answers(items, by_id, prog)
-                records, mix_stats = self._mix(kept, chunks, by_id, prog)
+            await self.teacher.check()  # before indexing: an unreachable teacher fails in seconds, not minutes
+            all_chunks, chunks, by_id = self._corpus_chunks()
+            empty = len(all_chunks) - len(chunks)
+            self.cache = TeacherCache(self.out / ".cache" / "teacher.sqlite")
+            try:
+                with Progress(enabled=cfg.progress, console=self.console) as prog:
+                    items = await self._gather_items(chunks, by_id, prog)
+                    kept = await self._gather_answers(items, by_id, prog)
+                    records, mix_stats = self._mix(kept, chunks, by_id, prog)
+            finally:
+                self.cache.close()
         finally:
             await self.teacher.aclose()
-            self.cache.close()
         summary = self._summary(t0, all_chunks, empty, items, kept, records, mix_stats)
         if not records:  # an empty dataset is no result: say which stage dropped everything, write nothing
             raise RaftError("the build produced 0 records: " + self._why_empty(items, kept)
@@ -249,6 +241,21 @@ class Builder:
         write_dataset(self.out, by_split, cfg.formats, cfg.model_dump(mode="json"), summary)
         summary["seconds"] = round(time.perf_counter() - t0, 2)
         return summary
+
+    def _corpus_chunks(self) -> tuple[list, list, dict]:
+        """Every chunk of the index (built or reused), the non-empty ones, and those by id."""
+        D = self.cfg.mix.num_distractors
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.index is None:
+            self.index = open_or_build_index(self.corpus, self.out, self.cfg, self.console, self.skipped)
+        ids = sorted(self.index.chunk_ids())
+        all_chunks = [c for i in range(0, len(ids), 4096) for c in self.index.get(ids[i:i + 4096])]
+        chunks = [c for c in all_chunks if c.text and c.text.strip()]
+        if len(chunks) < D + 1:
+            raise RaftError(f"the corpus has {len(chunks)} non-empty chunk(s) but num_distractors={D} needs at "
+                            f"least {D + 1} (the oracle plus {D} distinct distractors); add documents or lower "
+                            f"build.mix.num_distractors")
+        return all_chunks, chunks, {c.chunk_id: c for c in chunks}
 
     async def _gather_items(self, chunks, by_id, prog) -> list[Item]:
         if self.cfg.questions_file:

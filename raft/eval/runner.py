@@ -207,6 +207,16 @@ class Evaluator:
             await e.aclose()
 
 
+async def check_reachable(cfg: EvalConfig) -> None:
+    """The endpoints' start-up check alone (RaftError naming the first that fails): `raft eval` runs it
+    before anything slow, such as converting a GGUF model whose name a system requests."""
+    ev = Evaluator(cfg, [])
+    try:
+        await ev.check_endpoints()
+    finally:
+        await ev.close()
+
+
 def aggregate(rows: list[dict[str, Any]], k_values: list[int]) -> dict[str, Any]:
     """Means over one run's rows (errors excluded from answer metrics, counted separately)."""
     ok = [r for r in rows if not r["error"]]

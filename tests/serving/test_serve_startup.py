@@ -44,10 +44,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _model_dir(tmp_path) -> str:
+    (tmp_path / "model").mkdir(exist_ok=True)
+    (tmp_path / "model" / "config.json").write_text("{}")
+    return str(tmp_path / "model")
+
+
 def test_a_taken_gateway_port_fails_before_the_engine_starts(tmp_path, no_engine, capsys):
     with _listening() as taken:
         port = taken.getsockname()[1]
-        cfg = _config(tmp_path, {"engine": {"kind": "transformers", "model": str(tmp_path)},
+        cfg = _config(tmp_path, {"engine": {"kind": "transformers", "model": _model_dir(tmp_path)},
                                  "retrieval": {"backend": "none"}, "port": port, "runner": "uvicorn"})
         assert main(["serve", "--config", cfg]) == 2
     err = capsys.readouterr().err

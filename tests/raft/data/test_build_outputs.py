@@ -40,3 +40,16 @@ def test_a_full_disk_leaves_no_partial_files_and_keeps_the_teacher_cache(tmp_pat
     assert "the disk is full" in err and "teacher cache" in err
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
     assert (out / ".cache" / "teacher.sqlite").exists()
+
+
+def test_an_unreachable_teacher_fails_before_indexing(tmp_path, monkeypatch, capsys):
+    import socket
+
+    monkeypatch.setattr("raft.data.builder.open_or_build_index",
+                        lambda *a, **k: pytest.fail("indexed before the teacher was checked"))
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["build", str(tmp_path), "--out", str(tmp_path / "ds"), "teacher.kind=openai",
+                 f"teacher.base_url=http://127.0.0.1:{port}/v1", "teacher.model=m", "teacher.connect_check_s=2"]) == 2
+    assert "is unreachable" in capsys.readouterr().err

@@ -4,6 +4,7 @@ directory) and keeps every answer it got when something fails at the end."""
 import errno
 import json
 
+import pytest
 from fake_openai import FakeOpenAI, fact
 
 from raft.cli import main
@@ -70,3 +71,14 @@ def test_a_finished_run_leaves_only_the_complete_report(tmp_path):
     assert (out / "report.json").exists() and not (out / "predictions.partial.jsonl").exists()
     rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["q0", "q1"] and fact("alpha", "red") in rows[0]["raw"]
+
+
+def test_endpoints_are_checked_before_models_are_converted(tmp_path, monkeypatch, capsys):
+    """A packaged model name (smollm2-135m-instruct) is converted once, which takes a while: an endpoint
+    that cannot answer is reported first."""
+    monkeypatch.setattr("raft.model_source.resolve_model", lambda *a, **k: pytest.fail("converted first"))
+    with FakeOpenAI(CORPUS) as server:
+        root = server.base_url[: -len("/v1")]
+        assert main(["eval", "--data", str(_questions(tmp_path)), "--base-url", root, "--model",
+                     "smollm2-135m-instruct", "--out", str(tmp_path / "r")]) == 2
+    assert "404" in capsys.readouterr().err
