@@ -58,7 +58,16 @@ class Pipeline:
 
     # -- paths -------------------------------------------------------------------------------------
     def p(self, name: str) -> str:
-        return str(self.out / name)
+        return self.shown(self.out / name)
+
+    @staticmethod
+    def shown(path: Path) -> str:
+        """A path as the printed commands show it: relative to the working directory when it is inside it."""
+        path = Path(path).resolve()
+        try:
+            return str(path.relative_to(Path.cwd()))
+        except ValueError:
+            return str(path)
 
     # -- running commands --------------------------------------------------------------------------
     def raft(self, step: str, *argv: str) -> None:
@@ -75,7 +84,7 @@ class Pipeline:
         log = open(self.out / f"{name}.log", "w")
         shown = shlex.join(argv).replace(shlex.join([sys.executable, "-m", "raft.cli"]), "raft")
         shown = shown.replace(shlex.join([sys.executable, "-m", "transformers.cli.transformers"]), "transformers")
-        self.console.print(f"[dim]$ {shown} &   (log: {log.name})[/]", highlight=False)
+        self.console.print(f"[dim]$ {shown} &   (log: {self.shown(Path(log.name))})[/]", highlight=False)
         proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         self.procs.append(proc)
@@ -102,6 +111,29 @@ class Pipeline:
                         pass
         self.procs.clear()
 
+    def write_config(self) -> Path:
+        """The pipeline config with this run's paths and ports filled in, written to OUT/quickstart.yaml:
+        every printed command reads it, so each step can be rerun by hand exactly as it ran."""
+        import copy
+
+        c = copy.deepcopy(self.sections)
+        b, t, s, e = (c.setdefault(k, {}) for k in ("build", "train", "serve", "eval"))
+        b["questions_file"] = str(TRAIN_QUESTIONS)
+        t.setdefault("data", {})["path"] = str(self.out / "dataset")
+        t.setdefault("ray", {})["storage_path"] = str(self.out / "ray")
+        t["output_dir"] = str(self.out / "adapter")
+        s.setdefault("engine", {}).update({"model": str(self.out / "merged"), "port": self.engine_port})
+        s.setdefault("retrieval", {})["index_dir"] = str(self.out / "dataset" / "index")
+        s["port"] = self.gateway_port
+        e.update({"data": str(QUESTIONS), "index": str(self.out / "dataset" / "index"), "out": str(self.out / "eval")})
+        for system in e.get("systems", []):
+            port = self.gateway_port if system.get("retrieval") == "gateway" else self.base_port
+            system["base_url"] = f"http://127.0.0.1:{port}/v1"
+        path = self.out / "quickstart.yaml"
+        path.write_text(f"# written by raft quickstart from {self.config}: this run's paths and ports\n"
+                        + yaml.safe_dump(c, sort_keys=False))
+        return path
+
     # -- the steps ---------------------------------------------------------------------------------
     def base_model(self) -> str:
         """The base model as the config names it, converted (once, then cached) if it is a GGUF."""
@@ -116,23 +148,20 @@ class Pipeline:
 
     def run(self, ask: bool = True, evaluate: bool = True) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
-        cfg = str(self.config)
         self.t_start = time.monotonic()
-        self.console.print(f"[bold]raft quickstart[/]: output in {self.out}")
+        cfg = self.shown(self.write_config())
+        self.console.print(f"[bold]raft quickstart[/]: output in {self.shown(self.out)}; each step below runs "
+                           f"with {cfg} (this run's paths and ports)", highlight=False)
         self.base_model()
-        self.raft("2. build the RAFT dataset", "build", str(CORPUS), "--out", self.p("dataset"), "--config", cfg,
-                  f"questions_file={TRAIN_QUESTIONS}")
-        self.raft("3. fine-tune a LoRA adapter on Ray", "train", "--config", cfg, f"data.path={self.p('dataset')}",
-                  f"ray.storage_path={self.p('ray')}", f"output_dir={self.p('adapter')}")
+        self.raft("2. build the RAFT dataset", "build", self.shown(CORPUS), "--out", self.p("dataset"),
+                  "--config", cfg)
+        self.raft("3. fine-tune a LoRA adapter on Ray", "train", "--config", cfg)
         self.raft("4. merge the adapter", "export", self.p("adapter"), "--merge", "--out", self.p("merged"))
         answers: list[dict] = []
         report: dict = {}
         try:
             t_serve = self.begin("5. serve: gateway + retrieval + engine")
-            gw = self.background("gateway", [
-                sys.executable, "-m", "raft.cli", "serve", "--config", cfg,
-                f"engine.model={self.p('merged')}", f"engine.port={self.engine_port}",
-                f"retrieval.index_dir={self.p('dataset/index')}", f"port={self.gateway_port}"])
+            gw = self.background("gateway", [sys.executable, "-m", "raft.cli", "serve", "--config", cfg])
             base = None
             if evaluate:
                 base = self.background("base-engine", [
@@ -172,25 +201,15 @@ class Pipeline:
             citations = resp.model_dump().get("citations") or []
             self.console.print(f"[bold]Q:[/] {q['question']}  [dim](gold: {q['answers'][0]})[/]", highlight=False)
             self.console.print(f"[bold]A:[/] {resp.choices[0].message.content!r}", highlight=False)
-            quoted = [c for c in citations if c.get("quotes")]
-            shown = quoted or citations
-            self.console.print(f"   [cyan]{'cited' if quoted else 'retrieved'}:[/] " + "; ".join(
-                f"{c.get('doc_id')} (chunk {c.get('chunk_id')}, score {c.get('score', 0):.2f})" for c in shown),
-                highlight=False)
+            quoted = [c for c in citations if c.get("quotes")]  # the gateway verified these quotes
+            self.console.print(f"   [cyan]{'cited' if quoted else 'retrieved (no verified quote)'}:[/] " + ", ".join(
+                f"{c.get('doc_id')} ({c.get('score', 0):.2f})" for c in (quoted or citations)), highlight=False)
             answers.append({"question": q["question"], "answer": resp.choices[0].message.content,
                             "citations": citations})
         return answers
 
     def evaluate(self, cfg: str) -> dict:
-        systems = []
-        for s in self.sections.get("eval", {}).get("systems", []):
-            s = dict(s)
-            port = self.gateway_port if s.get("retrieval") == "gateway" else self.base_port
-            s["base_url"] = f"http://127.0.0.1:{port}/v1"
-            systems.append(s)
-        self.raft("7. evaluate base vs base+RAG vs RAFT+RAG on held-out questions", "eval", "--config", cfg,
-                  f"data={QUESTIONS}", f"index={self.p('dataset/index')}", f"out={self.p('eval')}",
-                  "systems=" + json.dumps(systems))
+        self.raft("7. evaluate base vs base+RAG vs RAFT+RAG on held-out questions", "eval", "--config", cfg)
         report_json = self.out / "eval" / "report.json"
         return json.loads(report_json.read_text()) if report_json.exists() else {}
 

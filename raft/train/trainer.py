@@ -259,7 +259,7 @@ def run_training(cfg: TrainConfig, console=None, *, step_hooks: Sequence[StepHoo
     check_gpus(cfg)
     rdir = run_dir(cfg)
     log_dir = store.join(rdir, "logs") if store.is_uri(rdir) else str(Path(rdir).expanduser().resolve() / "logs")
-    console.print(f"training {cfg.model.name_or_path} on {cfg.ray.num_workers} worker(s) "
+    console.print(f"training {source} on {cfg.ray.num_workers} worker(s) "
                   f"({'GPU' if cfg.ray.use_gpu else 'CPU'}, {cfg.ray.strategy}); run {store.redact(rdir)}")
     from ray.train import TrainingFailedError
 

@@ -59,3 +59,31 @@ def test_conclusion_says_what_the_table_shows():
     assert "answered 60% exactly (F1 0.72)" in text and "verbatim in 90% of its quotes" in text
     assert "top-1 EM 0.50, top-5 EM 0.55" in text
     assert conclusion({"runs": []}) == []  # no eval (--no-eval): nothing to conclude
+
+
+def test_the_run_config_names_this_runs_paths_and_ports_and_every_section_validates(tmp_path, monkeypatch):
+    """Every printed step reads OUT/quickstart.yaml; it must load for each verb, with OUT's paths and the ports."""
+    from rich.console import Console
+
+    from raft.config import load_config
+    from raft.data.config import BuildConfig
+    from raft.eval.config import EvalConfig
+    from raft.quickstart.pipeline import Pipeline
+    from raft.train.config import TrainConfig
+    from serving.config import ServeConfig
+
+    monkeypatch.chdir(tmp_path)
+    pipe = Pipeline(tmp_path / "out", CONFIG, Console(quiet=True), gateway_port=18000)
+    pipe.out.mkdir()
+    path = pipe.write_config()
+    assert pipe.shown(path) == "out/quickstart.yaml"  # commands show paths relative to where the user is
+    build, train = load_config(BuildConfig, path, section="build"), load_config(TrainConfig, path, section="train")
+    serve, ev = load_config(ServeConfig, path, section="serve"), load_config(EvalConfig, path, section="eval")
+    out = tmp_path / "out"
+    assert build.questions_file == str(TRAIN_QUESTIONS) and ev.data == str(QUESTIONS)
+    assert (train.data.path, train.output_dir) == (str(out / "dataset"), str(out / "adapter"))
+    assert serve.engine.model == str(out / "merged") and serve.port == 18000
+    assert serve.retrieval.index_dir == ev.index == str(out / "dataset" / "index")
+    urls = {s.name: s.base_url for s in ev.systems}
+    assert urls["RAFT+RAG"] == "http://127.0.0.1:18000/v1"
+    assert urls["base"] == urls["base+RAG"] == f"http://127.0.0.1:{pipe.base_port}/v1" != urls["RAFT+RAG"]
