@@ -10,7 +10,7 @@ from raft.commands.common import add_config_arguments, load_command_config
 
 HELP = "evaluate systems behind OpenAI-compatible endpoints: recall@k, EM/F1, quotes, citations, sweeps"
 EXAMPLE = """raft eval --config configs/eval_quickstart.yaml
-raft eval --data out/eval/test.jsonl --base-url http://127.0.0.1:8000/v1 --model raft --retrieval gateway
+raft eval --data out/dataset/eval/test.jsonl --base-url http://127.0.0.1:8000/v1 --model raft --retrieval gateway
 raft eval --data questions.jsonl --base-url http://127.0.0.1:8001/v1 --model base --retrieval local --index idx
 raft eval -c configs/eval_quickstart.yaml sweep.distractors=[0,2,4,8] out=runs/eval_sweep"""
 

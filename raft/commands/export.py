@@ -11,7 +11,6 @@ from raft.config import Config
 
 HELP = "merge a trained LoRA adapter into its base model (a plain transformers model dir)"
 EXAMPLE = """raft export runs/raft-train/adapter --merge --out merged/   # then: transformers serve / vllm serve merged/
-raft export --config export.yaml   # a file with export: {adapter: ..., merge: true, out: ...}
 """
 
 

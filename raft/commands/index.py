@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "paths inside it); a JSONL record keeps its own id")
 
     d = sub.add_parser("delete", help="delete documents (all their chunks) by document id",
-                       epilog="example:\n  raft index delete idx a.md torchhub:12\n",
+                       epilog="example:\n  raft index delete idx new.md torchhub:12\n",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("index", metavar="DIR")
     d.add_argument("ids", metavar="IDS", nargs="+", help="document ids")
