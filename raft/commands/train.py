@@ -37,7 +37,18 @@ def run(args) -> int:
     resolve_paths(cfg)
     if cfg.output_dir:  # found now, not after training (the default lies under the storage path, checked there)
         check_writable(cfg.output_dir, "train.output_dir")
-    from raft.train.trainer import run_training
+    from raft.commands.common import write_failure
+    from raft.errors import RaftError
+    from raft.train.trainer import run_dir, run_training
 
-    run_training(cfg)
+    try:
+        run_training(cfg)
+    except Exception as e:
+        reason = write_failure(e)
+        if reason is None:
+            raise
+        # the checkpoints are the finished work: say where they are and how a rerun uses them
+        raise RaftError(f"raft train: a write failed ({reason}); the checkpoints saved so far stay in "
+                        f"{run_dir(cfg)}: free space or fix the location, then rerun the same command (same "
+                        "train.ray.storage_path and run_name) to resume from the latest one") from None
     return 0

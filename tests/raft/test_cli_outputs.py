@@ -169,3 +169,14 @@ def test_export_on_a_full_disk_removes_its_partial_directory(tmp_path, monkeypat
     err = capsys.readouterr().err
     assert "the disk is full" in err and "merged.tmp-abc123" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_train_failing_to_write_at_the_end_says_where_the_checkpoints_are(tmp_path, monkeypatch, capsys):
+    def full_disk_at_export(cfg):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "adapter.tmp"))
+
+    monkeypatch.setattr("raft.train.trainer.run_training", full_disk_at_export)
+    assert main(["train", f"ray.storage_path={tmp_path / 'runs'}", "ray.run_name=r1"]) == 2
+    err = capsys.readouterr().err
+    assert "the disk is full" in err and str(tmp_path / "runs" / "r1") in err and "resume" in err
+    assert "Traceback" not in err
