@@ -106,6 +106,7 @@ def check_writable(path: str, what: str, need_bytes: int = 0) -> None:
     """Fail now, not after the work, when `path` (a directory to create or fill) cannot be written: its
     nearest existing ancestor must be a directory that takes a probe file, with `need_bytes` free.
     Nothing is left behind (the directory itself is not created here). `what` names the flag or key."""
+    import errno
     import os
     import shutil
     import tempfile
@@ -131,6 +132,9 @@ def check_writable(path: str, what: str, need_bytes: int = 0) -> None:
             os.close(fd)
             os.unlink(probe)
     except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise RaftError(f"{what} {str(p)!r}: the disk holding {str(anc)!r} is full; free some space or "
+                            "choose another disk") from None
         raise RaftError(f"{what} {str(p)!r} is not writable ({e.strerror or e} in {str(anc)!r}); "
                         "choose a directory you can write") from None
     if need_bytes:

@@ -79,6 +79,17 @@ def test_check_writable_read_only_location(tmp_path, monkeypatch):
         check_writable(str(tmp_path / "out"), "--out")
 
 
+def test_check_writable_full_disk(tmp_path, monkeypatch):
+    import tempfile
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkstemp", full)
+    with pytest.raises(RaftError, match=r"--out '.*': the disk holding '.*' is full; free some space"):
+        check_writable(str(tmp_path / "out"), "--out")
+
+
 # ---- raft index ----------------------------------------------------------------------------------
 @pytest.fixture
 def small_corpus(tmp_path):
