@@ -35,6 +35,14 @@ TEACHER_PROMPT_HASH = hashlib.sha256(
      + json.dumps(answer_messages("q", ["c"], "api"))).encode()).hexdigest()[:12]
 
 
+class EmptyDatasetError(RaftError):
+    """A build whose every question was dropped; `summary` holds the counts (what each stage dropped)."""
+
+    def __init__(self, message: str, summary: dict):
+        super().__init__(message)
+        self.summary = summary
+
+
 @dataclass
 class Item:
     """One question on its way to becoming a record."""
@@ -231,8 +239,9 @@ class Builder:
             await self.teacher.aclose()
         summary = self._summary(t0, all_chunks, empty, items, kept, records, mix_stats)
         if not records:  # an empty dataset is no result: say which stage dropped everything, write nothing
-            raise RaftError("the build produced 0 records: " + self._why_empty(items, kept)
-                            + f" (the teacher cache in {self.out / '.cache'} is kept: a rerun repeats no teacher call)")
+            raise EmptyDatasetError(
+                "the build produced 0 records: " + self._why_empty(items, kept)
+                + f" (the teacher cache in {self.out / '.cache'} is kept: a rerun repeats no teacher call)", summary)
         from raft.data.export import write_dataset
 
         by_split: dict[str, list[dict]] = {}
