@@ -162,7 +162,8 @@ def test_health_reads_the_manifest_not_sqlite(index_copy):
     assert h["chunks"] == n and h["generation"] == idx.manifest["generation"] and h["index_type"] == "flat"
 
 
-def _open_store_files() -> list[str]:
+def _open_store_files(index_dir) -> list[str]:
+    """Store files of this index that this process holds open (other tests' indexes may still be open)."""
     import os
 
     out = []
@@ -171,7 +172,7 @@ def _open_store_files() -> list[str]:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue
-        if "/store.g" in target:
+        if target.startswith(f"{index_dir}/store.g"):
             out.append(os.path.basename(target))
     return out
 
@@ -191,5 +192,6 @@ def test_a_replaced_generation_stays_readable_until_its_last_reader_ends_then_cl
         idx.search(QUESTION, mode="hybrid")
         reader.join(60)
     current = idx.manifest["store"]
-    assert set(_open_store_files()) == {current}, _open_store_files()  # no deleted generation held open
+    held = _open_store_files(index_copy.resolve())
+    assert set(held) == {current}, held  # no deleted generation held open
     idx.close()
