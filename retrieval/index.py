@@ -235,13 +235,45 @@ class RetrievalIndex:
         return idx
 
     @classmethod
+    def from_vectors(cls, out_dir: str | Path, chunks: list[Chunk], vectors: np.ndarray,
+                     config: IndexConfig | None = None, embedder_name: str | None = None, *,
+                     hashes: list[str] | None = None, dense: DenseIndex | None = None,
+                     cache_vectors: bool = True) -> "RetrievalIndex":
+        """Write an index from chunks whose vectors were computed elsewhere (no loading, chunking or
+        embedding here); rebuilding into an existing index directory replaces it atomically, as `build`.
+
+        `vectors`: one L2-normalised float32 row per chunk, in `chunks` order, made by `embedder_name`
+        (default: `config.embedder`), the model that queries are embedded with after `open`.
+        `hashes`: the chunks' embedding-cache keys (default: the content hash `build` uses, so a later
+        build or `add_documents` reuses these vectors). `dense`: a prebuilt `DenseIndex` whose ids are the
+        rows 1..n in `chunks` order (for indexes too big to build twice); default: one is made from
+        `config`. With `cache_vectors` the vectors also go into the index's embedding cache, as after a
+        `build` (filtered searches that match few chunks score them exactly from that cache).
+        """
+        cfg = config or IndexConfig()
+        if len(chunks) != len(vectors):
+            raise RetrievalError(f"from_vectors: {len(chunks)} chunks but {len(vectors)} vectors")
+        if not chunks:
+            raise RetrievalError("from_vectors: no chunks")
+        if hashes is not None and len(hashes) != len(chunks):
+            raise RetrievalError(f"from_vectors: {len(chunks)} chunks but {len(hashes)} hashes")
+        vectors = np.ascontiguousarray(vectors, dtype="float32")
+        name = canonical_name(embedder_name or cfg.embedder)
+        hashes = hashes or [content_hash(name, _embed_text(c)) for c in chunks]
+        out = Path(out_dir)
+        idx = cls._write_new(out, chunks, vectors, cfg, name, hashes=hashes, dense=dense)
+        if cache_vectors:
+            idx.cache.put_many(hashes, vectors)
+        return idx
+
+    @classmethod
     def _write_new(cls, out: Path, chunks: list[Chunk], vectors: np.ndarray, cfg: IndexConfig,
                    embedder_name: str, embedder: Embedder | None = None,
                    hashes: list[str] | None = None, dense: DenseIndex | None = None,
                    corpus: dict | None = None) -> "RetrievalIndex":
-        """Write a fresh generation from chunks and their vectors (also used by benchmarks, which may
-        pass a prebuilt `dense` whose ids are the rows 1..n the store assigns). `corpus`: {path, root} of
-        the corpus the chunks came from, kept in the manifest."""
+        """Write a fresh generation from chunks and their vectors (`build`, `from_vectors`); a prebuilt
+        `dense` has ids that are the rows 1..n the store assigns. `corpus`: {path, root} of the corpus the
+        chunks came from, kept in the manifest."""
         out.mkdir(parents=True, exist_ok=True)
         with writer_lock(out):
             return cls._write_new_locked(out, chunks, vectors, cfg, embedder_name, embedder, hashes, dense, corpus)

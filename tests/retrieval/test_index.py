@@ -198,3 +198,30 @@ def test_memoised_filter_vectors_follow_live_writes(index_copy, monkeypatch):
     idx.delete_documents(["lynx"])
     assert ranked(idx.search(QUESTION, k=4, mode="dense", filter=flt)) == ranked(first)
     idx.close()
+
+
+def test_from_vectors_writes_an_index_that_opens_searches_and_caches_its_vectors(built_index, tmp_path,
+                                                                                 tenant_docs, small_config):
+    """The public path for vectors computed elsewhere (benchmarks, precomputed embeddings): the result is
+    an ordinary index: it reopens, searches by vector, filters, and its cache holds the given vectors."""
+    src = RetrievalIndex.open(built_index)
+    chunks = src.get(src.chunk_ids())
+    vecs = src.embed([c.text for c in chunks])
+    src.close()
+    out = tmp_path / "fv"
+    idx = RetrievalIndex.from_vectors(out, chunks, vecs, small_config)
+    idx.close()
+    idx = RetrievalIndex.open(out)
+    assert len(idx) == len(chunks) and idx.embedder_name == "all-MiniLM-L6-v2"
+    hits = idx.search_vectors(vecs[:1], k=1)[0]
+    assert hits[0].chunk.chunk_id == chunks[0].chunk_id
+    tenant = chunks[0].metadata["tenant"]
+    assert all(h.chunk.metadata["tenant"] == tenant
+               for h in idx.search_vectors(vecs[:1], k=5, filter={"tenant": tenant})[0])
+    idx.close()
+    # the same chunks built into the same directory embed nothing: every vector came from the cache
+    rebuilt = RetrievalIndex.build(tenant_docs, out, small_config)
+    assert rebuilt.build_summary["embedded"] == 0 and rebuilt.build_summary["cached"] == len(chunks)
+    rebuilt.close()
+    with pytest.raises(RetrievalError, match="2 chunks but 1 vectors"):
+        RetrievalIndex.from_vectors(tmp_path / "bad", chunks[:2], vecs[:1])
