@@ -3,7 +3,7 @@ with retrieval on (real RetrievalIndex over >= 100k chunks, bundled MiniLM query
 search), at concurrency 1 and 64; then a load run (10,000 requests at concurrency 64) that must end
 with zero errors.
 
-The engine is a fast fake OpenAI server on 127.0.0.1 (serving/fake_engine.py) whose answers take
+The engine is a fast fake OpenAI server on 127.0.0.1 (serving/testing/fake_engine.py) whose answers take
 `--engine-delay-ms` (standing in for generation), so what is measured is the gateway, not a model.
 Chunk vectors are synthetic (random unit vectors, written through the index's own build) so that
 building 100k chunks does not need 100k MiniLM encodes on two cores; queries are embedded for real,
@@ -203,7 +203,7 @@ def main() -> int:
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     eport, gport = free_port(), free_port()
-    engine = subprocess.Popen([sys.executable, "-m", "serving.fake_engine", "--port", str(eport),
+    engine = subprocess.Popen([sys.executable, "-m", "serving.testing.fake_engine", "--port", str(eport),
                                "--delay-ms", str(a.engine_delay_ms)], env=env, cwd=REPO)
     cfg = Path(tempfile.mkdtemp()) / "serve.yaml"
     cfg.write_text(json.dumps({"serve": {

@@ -45,7 +45,7 @@ class ServerThread:
 
 
 def start_fake_engine_process(port: int, *extra: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "serving.fake_engine", "--port", str(port), *extra],
+    proc = subprocess.Popen([sys.executable, "-m", "serving.testing.fake_engine", "--port", str(port), *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_healthy(f"http://127.0.0.1:{port}/health", timeout=30, proc=proc, interval=0.05)

@@ -12,7 +12,7 @@ import serving.launchers as launchers
 
 def stub_command(cfg) -> list[str]:
     py = shlex.quote(sys.executable)
-    return ["sh", "-c", f"sleep 600 & exec {py} -m serving.fake_engine --host {cfg.engine.host} "
+    return ["sh", "-c", f"sleep 600 & exec {py} -m serving.testing.fake_engine --host {cfg.engine.host} "
                         f"--port {cfg.engine.port}"]
 
 

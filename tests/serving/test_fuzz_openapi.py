@@ -11,9 +11,9 @@ from schemathesis import GenerationMode
 
 from gateway_helpers import DOCS, ServerThread, make_config
 from serving.app import create_app
-from serving.fake_engine import create_engine_app
+from serving.testing.fake_engine import create_engine_app
 from serving.gateway import Gateway
-from serving.memory_retriever import InMemoryRetriever
+from serving.testing.memory_retriever import InMemoryRetriever
 
 _engine = ServerThread(create_engine_app()).start()
 atexit.register(_engine.stop)

@@ -12,7 +12,7 @@ import pytest
 
 from gateway_helpers import DOCS, free_port
 from retrieval.types import Document
-from serving.memory_retriever import InMemoryRetriever
+from serving.testing.memory_retriever import InMemoryRetriever
 
 JSON = {"content-type": "application/json"}
 

@@ -12,7 +12,7 @@ import pytest
 from gateway_helpers import DOCS, free_port, make_config
 
 from raft.netutil import wait_healthy
-from serving.memory_retriever import InMemoryRetriever
+from serving.testing.memory_retriever import InMemoryRetriever
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import pytest
 
 from gateway_helpers import ServerThread, free_port
 from raft.netutil import wait_healthy
-from serving.fake_engine import create_engine_app
+from serving.testing.fake_engine import create_engine_app
 from serving.launchers import port_in_use
 
 STUB = str(Path(__file__).with_name("stub_engine_serve.py"))

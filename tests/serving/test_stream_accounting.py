@@ -13,7 +13,7 @@ from gateway_helpers import DOCS, make_config
 
 from serving.app import create_app
 from serving.gateway import Gateway
-from serving.memory_retriever import InMemoryRetriever
+from serving.testing.memory_retriever import InMemoryRetriever
 
 BODY = json.dumps({"model": "raft", "stream": True,
                    "messages": [{"role": "user", "content": "capital of Veloria"}]}).encode()

@@ -14,10 +14,10 @@ from starlette.testclient import TestClient
 from retrieval.types import Document
 from serving.app import create_app
 from serving.gateway import Gateway
-from serving.memory_retriever import InMemoryRetriever
+from serving.testing.memory_retriever import InMemoryRetriever
 
 from gateway_helpers import ServerThread, make_config
-from serving.fake_engine import create_engine_app
+from serving.testing.fake_engine import create_engine_app
 
 WORDS = ["lynx", "glass", "river", "tower", "amber", "heron", "salt", "mine", "bridge", "snow", "lumen", "sael"]
 TENANTS = ["t0", "t1", "t2", "t3"]

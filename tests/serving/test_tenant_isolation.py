@@ -12,7 +12,7 @@ import pytest
 
 from gateway_helpers import DOCS
 from retrieval.store import Store
-from serving.memory_retriever import InMemoryRetriever
+from serving.testing.memory_retriever import InMemoryRetriever
 
 KEYS = {"ka": "acme", "kg": "globex"}
 ACME, GLOBEX = {"Authorization": "Bearer ka"}, {"Authorization": "Bearer kg"}

@@ -2,7 +2,7 @@
 the first shown document (so citations carry a quote), an optional delay standing in for generation
 time, and the last request body kept for inspection (GET /_last).
 
-    python -m serving.fake_engine --port 8101 --delay-ms 50
+    python -m serving.testing.fake_engine --port 8101 --delay-ms 50
 """
 
 from __future__ import annotations
