@@ -2,11 +2,12 @@
 
 The stable Python API is what `__all__` names:
 
-    from retrieval import Document, IndexConfig, RetrievalIndex
+    from retrieval import Document, IndexConfig, Reranker, RetrievalIndex
 
     index = RetrievalIndex.build("docs/", "idx", IndexConfig(chunk_size=256))
     hits = index.search("what is RAFT?", k=5)                # hybrid: dense + BM25
     index.add_documents([Document("new.md", "Text that is searchable at once.")])
+    hits = index.search("what is RAFT?", k=5, rerank=Reranker("reranker/"))  # + cross-encoder (docs/rerank.md)
 
 Names are imported on first use, so `import retrieval` does not load FAISS or torch. This package imports
 neither `raft` nor `serving` (the dependency direction is serving -> raft -> retrieval).
@@ -27,6 +28,8 @@ _EXPORTS = {
     "RetrievalError": "retrieval.errors",
     "load_corpus": "retrieval.loaders",
     "RayRetriever": "retrieval.ray_retriever",
+    "Reranker": "retrieval.rerank",
+    "RerankConfig": "retrieval.rerank",
 }
 
 __all__ = list(_EXPORTS)

@@ -40,6 +40,7 @@ from retrieval.fusion import fuse
 from retrieval.generations import (  # noqa: F401  (FORMAT*, MANIFEST, read_manifest: importable from here too)
     CACHE_FILE, FORMAT, FORMAT_VERSION, MANIFEST, crash_point, fsync_rename, max_gen_on_disk, read_manifest,
     sha256_file, sweep, write_manifest, writer_lock)
+from retrieval.rerank import Reranker
 from retrieval.store import Store, deadline, metadata_json
 from retrieval.types import Chunk, Document, Hit
 
@@ -429,13 +430,16 @@ class RetrievalIndex:
 
     # ---- search -------------------------------------------------------------------------------
     def search(self, query: str, k: int = 5, mode: str = "hybrid", filter: dict | None = None,
-               deadline_at: float | None = None) -> list[Hit]:
-        return self.search_batch([query], k, mode, filter, deadline_at)[0]
+               deadline_at: float | None = None, rerank: Reranker | None = None) -> list[Hit]:
+        return self.search_batch([query], k, mode, filter, deadline_at, rerank)[0]
 
     def search_batch(self, queries: list[str], k: int = 5, mode: str = "hybrid",
-                     filter: dict | None = None, deadline_at: float | None = None) -> list[list[Hit]]:
+                     filter: dict | None = None, deadline_at: float | None = None,
+                     rerank: Reranker | None = None) -> list[list[Hit]]:
         """Hits per query. `deadline_at` (time.monotonic()): past it the search stops, between stages and
-        inside its SQLite queries, with TimeoutError."""
+        inside its SQLite queries, with TimeoutError. `rerank` (retrieval.rerank.Reranker): the search's
+        first `rerank.candidates` hits, filters already applied, are re-scored by the cross-encoder and its
+        best k are returned."""
         k = _check_k(k)
         if mode not in MODES:
             raise RetrievalError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -444,7 +448,8 @@ class RetrievalIndex:
         flt = normalize_filter(filter)
         if not queries:
             return []
-        ncand = max(k, self.config.candidates) if mode == "hybrid" else k
+        want = max(k, rerank.candidates) if rerank is not None else k  # hits taken out of the search
+        ncand = max(want, self.config.candidates) if mode == "hybrid" else want
         dense: list[list[tuple[int, float]]] = [[] for _ in queries]
         sparse: list[list[tuple[int, float]]] = [[] for _ in queries]
         vectors = self.embed(queries) if mode in ("dense", "hybrid") else None
@@ -462,7 +467,11 @@ class RetrievalIndex:
             else:
                 ranked = [fuse(self.config.fusion, d, s, self.config.dense_weight, self.config.rrf_k)
                           for d, s in zip(dense, sparse)]
-            return self._hits([r[:k] for r in ranked], gen.store)
+            hits = self._hits([r[:want] for r in ranked], gen.store)
+        if rerank is None:
+            return hits
+        _check_deadline(deadline_at)  # the cross-encoder pass itself cannot be stopped half-way
+        return rerank.rerank_batch(queries, hits, k)
 
     def search_vectors(self, vectors: np.ndarray, k: int, filter: dict | None = None) -> list[list[Hit]]:
         """Dense search with precomputed (normalised) query vectors, batched."""

@@ -98,3 +98,11 @@ def tiny_engine(tiny_model_dir, tmp_path_factory):
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tmp_path_factory) -> Path:
+    """A random 2-layer cross-encoder directory (tests/tiny_cross_encoder.py): loads as a CrossEncoder."""
+    from tiny_cross_encoder import build_tiny_cross_encoder
+
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("tiny_ce") / "model")

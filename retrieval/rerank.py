@@ -1,0 +1,180 @@
+"""The optional rerank stage: a sentence-transformers CrossEncoder re-scores the first candidates of a search.
+
+Hybrid search (dense + BM25, fused) is cheap and recall-oriented; a cross-encoder reads the query and each
+passage together, which is more precise and costs one transformer pass per (query, passage) pair. So the
+stage scores only the first `candidates` hits of the search (after tenant and metadata filters, which are
+applied inside the search) and keeps the best k. It is off unless a model is named.
+
+    from retrieval import RetrievalIndex, Reranker
+
+    reranker = Reranker("runs/reranker", candidates=40)      # written by `raft rerank train`
+    hits = RetrievalIndex.open("idx").search("what is RAFT?", k=5, rerank=reranker)
+
+A reranked Hit's score is the cross-encoder's relevance (0..1 for a one-label model with its default
+sigmoid), not the fused score.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from pydantic import Field
+
+from retrieval.config import _Config
+from retrieval.errors import RetrievalError
+from retrieval.types import Chunk, Hit
+
+log = logging.getLogger(__name__)
+
+RERANK_META = "raft_rerank.json"  # written next to the weights by `raft rerank train`
+
+
+class RerankConfig(_Config):
+    """The cross-encoder rerank stage (off while `model` is null)."""
+
+    model: str | None = None
+    """CrossEncoder directory (what `raft rerank train` writes) or a sentence-transformers CrossEncoder name;
+    null: no reranking."""
+    candidates: int = Field(40, ge=1, le=1000)
+    """Search hits re-scored per query (the best k of them are kept); latency grows linearly with it."""
+    batch_size: int = Field(64, ge=1)
+    """(query, passage) pairs scored per forward pass."""
+    max_length: int | None = Field(None, ge=8)
+    """Truncate each (query, passage) pair to this many tokens (null: what the model was trained with)."""
+    device: str | None = None
+    """torch device ("cpu", "cuda", ...); null picks CUDA when present."""
+
+
+def pair_text(chunk: Chunk) -> str:
+    """What the cross-encoder reads of a chunk: its title and text, as the embedder reads it (training
+    pairs are made the same way, raft/rerank/pairs.py)."""
+    return f"{chunk.title}\n{chunk.text}" if chunk.title else chunk.text
+
+
+class _Loaded:
+    """One CrossEncoder in memory and the lock that serialises its use (its fast tokenizer is not safe to
+    call from two threads at once, and two concurrent forward passes only compete for the same cores)."""
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.lock = threading.Lock()
+
+
+_SHARED: dict[tuple, _Loaded] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _resolve(name: str) -> str:
+    p = Path(name).expanduser()
+    return str(p.resolve()) if p.exists() else name
+
+
+def _check_is_cross_encoder(path: str) -> None:
+    """A plain encoder (e.g. the bundled all-MiniLM-L6-v2) loads as a CrossEncoder with a randomly
+    initialised head, whose scores are noise: refuse it, saying what to use instead."""
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(path)
+    except Exception as e:
+        raise RetrievalError(f"rerank model {path!r} cannot be loaded ({str(e).strip().splitlines()[0][:200]}); "
+                             "give the directory `raft rerank train DATASET --out DIR` wrote, or a "
+                             "sentence-transformers CrossEncoder name") from None
+    arch = list(getattr(cfg, "architectures", None) or [])
+    if arch and not any(a.endswith(("ForSequenceClassification", "ForCausalLM")) for a in arch):
+        raise RetrievalError(f"rerank model {path!r} is not a cross-encoder (its config names {', '.join(arch)}, "
+                             "without a sequence-classification head), so its scores would be random; train one "
+                             "from it with `raft rerank train DATASET --out DIR`")
+
+
+def load_cross_encoder(model: str, device: str | None = None, max_length: int | None = None) -> _Loaded:
+    """The CrossEncoder for (model, device, max_length), loaded once per process."""
+    path = _resolve(model)
+    key = (path, device, max_length)
+    with _SHARED_LOCK:
+        got = _SHARED.get(key)
+        if got is None:
+            _check_is_cross_encoder(path)
+            from sentence_transformers import CrossEncoder
+
+            try:
+                ce = CrossEncoder(path, device=device, max_length=max_length)
+            except Exception as e:
+                raise RetrievalError(f"cannot load rerank model {model!r} from {path!r}: {e}") from None
+            ce.eval()
+            got = _SHARED[key] = _Loaded(ce)
+        return got
+
+
+class Reranker:
+    """Re-scores search hits with a cross-encoder and keeps the best k. Thread-safe; the model loads on first
+    use (or with `load()`), once per process for the same model, device and max_length."""
+
+    def __init__(self, model: str, candidates: int = 40, *, batch_size: int = 64, max_length: int | None = None,
+                 device: str | None = None):
+        if not isinstance(candidates, int) or isinstance(candidates, bool) or candidates < 1:
+            raise RetrievalError(f"rerank candidates must be a positive integer, got {candidates!r}")
+        self.model_name = model
+        self.candidates = candidates
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.device = device
+        self._loaded: _Loaded | None = None
+
+    @classmethod
+    def from_config(cls, cfg: RerankConfig | dict | None) -> "Reranker | None":
+        """The reranker a RerankConfig names; None when it names no model (reranking off)."""
+        if cfg is None:
+            return None
+        cfg = RerankConfig.model_validate(cfg) if isinstance(cfg, dict) else cfg
+        if not cfg.model:
+            return None
+        return cls(cfg.model, cfg.candidates, batch_size=cfg.batch_size, max_length=cfg.max_length,
+                   device=cfg.device)
+
+    def config(self) -> RerankConfig:
+        return RerankConfig(model=self.model_name, candidates=self.candidates, batch_size=self.batch_size,
+                            max_length=self.max_length, device=self.device)
+
+    def load(self) -> "Reranker":
+        """Load the model now (a server checks it at start, not on the first request)."""
+        if self._loaded is None:
+            self._loaded = load_cross_encoder(self.model_name, self.device, self.max_length)
+        return self
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """Relevance of each (query, passage) pair, higher is better."""
+        if not pairs:
+            return np.zeros(0, dtype="float32")
+        loaded = self.load()._loaded
+        with loaded.lock:
+            s = loaded.model.predict(list(pairs), batch_size=self.batch_size, show_progress_bar=False,
+                                     convert_to_numpy=True)
+        return np.asarray(s, dtype="float32").reshape(len(pairs), -1)[:, 0]
+
+    def rerank(self, query: str, hits: Sequence[Hit], k: int) -> list[Hit]:
+        return self.rerank_batch([query], [hits], k)[0]
+
+    def rerank_batch(self, queries: Sequence[str], hits: Sequence[Sequence[Hit]], k: int) -> list[list[Hit]]:
+        """Per query, its first max(k, candidates) hits re-scored and the best k returned (ties keep the
+        search's order). All pairs of the batch go through the model together."""
+        if len(queries) != len(hits):
+            raise RetrievalError(f"rerank_batch: {len(queries)} queries but {len(hits)} hit lists")
+        heads = [list(h)[: max(k, self.candidates)] for h in hits]
+        pairs = [(q, pair_text(h.chunk)) for q, lst in zip(queries, heads) for h in lst]
+        scores = self.score_pairs(pairs)
+        out, at = [], 0
+        for lst in heads:
+            s = scores[at:at + len(lst)]
+            at += len(lst)
+            order = np.argsort(-s, kind="stable")[:k]
+            out.append([replace(lst[i], score=float(s[i])) for i in order])
+        return out
+
+    def __repr__(self) -> str:
+        return f"Reranker({self.model_name!r}, candidates={self.candidates})"

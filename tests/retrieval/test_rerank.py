@@ -1,0 +1,95 @@
+"""The cross-encoder rerank stage in RetrievalIndex.search, with a tiny random cross-encoder built in the
+test (tests/tiny_cross_encoder.py): it re-scores the search's first `candidates` hits, after filters and
+tenants, and keeps the best k in the model's order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from retrieval.errors import RetrievalError
+from retrieval.index import RetrievalIndex
+from retrieval.rerank import RerankConfig, Reranker, pair_text
+
+QUERIES = ["Which island is the largest in the Veloria chain?", "What does Veloria export?",
+           "Who governs the islands?"]
+
+
+@pytest.fixture(scope="module")
+def index(built_index):
+    idx = RetrievalIndex.open(built_index)
+    yield idx
+    idx.close()
+
+
+def _ids(hits):
+    return [h.chunk.chunk_id for h in hits]
+
+
+def _model_order(reranker, query, hits, k):
+    """What reranking must return: the candidates sorted by the model's own scores (ties: search order)."""
+    s = reranker.score_pairs([(query, pair_text(h.chunk)) for h in hits])
+    order = np.argsort(-s, kind="stable")[:k]
+    return [hits[i].chunk.chunk_id for i in order], [float(s[i]) for i in order]
+
+
+def test_rerank_reorders_the_search_candidates_by_the_model(index, tiny_cross_encoder):
+    r = Reranker(str(tiny_cross_encoder), candidates=12)
+    for mode in ("hybrid", "dense", "bm25"):
+        for q in QUERIES:
+            cands = index.search(q, k=12, mode=mode)
+            got = index.search(q, k=4, mode=mode, rerank=r)
+            want_ids, want_scores = _model_order(r, q, cands, 4)
+            assert _ids(got) == want_ids, (mode, q)
+            assert [h.score for h in got] == pytest.approx(want_scores, abs=1e-5)
+    # the stage changes the answer (the random model disagrees with hybrid search somewhere)
+    assert any(_ids(index.search(q, k=4, rerank=r)) != _ids(index.search(q, k=4)) for q in QUERIES)
+
+
+def test_batch_equals_one_by_one_and_k_above_candidates(index, tiny_cross_encoder):
+    r = Reranker(str(tiny_cross_encoder), candidates=3)
+    batch = index.search_batch(QUERIES, k=5, rerank=r)
+    for q, hits in zip(QUERIES, batch):
+        assert _ids(hits) == _ids(index.search(q, k=5, rerank=r))
+        # k above candidates: k hits are taken out of the search, all of them re-scored
+        assert len(hits) == 5 and set(_ids(hits)) == set(_ids(index.search(q, k=5)))
+
+
+@pytest.mark.parametrize("flt", [{"tenant": "globex"}, {"tenant": "acme", "acl": "admin"},
+                                 {"doc_id": "veloria_geography.md"}])
+def test_filters_and_tenants_apply_before_rerank(index, tiny_cross_encoder, tenant_docs, flt):
+    """Only chunks the filter allows are candidates: the reranked hits are the filtered search's first
+    candidates in the model's order, never another tenant's chunk promoted by the cross-encoder."""
+    r = Reranker(str(tiny_cross_encoder), candidates=10)
+    meta = {d.doc_id: d.metadata for d in tenant_docs}
+    for q in QUERIES:
+        cands = index.search(q, k=10, filter=flt)
+        got = index.search(q, k=3, filter=flt, rerank=r)
+        assert _ids(got) == _model_order(r, q, cands, 3)[0]
+        for h in got:
+            m = dict(meta[h.chunk.doc_id], doc_id=h.chunk.doc_id)
+            assert all(v in m[key] if isinstance(m[key], list) else m[key] == v for key, v in flt.items()), h
+    assert index.search(QUERIES[0], k=3, filter={"tenant": "nobody"}, rerank=r) == []
+
+
+def test_reranker_config_and_errors(tmp_path, embedder_path, tiny_cross_encoder):
+    assert Reranker.from_config(RerankConfig()) is None  # off by default
+    r = Reranker.from_config({"model": str(tiny_cross_encoder), "candidates": 7})
+    assert r.candidates == 7 and r.config().model == str(tiny_cross_encoder)
+    with pytest.raises(RetrievalError, match="candidates must be a positive integer, got 0"):
+        Reranker(str(tiny_cross_encoder), candidates=0)
+    # the bundled embedder has no classification head: its scores would be random
+    with pytest.raises(RetrievalError, match="not a cross-encoder .*BertModel.*raft rerank train"):
+        Reranker(embedder_path).load()
+    with pytest.raises(RetrievalError, match=f"rerank model '{tmp_path / 'nope'}' cannot be loaded"):
+        Reranker(str(tmp_path / "nope")).load()
+    with pytest.raises(Exception, match="candidates"):
+        RerankConfig(candidates=0)
+
+
+def test_rerank_respects_the_deadline(index, tiny_cross_encoder):
+    import time
+
+    r = Reranker(str(tiny_cross_encoder), candidates=5)
+    with pytest.raises(TimeoutError):
+        index.search(QUERIES[0], k=3, rerank=r, deadline_at=time.monotonic() - 1)
