@@ -1,12 +1,27 @@
 """Filters: {"key": value} or {"key": [v1, v2]} (any of), matched exactly against chunk.metadata[key]
 (a list-valued metadata field such as `acl` matches when any element does) or against the columns
-doc_id, chunk_id, source, title. They compile to SQL, so they are applied inside the search.
+doc_id, chunk_id, source, title. Every key must match.
+
+One set of rules, two forms of it: `filter_sql` compiles a normalised filter to SQL, so the index applies
+it inside the search; `matches` is the same predicate on a Chunk in Python, for whatever has no SQL at
+hand (the in-memory test retriever, serving/testing/memory_retriever.py). tests/retrieval/test_filters.py
+runs one table of filters against both and asserts the same hits.
+
+The rules in detail (what SQLite does, and so what `matches` does):
+- a column compares as text: a number in the filter matches its text form (doc_id "7" matches 7; a
+  bool is 1 or 0);
+- metadata[key] yields its elements when it is a list, its values when it is an object, else itself; a
+  nested list or object is compared as its compact JSON text; null never matches;
+- a metadata value compares with a filter value of the same kind: numbers by value (1 == 1.0, and a
+  bool is the number 1 or 0), strings exactly (case and Unicode form included); a number never
+  matches a string.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sqlite3
 from typing import Any
 
 from retrieval.errors import RetrievalError
@@ -78,19 +93,75 @@ def filter_sql(flt: dict[str, list], alias: str = "c") -> tuple[str, list]:
         marks = ",".join("?" * len(vals))
         if key in COLUMNS:
             parts.append(f"{alias}.{key} IN ({marks})")
-        else:
-            path = "$." + json.dumps(key)  # quoted JSON path: keys with dots or spaces work
+        elif '"' not in key:
+            # a quoted JSON path (keys with dots or spaces work). SQLite compares the label with the key as
+            # stored, so it is escaped as the store writes metadata (store.metadata_json: non-ASCII raw)
+            path = "$." + json.dumps(key, ensure_ascii=False)
             parts.append(f"EXISTS (SELECT 1 FROM json_each({alias}.metadata, ?) j WHERE j.value IN ({marks}))")
             params.append(path)
+        else:
+            # a path label cannot hold a double quote: find the key among the object's members instead
+            # (same result, slower: every member of every row is read); a scalar is wrapped in an array
+            # so that j walks elements, values or the scalar itself, as json_each on a path does
+            parts.append(f"EXISTS (SELECT 1 FROM json_each({alias}.metadata) m, json_each(CASE WHEN m.type IN "
+                         f"('array', 'object') THEN m.value ELSE json_array(m.value) END) j "
+                         f"WHERE m.key = ? AND j.value IN ({marks}))")
+            params.append(key)
         params.extend(int(v) if isinstance(v, bool) else v for v in vals)
     return (" AND ".join(parts) or "1"), params
 
 
-def matches(chunk_meta: dict, chunk_cols: dict, flt: dict[str, list]) -> bool:
-    """The same predicate in Python (used where SQL is not at hand, e.g. merging shard results)."""
+def matches(chunk: Any, flt: dict[str, list]) -> bool:
+    """`filter_sql`'s predicate in Python, for a normalised filter (`normalize_filter`) and a Chunk (or
+    anything with its attributes) whose metadata is JSON-shaped, as the store reads it back (see
+    `stored_metadata`)."""
     for key, vals in flt.items():
-        have = chunk_cols.get(key) if key in COLUMNS else chunk_meta.get(key)
-        items = have if isinstance(have, list) else [have]
-        if not any(h == v for h in items for v in vals):
-            return False
+        if key in COLUMNS:
+            have = getattr(chunk, key, None)
+            if not any(have == _column_text(v) for v in vals):
+                return False
+        else:
+            items = list(_json_each((chunk.metadata or {}).get(key)))
+            if not any(_same_value(h, v) for h in items for v in vals):
+                return False
     return True
+
+
+def stored_metadata(metadata: dict) -> dict:
+    """Metadata as a search returns it: through the store's JSON (tuples become lists, other types their
+    str(); refused as the store refuses it)."""
+    from retrieval.store import metadata_json
+
+    return json.loads(metadata_json(metadata))
+
+
+def _json_each(value: Any):
+    """What SQLite's json_each yields as `value` for metadata[key]."""
+    if value is None:
+        return
+    for v in value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]:
+        if isinstance(v, (dict, list)):
+            yield json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+        elif v is not None:
+            yield v
+
+
+def _same_value(have: Any, want: Any) -> bool:
+    """SQLite's = between a JSON value and a bound filter value: numbers (bools are 1/0) by value, text
+    exactly, never a number and a string."""
+    if isinstance(have, str) or isinstance(want, str):
+        return isinstance(have, str) and isinstance(want, str) and have == want
+    return have == want
+
+
+def _column_text(v: Any) -> str:
+    """A filter value as SQLite compares it with a TEXT column (the column's affinity converts it)."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, bool) or isinstance(v, int):
+        return str(int(v))
+    con = sqlite3.connect(":memory:")  # a float's text form is SQLite's own ("1.0e+20"), so ask it
+    try:
+        return con.execute("SELECT CAST(? AS TEXT)", (v,)).fetchone()[0]
+    finally:
+        con.close()

@@ -1,12 +1,15 @@
-"""A dependency-free in-memory retriever: word-overlap scoring, the Retrieval API's filter semantics.
-Tests use it to exercise the gateway without FAISS or an embedder; it is also handy for demos."""
+"""A dependency-free in-memory retriever: word-overlap scoring, and the index's own filter rules
+(`retrieval.filters`: normalize_filter, then matches, the Python twin of the SQL the index runs), so a
+filter selects the same chunks here as on a RetrievalIndex. Tests use it to exercise the gateway without
+FAISS or an embedder; tests/retrieval/test_filters.py holds both to one table of filters."""
 
 from __future__ import annotations
 
 import re
 import time
-from typing import Any, Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
+from retrieval.filters import matches, normalize_filter, stored_metadata
 from retrieval.types import Chunk, Document, Hit, chunk_id_for
 from serving.retriever import SearchResult
 
@@ -15,17 +18,6 @@ _WORD = re.compile(r"\w+")
 
 def _words(text: str) -> set[str]:
     return set(_WORD.findall(text.lower()))
-
-
-def matches(chunk: Chunk, flt: Optional[dict[str, Any]]) -> bool:
-    """Filter semantics of the Retrieval API: exact match on metadata[key] (or doc_id / source); a list
-    value means any of; every key must match."""
-    for key, want in (flt or {}).items():
-        have = getattr(chunk, key) if key in ("doc_id", "source") else (chunk.metadata or {}).get(key)
-        wants = want if isinstance(want, (list, tuple, set)) else [want]
-        if have not in wants:
-            return False
-    return True
 
 
 class InMemoryRetriever:
@@ -42,7 +34,8 @@ class InMemoryRetriever:
         for d in docs:
             self.delete([d.doc_id])
             cid = chunk_id_for(d.doc_id, 0, len(d.text))
-            self.chunks[cid] = Chunk(cid, d.doc_id, d.text, d.title, d.source, dict(d.metadata))
+            # metadata as the index stores and returns it (JSON), which is what the filter rules read
+            self.chunks[cid] = Chunk(cid, d.doc_id, d.text, d.title, d.source, stored_metadata(d.metadata))
             self._words[cid] = _words(f"{d.title} {d.text}")
             ids.append(cid)
         return ids
@@ -54,9 +47,10 @@ class InMemoryRetriever:
         return len(gone)
 
     def search(self, query: str, k: int = 5, mode: str = "hybrid", filter: Optional[dict] = None) -> list[Hit]:
+        flt = normalize_filter(filter)
         q = _words(query) or {""}
         scored = [Hit(c, len(q & self._words[cid]) / len(q)) for cid, c in self.chunks.items()
-                  if matches(c, filter)]
+                  if matches(c, flt)]
         scored.sort(key=lambda h: (-h.score, h.chunk.chunk_id))
         return scored[:k]
 
