@@ -14,6 +14,7 @@ on a cluster reached with RAY_ADDRESS).
 from __future__ import annotations
 
 import os
+import time
 from itertools import count
 from typing import Any
 
@@ -73,19 +74,29 @@ class ShardServer:
         return f"c.row % {int(self.num_shards)} = {int(self.shard)}"
 
     def search(self, vectors: np.ndarray | None, queries: list[str], k: int, mode: str, flt: dict,
-               ncand: int) -> list[dict]:
-        """Per query: {"dense": [(row, score, chunk)], "bm25": [...]}, restricted to this shard."""
+               ncand: int, budget_s: float | None = None) -> list[dict]:
+        """Per query: {"dense": [(row, score, chunk)], "bm25": [...]}, restricted to this shard.
+        `budget_s`: seconds the caller still waits, counted from the call's arrival here (a time budget,
+        not a clock reading, because the caller may be on another node); past it the search stops, inside
+        a BM25 statement or between queries, and raises TimeoutError."""
+        from retrieval.index import _check_deadline
+        from retrieval.store import deadline
+
+        at = None if budget_s is None else time.monotonic() + budget_s
         idx = self.idx
         out = [{"dense": [], "bm25": []} for _ in queries]
-        if mode in ("dense", "hybrid") and vectors is not None:
-            dense = idx._dense_rows(vectors, ncand, flt, (self.num_shards, self.shard))
-            for o, d in zip(out, dense):
-                o["dense"] = d
-        if mode in ("bm25", "hybrid"):
-            for o, q in zip(out, queries):
-                o["bm25"] = idx.store.bm25(q, ncand, flt, restrict=self._mine(flt))
-        rows = {r for o in out for lst in o.values() for r, _ in lst}
-        chunks = idx.store.get_rows(rows)
+        with deadline(at):
+            if mode in ("dense", "hybrid") and vectors is not None:
+                dense = idx._dense_rows(vectors, ncand, flt, (self.num_shards, self.shard))
+                for o, d in zip(out, dense):
+                    o["dense"] = d
+            if mode in ("bm25", "hybrid"):
+                for o, q in zip(out, queries):
+                    _check_deadline(at)
+                    o["bm25"] = idx.store.bm25(q, ncand, flt, restrict=self._mine(flt))
+            _check_deadline(at)
+            rows = {r for o in out for lst in o.values() for r, _ in lst}
+            chunks = idx.store.get_rows(rows)
         return [{key: [(r, s, chunks[r].to_dict()) for r, s in lst if r in chunks] for key, lst in o.items()}
                 for o in out]
 
@@ -205,7 +216,7 @@ class RayRetriever:
         return self._ray.get([e.backend.remote() for e in self.embedders])
 
     # ---- search -------------------------------------------------------------------------------
-    def _dispatch(self, queries: list[str], k, mode: str, filter: dict | None):
+    def _dispatch(self, queries: list[str], k, mode: str, filter: dict | None, budget_s: float | None = None):
         from retrieval.index import MODES, _check_k
 
         k = _check_k(k)
@@ -217,7 +228,7 @@ class RayRetriever:
         if mode in ("dense", "hybrid"):
             emb = self.embedders[next(self._rr) % len(self.embedders)]
             vec_ref = emb.embed.remote(list(queries))
-        refs = [s.search.remote(vec_ref, list(queries), k, mode, flt, ncand) for s in self.shards]
+        refs = [s.search.remote(vec_ref, list(queries), k, mode, flt, ncand, budget_s) for s in self.shards]
         return refs, k, mode, ncand
 
     def _merge(self, parts: list[list[dict]], k: int, mode: str, ncand: int) -> list[list[Hit]]:
@@ -250,11 +261,28 @@ class RayRetriever:
         refs, k, mode, ncand = self._dispatch(queries, k, mode, filter)
         return self._merge(self._ray.get(refs), k, mode, ncand)
 
-    async def asearch(self, query: str, k: int = 5, mode: str = "hybrid", filter: dict | None = None) -> list[Hit]:
+    async def asearch(self, query: str, k: int = 5, mode: str = "hybrid", filter: dict | None = None,
+                      timeout: float | None = None) -> list[Hit]:
+        """`timeout` (seconds): the shards get it as their budget and stop there; a caller that stops
+        waiting first cancels the shard tasks, so no shard keeps searching for a caller that is gone."""
         import asyncio
 
-        refs, k, mode, ncand = self._dispatch([query], k, mode, filter)
-        parts = await asyncio.gather(*refs)
+        if timeout is not None and timeout <= 0:
+            raise TimeoutError("the search passed its deadline before it started")
+        refs, k, mode, ncand = self._dispatch([query], k, mode, filter, timeout)
+        try:
+            parts = await asyncio.gather(*refs)
+        except (asyncio.CancelledError, TimeoutError):
+            for ref in refs:
+                try:
+                    self._ray.cancel(ref)
+                except Exception:  # already finished, or the actor is gone
+                    pass
+            raise
+        except self._ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, TimeoutError):  # the shard stopped at its budget
+                raise TimeoutError(str(e.cause)) from None
+            raise
         return self._merge(list(parts), k, mode, ncand)[0]
 
     def embed(self, texts: list[str]) -> np.ndarray:

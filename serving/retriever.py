@@ -3,7 +3,7 @@
 - `IndexRetriever`: a `retrieval.index.RetrievalIndex` in the gateway process (searches run in worker
   threads, so the event loop keeps serving while FAISS, SQLite and the embedder work).
 - `RayRetrieverAdapter`: `retrieval.ray_retriever.RayRetriever` (shard and embedder actors on Ray).
-- `InMemoryRetriever` (serving/memory_retriever.py): a dependency-free fake for tests and demos.
+- `InMemoryRetriever` (serving/testing/memory_retriever.py): a dependency-free fake for tests and demos.
 
 Every search returns the hits and how long the embed and search stages took (seconds; None when the
 backend cannot tell them apart), which the gateway exports as Prometheus histograms.
@@ -267,7 +267,8 @@ class RayRetrieverAdapter:
     async def asearch(self, query, k, mode, filter, deadline=None):
         await self._follow_writes()
         t0 = time.perf_counter()
-        hits = await self.r.asearch(query, k, mode, filter)
+        budget = None if deadline is None else deadline - time.monotonic()
+        hits = await self.r.asearch(query, k, mode, filter, timeout=budget)
         return SearchResult(list(hits), {"search": time.perf_counter() - t0})
 
     async def _call(self, name: str, *args):

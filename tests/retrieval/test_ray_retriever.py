@@ -68,3 +68,30 @@ def test_ray_data_build_matches_local_vectors(ray_local, tmp_path, tenant_docs, 
     b = local.search_vectors(q, k=3, filter={"doc_id": [d.doc_id for d in tenant_docs[:3]]})[0]
     assert [h.chunk.chunk_id for h in a] == [h.chunk.chunk_id for h in b]
     assert [round(h.score, 4) for h in a] == [round(h.score, 4) for h in b]
+
+
+def test_a_shard_stops_at_its_time_budget(built_index):
+    """The budget travels as seconds (shards may be on another node) and stops the shard's search."""
+    from retrieval.filters import normalize_filter
+    from retrieval.ray_retriever import ShardServer
+
+    shard = ShardServer(built_index, 0, 1, None)
+    flt = normalize_filter(None)
+    got = shard.search(None, QUERIES, 3, "bm25", flt, 3, budget_s=60.0)
+    assert all(o["bm25"] for o in got)  # within its budget the shard answers
+    with pytest.raises(TimeoutError):
+        shard.search(None, QUERIES, 3, "bm25", flt, 3, budget_s=-1.0)  # the caller's time is already up
+
+
+def test_ray_asearch_past_its_timeout_raises_and_cancels(ray_local, built_index):
+    from retrieval.ray_retriever import RayRetriever
+
+    r = RayRetriever(built_index, num_shards=2)
+    try:
+        with pytest.raises(TimeoutError):
+            asyncio.run(r.asearch(QUERIES[0], k=3, mode="bm25", timeout=0.0))
+        with pytest.raises(TimeoutError):
+            asyncio.run(r.asearch(QUERIES[0], k=3, mode="bm25", timeout=1e-6))  # the shards' budget passes
+        assert asyncio.run(r.asearch(QUERIES[0], k=3, mode="hybrid", timeout=30.0))  # and it still serves
+    finally:
+        r.shutdown()
