@@ -216,14 +216,14 @@ def part_ingest(a, res: dict, state: dict) -> None:
     from retrieval.chunking import chunk_documents
     from retrieval.config import IndexConfig
     from retrieval.embedders import load_tokenizer, resolve_embedder
-    from retrieval.index import RetrievalIndex, _embed_text
+    from retrieval.index import RetrievalIndex
     from retrieval.loaders import load_corpus
 
     src = Path(a.ingest_corpus)
     docs, _ = load_corpus(src)
     docs = docs[: a.ingest_docs]
     cfg = IndexConfig()
-    texts = [_embed_text(c) for c in chunk_documents(docs, load_tokenizer(cfg.embedder), cfg.chunk_size,
+    texts = [c.embedding_text() for c in chunk_documents(docs, load_tokenizer(cfg.embedder), cfg.chunk_size,
                                                      cfg.chunk_overlap)]
     model = SentenceTransformer(resolve_embedder(cfg.embedder))
     model.encode(texts[:64], batch_size=cfg.batch_size)  # warm up

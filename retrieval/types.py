@@ -40,6 +40,11 @@ class Chunk:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def embedding_text(self) -> str:
+        """What an index embeds for this chunk: its title (context for short passages), a newline, and its
+        text; the text alone when there is no title."""
+        return f"{self.title}\n{self.text}" if self.title else self.text
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Chunk":
         return cls(**{k: d[k] for k in ("chunk_id", "doc_id", "text", "title", "source", "metadata") if k in d})

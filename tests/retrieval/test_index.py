@@ -225,3 +225,12 @@ def test_from_vectors_writes_an_index_that_opens_searches_and_caches_its_vectors
     rebuilt.close()
     with pytest.raises(RetrievalError, match="2 chunks but 1 vectors"):
         RetrievalIndex.from_vectors(tmp_path / "bad", chunks[:2], vecs[:1])
+
+
+def test_chunk_embedding_text_is_what_the_index_embeds():
+    """Chunk.embedding_text (public: benchmarks time an encoder on the same texts) is the index's rule."""
+    from retrieval.index import _embed_text
+    from retrieval.types import Chunk
+
+    for c in (Chunk("c1", "d", "Some text.", title="A title"), Chunk("c2", "d", "Untitled text.")):
+        assert c.embedding_text() == _embed_text(c)
