@@ -1,4 +1,4 @@
-"""The public Python API: what `raft` and `retrieval` export, lazily, and the entry points' config handling."""
+"""The public Python API: what `raft`, `retrieval` and `serving` export, lazily, and the entry points' config handling."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import pytest
 
 import raft
 import retrieval
+import serving
 
 HEAVY = ("torch", "ray", "faiss", "transformers", "peft", "sentence_transformers")
 
 
-@pytest.mark.parametrize("pkg", [raft, retrieval], ids=lambda p: p.__name__)
+@pytest.mark.parametrize("pkg", [raft, retrieval, serving], ids=lambda p: p.__name__)
 def test_every_exported_name_resolves(pkg):
     for name in pkg.__all__:
         assert getattr(pkg, name) is not None, name
@@ -30,10 +31,13 @@ def test_exports_are_the_defining_modules_objects():
     assert raft.merge_adapter is merge_adapter and retrieval.RetrievalIndex is RetrievalIndex
     assert {"build_dataset", "train_adapter", "evaluate", "merge_adapter", "TrainConfig"} <= set(raft.__all__)
     assert {"RetrievalIndex", "IndexConfig", "Document", "Hit"} <= set(retrieval.__all__)
+    assert {"ServeConfig", "Gateway", "create_app", "open_retriever"} <= set(serving.__all__)
+    # the test fakes are not public API
+    assert not {n for n in serving.__all__ if "Memory" in n or "fake" in n.lower()}
 
 
 def test_importing_the_packages_loads_no_heavy_library():
-    code = ("import sys, raft, retrieval, raft.cli; "
+    code = ("import sys, raft, retrieval, serving, raft.cli; "
             f"print([m for m in {HEAVY!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
