@@ -24,6 +24,8 @@ _EXPORTS = {
     "build_dataset": "raft.api",
     "train_adapter": "raft.api",
     "evaluate": "raft.api",
+    "train_reranker": "raft.api",
+    "RerankTrainConfig": "raft.rerank.config",
     "merge_adapter": "raft.train.export",
     "resolve_model": "raft.model_source",
     "BuildConfig": "raft.data.config",

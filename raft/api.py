@@ -1,4 +1,5 @@
-"""The Python entry points behind `raft build`, `raft train` and `raft eval` (re-exported by `raft`).
+"""The Python entry points behind `raft build`, `raft train`, `raft rerank train` and `raft eval`
+(re-exported by `raft`).
 
 Each takes its config as a config object, a dict of the same keys (nested sections as dicts), or the path
 of a YAML file (its `build:`/`train:`/`eval:` section, or the section's keys at top level), and returns the
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from raft.data.config import BuildConfig
     from raft.eval.config import EvalConfig
+    from raft.rerank.config import RerankTrainConfig
     from raft.train.config import TrainConfig
     from raft.train.runtime import StepHook
 
@@ -69,6 +71,17 @@ def train_adapter(config: TrainConfig | dict | str | Path, *, console=None,
     from raft.train.trainer import run_training
 
     return run_training(as_config(TrainConfig, config, "train"), console, step_hooks=step_hooks)
+
+
+def train_reranker(dataset: str | Path, out: str | Path, config: RerankTrainConfig | dict | str | Path | None = None,
+                   *, console=None) -> dict[str, Any]:
+    """Fine-tune a cross-encoder reranker on a `raft build` output directory and write it to `out`, as
+    `raft rerank train` does. Returns the summary (also saved as `out`/raft_rerank.json); load the model with
+    `retrieval.Reranker(out)`."""
+    from raft.rerank.config import RerankTrainConfig
+    from raft.rerank.trainer import train_reranker as train
+
+    return train(dataset, out, as_config(RerankTrainConfig, config, "rerank"), console=console)
 
 
 def evaluate(config: EvalConfig | dict | str | Path, *, write_report: bool = True) -> dict[str, Any]:

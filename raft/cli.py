@@ -18,13 +18,14 @@ COMMANDS: dict[str, str] = {
     "index": "raft.commands.index",
     "build": "raft.commands.build",
     "train": "raft.commands.train",
+    "rerank": "raft.commands.rerank",
     "export": "raft.commands.export",
     "serve": "serving.command",
     "eval": "raft.commands.eval",
 }
 
 EXAMPLE = """example:
-  raft quickstart                       # the whole pipeline on a tiny CPU model, in a few minutes
+  raft quickstart                       # the whole pipeline on SmolLM2-135M-Instruct, on the CPU
   raft index build docs/ --out idx      # then: raft index search idx "what is RAFT?" -k 5
 """
 

@@ -1,7 +1,7 @@
 """Typed configs: YAML files plus `key.sub=value` overrides, validated by pydantic, all errors at once.
 
 One YAML file may hold a whole pipeline, one top-level section per command (`index`, `build`, `train`,
-`export`, `serve`, `eval`); each command validates only its own section, against its own model. The models live
+`rerank`, `export`, `serve`, `eval`); each command validates only its own section, against its own model. The models live
 next to the code they configure (`retrieval/config.py`, `raft/data/config.py`, ...) and subclass
 `Config`, so every field carries a docstring that `raft <cmd> --help-config` prints.
 """
@@ -14,7 +14,7 @@ from typing import Any, Iterable, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-SECTIONS = ("index", "build", "train", "export", "serve", "eval")
+SECTIONS = ("index", "build", "train", "rerank", "export", "serve", "eval")
 
 
 class Config(BaseModel):

@@ -15,12 +15,13 @@ CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 def section_models():
     from raft.data.config import BuildConfig
     from raft.eval.config import EvalConfig
+    from raft.rerank.config import RerankTrainConfig
     from raft.train.config import TrainConfig
     from retrieval.config import IndexConfig
     from serving.config import ServeConfig
 
     return {"index": IndexConfig, "build": BuildConfig, "train": TrainConfig, "serve": ServeConfig,
-            "eval": EvalConfig}
+            "eval": EvalConfig, "rerank": RerankTrainConfig}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

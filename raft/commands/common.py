@@ -10,6 +10,7 @@ EXAMPLE_OVERRIDES = {
     "index": "chunk_size=256",
     "build": "mix.num_distractors=3",
     "train": "optim.lr=1e-4",
+    "rerank": "epochs=3",
     "export": "dtype=fp16",
     "serve": "port=9000",
     "eval": "limit=20",

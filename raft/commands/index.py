@@ -62,6 +62,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--queries", metavar="FILE.jsonl", help="one JSON object per line with `id` and `question`")
     q.add_argument("--json", action="store_true", help='one JSON line per query: {"id", "results": [...]}')
     q.add_argument("--batch-size", type=int, default=64, help="queries embedded together with --queries")
+    q.add_argument("--rerank", metavar="MODEL", help="re-score the first candidates with this cross-encoder "
+                   "(a `raft rerank train` output directory or a CrossEncoder name) and keep the best k")
+    q.add_argument("--rerank-candidates", type=int, default=40, metavar="N",
+                   help="hits re-scored per query with --rerank (default 40)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -257,6 +261,8 @@ def _search(args) -> int:
 
     if args.k <= 0:
         raise RetrievalError(f"-k must be a positive integer, got {args.k}")
+    if args.rerank_candidates <= 0:
+        raise RetrievalError(f"--rerank-candidates must be a positive integer, got {args.rerank_candidates}")
     flt = parse_filter_args(args.filter)
     if args.queries:
         queries = _read_queries(args.queries)
@@ -264,11 +270,19 @@ def _search(args) -> int:
         queries = [("0", args.query)]
     else:
         raise RetrievalError("give a QUERY or --queries FILE.jsonl")
+    reranker = None
+    if args.rerank:
+        from raft.commands.common import absolute
+        from retrieval.rerank import Reranker
+
+        # loaded before the index opens: a wrong model path fails at once, with its own message
+        reranker = Reranker(absolute(args.rerank, must_exist=True), args.rerank_candidates).load()
     idx = RetrievalIndex.open(args.index)  # verify: checksums, so a damaged file is named, not a traceback
     width = max(40, shutil.get_terminal_size().columns)  # COLUMNS honoured; piped output gets 80
     for i in range(0, len(queries), max(1, args.batch_size)):
         part = queries[i:i + args.batch_size]
-        results = idx.search_batch([q for _, q in part], k=args.k, mode=args.mode, filter=flt or None)
+        results = idx.search_batch([q for _, q in part], k=args.k, mode=args.mode, filter=flt or None,
+                                   rerank=reranker)
         for (qid, q), hits in zip(part, results):
             rows = [{"chunk_id": h.chunk.chunk_id, "doc_id": h.chunk.doc_id, "score": round(float(h.score), 6),
                      "title": h.chunk.title, "text": h.chunk.text} for h in hits]

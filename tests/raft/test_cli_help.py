@@ -10,9 +10,9 @@ import pytest
 
 from raft.cli import available, command_parser, main
 
-# every verb that reads a config section (raft index: its `build` sub-verb)
+# every verb that reads a config section (raft index: its `build` sub-verb; raft rerank: `train`)
 CONFIG_VERBS = {"build": ["build"], "train": ["train"], "export": ["export"], "serve": ["serve"],
-                "eval": ["eval"], "index": ["index", "build"]}
+                "eval": ["eval"], "index": ["index", "build"], "rerank": ["rerank", "train"]}
 
 
 def raft(*args, columns=None):
@@ -36,8 +36,8 @@ def test_help_config_needs_no_positional_arguments(verb):
 def test_every_verb_takes_config_and_help_config():
     for name in available():
         parser, _ = command_parser(name)
-        if name == "index":
-            parser = parser._subparsers._group_actions[0].choices["build"]
+        if name in ("index", "rerank"):
+            parser = parser._subparsers._group_actions[0].choices[CONFIG_VERBS[name][1]]
         flags = {s for a in parser._actions for s in a.option_strings}
         assert {"--config", "--help-config"} <= flags, name
 

@@ -1,0 +1,54 @@
+"""Typed config of `raft rerank train` (YAML section `rerank`): every field has a docstring, printed by
+`raft rerank train --help-config`."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import Field, field_validator
+
+from raft.config import Config
+
+
+class RerankTrainConfig(Config):
+    """Fine-tune a cross-encoder on (question, oracle chunk) positives and (question, distractor) negatives."""
+
+    base_model: str = "all-MiniLM-L6-v2"
+    """Model the cross-encoder starts from (a sequence-classification head is added when it has none):
+    "all-MiniLM-L6-v2" is the bundled copy (no download); any local path or hub name also works."""
+    splits: list[str] = ["train"]
+    """Dataset splits whose records become training pairs (the test split is kept for `raft eval`)."""
+    eval_split: Optional[str] = "validation"
+    """Split on which the trained model is measured (MRR of the oracle among each record's shown chunks);
+    skipped when the dataset has no such split; null: never."""
+    negatives: Optional[int] = Field(None, ge=0)
+    """Distractors used per question as negatives (the first ones shown); null: all of them."""
+    epochs: float = Field(2.0, gt=0)
+    """Passes over the training pairs (ignored when max_steps is set)."""
+    max_steps: Optional[int] = Field(None, ge=1)
+    """Stop after this many optimizer steps (overrides epochs)."""
+    batch_size: int = Field(32, ge=1)
+    """Pairs per optimizer step."""
+    lr: float = Field(5e-5, gt=0)
+    """Peak learning rate (linear warm-up, then linear decay)."""
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    """Fraction of the steps spent warming the learning rate up."""
+    pos_weight: Optional[float] = Field(None, gt=0)
+    """Weight of a positive pair in the binary cross-entropy; null: negatives per positive in the data, so
+    both classes weigh the same."""
+    max_length: int = Field(256, ge=16)
+    """Tokens of one (question, passage) pair; longer pairs are truncated (saved with the model, so the
+    rerank stage reads pairs as training did). Shorter is faster to train and to serve."""
+    device: Optional[str] = None
+    """torch device ("cpu", "cuda", ...); null picks CUDA when present."""
+    seed: int = 0
+    """Seed of the new head's initialisation and of the pair order."""
+    progress: bool = True
+    """Show a progress bar while training."""
+
+    @field_validator("splits")
+    @classmethod
+    def _some_split(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("name at least one split, e.g. [train]")
+        return list(dict.fromkeys(v))

@@ -1,0 +1,159 @@
+"""Fine-tune a cross-encoder reranker on a RAFT dataset with sentence-transformers' CrossEncoderTrainer and
+write it where the rerank stage loads it (retrieval.rerank.Reranker), with raft_rerank.json beside it.
+
+The model starts from the bundled all-MiniLM-L6-v2 by default: its encoder already knows the corpus's
+language, and CrossEncoder adds the one-label sequence-classification head, trained here with binary
+cross-entropy on (question, oracle) = 1 and (question, distractor) = 0 (raft/rerank/pairs.py). The output
+directory is written under a temporary name and renamed, so a failed run never leaves half a model where
+a server would load it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from raft.errors import RaftError
+from raft.rerank.config import RerankTrainConfig
+from raft.rerank.pairs import eval_groups, make_pairs, read_records
+from retrieval.rerank import RERANK_META
+
+
+def check_out(out: Path) -> None:
+    """--out must be new, empty, or a reranker this command wrote (then it is replaced): never a directory
+    that holds something else."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / RERANK_META).is_file())):
+        raise RaftError(f"--out {str(out)!r} exists and is not a reranker directory (no {RERANK_META}); "
+                        "choose a new directory (an earlier `raft rerank train` output is replaced)")
+
+
+def _load_base(cfg: RerankTrainConfig):
+    from sentence_transformers import CrossEncoder
+    from transformers import set_seed
+    from transformers.utils import logging as hf_logging
+
+    from retrieval.embedders import resolve_embedder
+
+    set_seed(cfg.seed)  # the new head's initial weights
+    # "classifier weights newly initialized" and "converting a SentenceTransformer model to CrossEncoder"
+    # are what this command is for, not warnings for its user
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    st_log = logging.getLogger("sentence_transformers.base.model")
+    level = st_log.level
+    st_log.setLevel(logging.ERROR)
+    try:
+        return CrossEncoder(resolve_embedder(cfg.base_model), num_labels=1, max_length=cfg.max_length,
+                            device=cfg.device)
+    except Exception as e:
+        raise RaftError(f"cannot load base_model {cfg.base_model!r}: {str(e).strip().splitlines()[0][:300]}; "
+                        "name a local model directory or the bundled all-MiniLM-L6-v2") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        st_log.setLevel(level)
+
+
+def mrr(model, groups: list[tuple[str, list[str], list[bool]]], batch_size: int = 64) -> float | None:
+    """Mean reciprocal rank of the first oracle when the model orders each group's shown passages."""
+    import numpy as np
+
+    if not groups:
+        return None
+    pairs = [(q, p) for q, passages, _ in groups for p in passages]
+    scores = np.asarray(model.predict(pairs, batch_size=batch_size, show_progress_bar=False)).reshape(-1)
+    total, at = 0.0, 0
+    for _, passages, flags in groups:
+        s = scores[at:at + len(passages)]
+        at += len(passages)
+        order = np.argsort(-s, kind="stable")
+        total += 1.0 / (1 + next(r for r, i in enumerate(order) if flags[i]))
+    return total / len(groups)
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished model to `out`, replacing an earlier reranker there with one rename each."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def train_reranker(dataset: str | Path, out: str | Path, cfg: RerankTrainConfig, console=None) -> dict[str, Any]:
+    """Train on `dataset` (a `raft build` output directory), write the model to `out`; returns the summary."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+
+    t0 = time.perf_counter()
+    dataset, out = Path(dataset), Path(out)
+    check_out(out)
+    pairs, manifest = make_pairs(dataset, cfg.splits, cfg.negatives, cfg.seed)
+    groups = []
+    if cfg.eval_split and cfg.eval_split in manifest.get("splits", []) and cfg.eval_split not in cfg.splits:
+        groups = eval_groups(dataset, cfg.eval_split, manifest)
+    elif cfg.eval_split and cfg.eval_split not in manifest.get("splits", []) and cfg.eval_split != "validation":
+        read_records(dataset, cfg.eval_split, manifest)  # a split named on purpose that is missing: say so
+    st = pairs.stats
+    if console is not None:
+        console.print(f"training a reranker from {cfg.base_model} on {st['records']} question(s) of "
+                      f"{dataset} ({', '.join(cfg.splits)}): {st['positives']} positive and {st['negatives']} "
+                      f"negative pairs")
+    model = _load_base(cfg)
+    pos_weight = cfg.pos_weight or st["negatives"] / st["positives"]
+    loss = BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(pos_weight))
+    data = Dataset.from_dict({"query": pairs.queries, "passage": pairs.passages, "label": pairs.labels})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        args = CrossEncoderTrainingArguments(
+            output_dir=str(scratch / "trainer"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
+            # warmup_steps below 1 is a ratio of the steps (transformers 5; warmup_ratio is deprecated there)
+            per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr, warmup_steps=cfg.warmup_ratio,
+            seed=cfg.seed, data_seed=cfg.seed, save_strategy="no", report_to="none", logging_strategy="no",
+            disable_tqdm=not cfg.progress, use_cpu=(cfg.device == "cpu"), dataloader_num_workers=0,
+            dataloader_pin_memory=torch.cuda.is_available() and cfg.device != "cpu")
+        trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss)
+        if not cfg.progress:  # without a progress bar the trainer prints its final metrics dict instead
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)
+        t_train = time.perf_counter()
+        result = trainer.train()
+        train_s = time.perf_counter() - t_train
+        model.eval()
+        eval_mrr = mrr(model, groups)
+        final = scratch / "model"
+        model.save_pretrained(str(final))
+        summary = {
+            "out": str(out), "dataset": str(dataset.resolve()), "dataset_fingerprint": manifest.get("fingerprint"),
+            "base_model": cfg.base_model, "splits": cfg.splits, **st, "pos_weight": round(pos_weight, 4),
+            "steps": int(result.global_step), "train_loss": round(float(result.training_loss), 5),
+            "train_seconds": round(train_s, 1), "max_length": cfg.max_length,
+            "eval": {"split": cfg.eval_split if groups else None, "questions": len(groups),
+                     "mrr": round(eval_mrr, 4) if eval_mrr is not None else None},
+            "config": cfg.model_dump(mode="json"), "versions": _versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        summary["seconds"] = round(time.perf_counter() - t0, 1)
+        (final / RERANK_META).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        _replace_dir(final, out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return summary
+
+
+def _versions() -> dict[str, str]:
+    import sentence_transformers
+    import torch
+    import transformers
+
+    return {"sentence_transformers": sentence_transformers.__version__, "transformers": transformers.__version__,
+            "torch": torch.__version__}

@@ -1,0 +1,93 @@
+"""`raft rerank train`: pairs from a real small `raft build` output, a short real training run from the
+bundled MiniLM, and the errors a user meets first."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import raft
+from raft.cli import main
+from raft.errors import RaftError
+from raft.rerank.pairs import make_pairs, shown_chunks
+
+
+@pytest.fixture(scope="module")
+def dataset(corpus_dir, tmp_path_factory):
+    """A small extractive build: half the records leave their oracle out (so its text comes from elsewhere)."""
+    out = tmp_path_factory.mktemp("rerank") / "data"
+    raft.build_dataset(corpus_dir, out, {"teacher": {"kind": "extractive"}, "progress": False,
+                                         "questions_per_chunk": 1, "max_chunks": 12,
+                                         "mix": {"num_distractors": 3, "p_oracle": 0.5},
+                                         "split": {"train": 0.7, "validation": 0.3, "test": 0.0}})
+    return out
+
+
+def _records(dataset, split):
+    return [json.loads(x) for x in (dataset / "raft" / f"{split}.jsonl").read_text().splitlines() if x.strip()]
+
+
+def test_pairs_are_oracles_and_shown_distractors(dataset):
+    recs = _records(dataset, "train")
+    pairs, manifest = make_pairs(dataset, ["train"], None, seed=0)
+    assert pairs.stats["positives"] + pairs.stats["positives_without_text"] == sum(len(r["oracle_ids"]) for r in recs)
+    assert pairs.stats["negatives"] == sum(len(set(r["doc_ids"]) - set(r["oracle_ids"])) for r in recs)
+    assert any(not r["oracle_included"] for r in recs) and pairs.stats["positives_without_text"] == 0
+    # every passage is read as the rerank stage reads a chunk: "title\ntext"
+    by_text = {p for r in recs for c in shown_chunks(r).values() for p in [f"{c.title}\n{c.text}"]}
+    negatives = {p for p, y in zip(pairs.passages, pairs.labels) if y == 0}
+    assert negatives <= by_text and all(p.startswith("# ") or "\n" in p for p in pairs.passages)
+    assert manifest["fingerprint"]
+    assert make_pairs(dataset, ["train"], 1, 0)[0].stats["negatives"] == len(recs)  # negatives=1: one each
+
+
+def test_errors_name_the_problem(dataset, tmp_path, capsys):
+    with pytest.raises(RaftError, match="no manifest.json"):
+        make_pairs(tmp_path, ["train"], None, 0)
+    with pytest.raises(RaftError, match="no 'dev' split .*its splits: train, validation"):
+        make_pairs(dataset, ["dev"], None, 0)
+    # every config problem at once, each naming its key
+    rc = main(["rerank", "train", str(dataset), "--out", str(tmp_path / "m"), "epochs=0", "lr=fast", "nope=1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "3 problem(s)" in err and "epochs" in err and "lr" in err and "nope: unknown key" in err
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    rc = main(["rerank", "train", str(dataset), "--out", str(tmp_path / "taken")])
+    assert rc == 2 and "is not a reranker directory" in capsys.readouterr().err
+    assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+    rc = main(["rerank", "train", "--out", str(tmp_path / "m")])
+    assert rc == 2 and "needs a DATASET_DIR" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_a_few_steps_then_load_and_rerank(dataset, tmp_path, capsys):
+    from retrieval.index import RetrievalIndex
+    from retrieval.rerank import RERANK_META, Reranker
+
+    out = tmp_path / "reranker"
+    rc = main(["rerank", "train", str(dataset), "--out", str(out), "max_steps=2", "batch_size=8", "max_length=64",
+               "progress=false"])
+    printed = capsys.readouterr().err
+    assert rc == 0, printed
+    assert "reranker written to" in printed and "validation MRR" in printed
+    meta = json.loads((out / RERANK_META).read_text())
+    assert meta["dataset_fingerprint"] == json.loads((dataset / "manifest.json").read_text())["fingerprint"]
+    assert meta["base_model"] == "all-MiniLM-L6-v2" and meta["steps"] == 2 and meta["max_length"] == 64
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no scratch left behind
+
+    r = Reranker(str(out), candidates=6)
+    idx = RetrievalIndex.open(dataset / "index")
+    try:
+        q = "Which island is the largest in the Veloria chain?"
+        hits = idx.search(q, k=3, rerank=r)
+        cands = idx.search(q, k=6)
+        assert len(hits) == 3 and {h.chunk.chunk_id for h in hits} <= {h.chunk.chunk_id for h in cands}
+        assert all(0.0 <= h.score <= 1.0 for h in hits) and hits == sorted(hits, key=lambda h: -h.score)
+    finally:
+        idx.close()
+    # a rerun replaces the earlier reranker in place
+    assert main(["rerank", "train", str(dataset), "--out", str(out), "max_steps=1", "batch_size=8", "max_length=64",
+                 "progress=false", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 1
+    assert json.loads((out / RERANK_META).read_text())["steps"] == 1
