@@ -170,20 +170,46 @@ class WriterServer:
             idx.close()
 
 
+class RerankServer:
+    """A cross-encoder (wrapped as a Ray actor by RayRetriever): the rerank stage has its own actor pool, so
+    it scales (and takes GPUs) apart from the shards. It gets passages as text and returns an order."""
+
+    def __init__(self, config: dict):
+        from retrieval.rerank import Reranker
+
+        _limit_threads()
+        self.reranker = Reranker.from_config(config).load()
+        self.reranker.score_pairs([("warm up", "warm up")])  # the first real query pays no start-up
+
+    def rank(self, queries: list[str], texts: list[list[str]], k: int) -> list[list[tuple[int, float]]]:
+        return self.reranker.rank_texts(queries, texts, k)
+
+
 class RayRetriever:
-    """Search an index through Ray actors; same search/add/delete methods as RetrievalIndex."""
+    """Search an index through Ray actors; same search/add/delete methods as RetrievalIndex.
+
+    With `rerank` (a RerankConfig naming a model) a pool of `num_rerankers` cross-encoder actors re-scores
+    the merged first `rerank.candidates` hits of each search (filters were applied by the shards) and keeps
+    the best k; each search call may turn it off (`rerank=False`)."""
 
     def __init__(self, index_dir: str, num_shards: int = 2, num_embedders: int = 1, embedder: str | None = None,
                  shard_cpus: float = 0.25, embedder_cpus: float = 0.5, embedder_gpus: float = 0.0,
-                 embed_backend: str | None = None):
+                 embed_backend: str | None = None, rerank: Any = None, num_rerankers: int = 1,
+                 reranker_cpus: float = 1.0, reranker_gpus: float = 0.0):
         """`embed_backend`: auto | onnx | torch for the embedder actors (default: env RAFT_EMBED_BACKEND,
-        else auto); see `Embedder.use_backend`."""
+        else auto); see `Embedder.use_backend`. `rerank`: a RerankConfig (or its dict); reranking is off
+        while it names no model."""
         import ray
 
         from retrieval.index import read_manifest
 
-        if num_shards < 1 or num_embedders < 1:
-            raise RetrievalError(f"num_shards ({num_shards}) and num_embedders ({num_embedders}) must be >= 1")
+        if num_shards < 1 or num_embedders < 1 or num_rerankers < 1:
+            raise RetrievalError(f"num_shards ({num_shards}), num_embedders ({num_embedders}) and num_rerankers "
+                                 f"({num_rerankers}) must be >= 1")
+        from retrieval.rerank import RerankConfig
+
+        self.rerank_config = RerankConfig.model_validate(rerank or {}) if not isinstance(rerank, RerankConfig) \
+            else rerank
         self.index_dir = os.path.abspath(str(index_dir))
         man = read_manifest(self.index_dir)  # fail fast, in the caller, on a bad directory
         self.manifest = man
@@ -207,22 +233,39 @@ class RayRetriever:
         self.shards = [shard_cls.remote(self.index_dir, i, num_shards, embedder) for i in range(num_shards)]
         backend = embed_backend or os.environ.get("RAFT_EMBED_BACKEND", "auto")
         self.embedders = [emb_cls.remote(self.index_dir, embedder, backend) for _ in range(num_embedders)]
+        self.rerankers = []
+        if self.rerank_config.model:
+            rr_cls = ray.remote(num_cpus=reranker_cpus, num_gpus=reranker_gpus)(RerankServer)
+            # the model path as this process sees it: every node reads the same path (as the index directory)
+            cfg = self.rerank_config.model_copy(update={"model": _abs_if_path(self.rerank_config.model)})
+            self.rerankers = [rr_cls.remote(cfg.model_dump()) for _ in range(num_rerankers)]
         self._embedder_arg = embedder
         self._rr = count()
-        ray.get([s.count.remote() for s in self.shards] + [e.embed.remote(["x"]) for e in self.embedders])
+        ray.get([s.count.remote() for s in self.shards] + [e.embed.remote(["x"]) for e in self.embedders]
+                + [r.rank.remote([], [], 1) for r in self.rerankers])
 
     def embed_backends(self) -> list[str]:
         """What each embedder actor embeds queries with (`onnx` or `torch`)."""
         return self._ray.get([e.backend.remote() for e in self.embedders])
 
     # ---- search -------------------------------------------------------------------------------
-    def _dispatch(self, queries: list[str], k, mode: str, filter: dict | None, budget_s: float | None = None):
+    def _use_rerank(self, rerank: bool | None) -> bool:
+        if rerank and not self.rerankers:
+            raise RetrievalError("rerank was asked for, but this RayRetriever has no reranker: give it "
+                                 "rerank=RerankConfig(model=...)")
+        return bool(self.rerankers) if rerank is None else bool(rerank)
+
+    def _dispatch(self, queries: list[str], k, mode: str, filter: dict | None, budget_s: float | None = None,
+                  rerank: bool = False):
+        """Shard search refs; with `rerank` the merge keeps max(k, rerank.candidates) hits for the reranker."""
         from retrieval.index import MODES, _check_k
 
         k = _check_k(k)
         if mode not in MODES:
             raise RetrievalError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}")
         flt = normalize_filter(filter)
+        if rerank:
+            k = max(k, self.rerank_config.candidates)
         ncand = max(k, self.config.candidates) if mode == "hybrid" else k
         vec_ref = None
         if mode in ("dense", "hybrid"):
@@ -251,27 +294,66 @@ class RayRetriever:
             out.append([Hit(Chunk.from_dict(chunks[r]), s) for r, s in ranked[:k]])
         return out
 
-    def search(self, query: str, k: int = 5, mode: str = "hybrid", filter: dict | None = None) -> list[Hit]:
-        return self.search_batch([query], k, mode, filter)[0]
+    def _rank_ref(self, queries: list[str], hits: list[list[Hit]], k: int):
+        from retrieval.rerank import pair_text
+
+        actor = self.rerankers[next(self._rr) % len(self.rerankers)]
+        return actor.rank.remote(list(queries), [[pair_text(h.chunk) for h in lst] for lst in hits], k)
+
+    @staticmethod
+    def _reorder(hits: list[list[Hit]], ranked: list[list[tuple[int, float]]]) -> list[list[Hit]]:
+        return [[Hit(lst[i].chunk, s) for i, s in order] for lst, order in zip(hits, ranked)]
+
+    def search(self, query: str, k: int = 5, mode: str = "hybrid", filter: dict | None = None,
+               rerank: bool | None = None) -> list[Hit]:
+        return self.search_batch([query], k, mode, filter, rerank)[0]
 
     def search_batch(self, queries: list[str], k: int = 5, mode: str = "hybrid",
-                     filter: dict | None = None) -> list[list[Hit]]:
+                     filter: dict | None = None, rerank: bool | None = None) -> list[list[Hit]]:
+        """`rerank`: None reranks when this retriever has rerankers; True requires them; False skips them."""
         if not queries:
             return []
-        refs, k, mode, ncand = self._dispatch(queries, k, mode, filter)
-        return self._merge(self._ray.get(refs), k, mode, ncand)
+        use = self._use_rerank(rerank)
+        refs, want, mode, ncand = self._dispatch(queries, k, mode, filter, rerank=use)
+        hits = self._merge(self._ray.get(refs), want, mode, ncand)
+        if not use:
+            return hits
+        return self._reorder(hits, self._ray.get(self._rank_ref(queries, hits, k)))
 
     async def asearch(self, query: str, k: int = 5, mode: str = "hybrid", filter: dict | None = None,
-                      timeout: float | None = None) -> list[Hit]:
+                      timeout: float | None = None, rerank: bool | None = None) -> list[Hit]:
         """`timeout` (seconds): the shards get it as their budget and stop there; a caller that stops
         waiting first cancels the shard tasks, so no shard keeps searching for a caller that is gone."""
-        import asyncio
+        return (await self.asearch_timed(query, k, mode, filter, timeout, rerank))[0]
+
+    async def asearch_timed(self, query: str, k: int = 5, mode: str = "hybrid", filter: dict | None = None,
+                            timeout: float | None = None,
+                            rerank: bool | None = None) -> tuple[list[Hit], dict[str, float]]:
+        """`asearch`, and the seconds its stages took: {"search": ..., "rerank": ...} (rerank when it ran)."""
+        from retrieval.index import _check_k
 
         if timeout is not None and timeout <= 0:
             raise TimeoutError("the search passed its deadline before it started")
-        refs, k, mode, ncand = self._dispatch([query], k, mode, filter, timeout)
+        use = self._use_rerank(rerank)
+        t0 = time.perf_counter()
+        refs, want, mode, ncand = self._dispatch([query], k, mode, filter, timeout, rerank=use)
+        parts = await self._gather(refs)
+        hits = self._merge(list(parts), want, mode, ncand)
+        timings = {"search": time.perf_counter() - t0}
+        if use:
+            t0 = time.perf_counter()
+            ranked = await self._gather([self._rank_ref([query], hits, _check_k(k))])
+            hits = self._reorder(hits, ranked[0])
+            timings["rerank"] = time.perf_counter() - t0
+        return hits[0], timings
+
+    async def _gather(self, refs: list) -> list:
+        """Await actor calls; a caller that stops waiting cancels them (no actor works for a caller that is
+        gone), and a shard that stopped at its time budget is a TimeoutError here."""
+        import asyncio
+
         try:
-            parts = await asyncio.gather(*refs)
+            return list(await asyncio.gather(*refs))
         except (asyncio.CancelledError, TimeoutError):
             for ref in refs:
                 try:
@@ -283,7 +365,6 @@ class RayRetriever:
             if isinstance(e.cause, TimeoutError):  # the shard stopped at its budget
                 raise TimeoutError(str(e.cause)) from None
             raise
-        return self._merge(list(parts), k, mode, ncand)[0]
 
     def embed(self, texts: list[str]) -> np.ndarray:
         emb = self.embedders[next(self._rr) % len(self.embedders)]
@@ -319,8 +400,12 @@ class RayRetriever:
         return int(self._ray.get(self.shards[0].chunks.remote()))
 
     def shutdown(self) -> None:
-        for a in [*self.shards, *self.embedders, *([self._writer] if self._writer else [])]:
+        for a in [*self.shards, *self.embedders, *self.rerankers, *([self._writer] if self._writer else [])]:
             try:
                 self._ray.kill(a)
             except Exception:
                 pass
+
+
+def _abs_if_path(name: str) -> str:
+    return os.path.abspath(name) if os.path.exists(name) else name

@@ -51,9 +51,9 @@ class RerankConfig(_Config):
 
 
 def pair_text(chunk: Chunk) -> str:
-    """What the cross-encoder reads of a chunk: its title and text, as the embedder reads it (training
-    pairs are made the same way, raft/rerank/pairs.py)."""
-    return f"{chunk.title}\n{chunk.text}" if chunk.title else chunk.text
+    """What the cross-encoder reads of a chunk: what the embedder reads (title and text), so training pairs
+    (raft/rerank/pairs.py) and served pairs are the same text."""
+    return chunk.embedding_text()
 
 
 class _Loaded:
@@ -166,14 +166,19 @@ class Reranker:
         if len(queries) != len(hits):
             raise RetrievalError(f"rerank_batch: {len(queries)} queries but {len(hits)} hit lists")
         heads = [list(h)[: max(k, self.candidates)] for h in hits]
-        pairs = [(q, pair_text(h.chunk)) for q, lst in zip(queries, heads) for h in lst]
-        scores = self.score_pairs(pairs)
+        ranked = self.rank_texts(queries, [[pair_text(h.chunk) for h in lst] for lst in heads], k)
+        return [[replace(lst[i], score=s) for i, s in order] for lst, order in zip(heads, ranked)]
+
+    def rank_texts(self, queries: Sequence[str], texts: Sequence[Sequence[str]],
+                   k: int) -> list[list[tuple[int, float]]]:
+        """Per query, (position in its texts, score) of its best k texts, best first: the stage on plain
+        passages (a Ray reranker actor gets texts, not Hits)."""
+        scores = self.score_pairs([(q, t) for q, lst in zip(queries, texts) for t in lst])
         out, at = [], 0
-        for lst in heads:
+        for lst in texts:
             s = scores[at:at + len(lst)]
             at += len(lst)
-            order = np.argsort(-s, kind="stable")[:k]
-            out.append([replace(lst[i], score=float(s[i])) for i in order])
+            out.append([(int(i), float(s[i])) for i in np.argsort(-s, kind="stable")[:k]])
         return out
 
     def __repr__(self) -> str:

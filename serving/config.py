@@ -10,6 +10,7 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 
 from raft.config import Config
+from retrieval.rerank import RerankConfig
 
 API_KEYS_ENV = "RAFT_SERVE_API_KEYS"
 
@@ -54,6 +55,15 @@ class EngineConfig(Config):
     """HTTP connection pool size from the gateway to the engine."""
 
 
+class RerankSettings(RerankConfig):
+    """The gateway's cross-encoder rerank stage: `model` loads it; `enabled` reranks every request that
+    does not say otherwise (a request turns it on or off with `retrieval.rerank`)."""
+
+    enabled: bool = False
+    """Rerank requests that do not set `retrieval.rerank` (needs `model`); false: only requests asking for it
+    with `retrieval.rerank: true` are reranked."""
+
+
 class RetrievalSettings(Config):
     """The retrieval layer the gateway queries before each RAFT request."""
 
@@ -89,6 +99,12 @@ class RetrievalSettings(Config):
     so $RAFT_EMBED_BACKEND (read when RayRetriever is used as a library) does not apply to `raft serve`."""
     max_batch: int = Field(32, ge=1)
     """local backend: most queries embedded and searched together when requests arrive concurrently."""
+    rerank: RerankSettings = RerankSettings()
+    """Cross-encoder rerank stage (docs/rerank.md): off unless `rerank.model` names one (`raft rerank train`
+    writes it); `rerank.candidates` hits of the search, after the tenant and metadata filters, are re-scored
+    and the best top_k kept."""
+    num_rerankers: int = Field(1, ge=1)
+    """ray backend: cross-encoder actors of the rerank stage (its own pool, scaled apart from the shards)."""
     search_threads: int = Field(3, ge=1, le=64)
     """local backend: searches (micro-batches) that run at once, each on its own SQLite connection. A
     tenant already searching gets another thread only while two are free: the last one is kept for a
@@ -214,6 +230,12 @@ class ServeConfig(Config):
                             "others; use retrieval.backend: ray (shared retriever actors) or one replica")
         if r.top_k > r.max_top_k:
             problems.append(f"retrieval.top_k ({r.top_k}) is larger than retrieval.max_top_k ({r.max_top_k})")
+        if r.rerank.enabled and not r.rerank.model:
+            problems.append("retrieval.rerank.enabled is true but retrieval.rerank.model is not set; name the "
+                            "directory `raft rerank train` wrote, or set retrieval.rerank.enabled: false")
+        if r.rerank.model and r.backend == "none":
+            problems.append(f"retrieval.rerank.model is {r.rerank.model!r} but retrieval.backend is 'none' (no "
+                            "retrieval to rerank); set a backend and retrieval.index_dir, or drop the model")
         if problems:
             raise ValueError("; ".join(problems))
         return self

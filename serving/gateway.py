@@ -131,6 +131,11 @@ class Gateway:
             raise bad_request(f"retrieval.top_k is {k}; the largest this server allows is {r.max_top_k}.",
                               "retrieval.top_k")
         mode = (opts.mode if opts and opts.mode else None) or r.mode
+        rerank = opts.rerank if opts and opts.rerank is not None else r.rerank.enabled
+        if rerank and not r.rerank.model:
+            raise bad_request("retrieval.rerank is true but this server has no reranker "
+                              "(serve.retrieval.rerank.model is not set); drop the field or ask the operator to "
+                              "configure one.", "retrieval.rerank")
         flt = who.scope_filter(opts.filter if opts else None)  # tenant forced in, server side
         try:
             normalize_filter(flt)
@@ -139,8 +144,10 @@ class Gateway:
         t0 = time.perf_counter()
         deadline = time.monotonic() + r.timeout_s
         try:
-            result = await asyncio.wait_for(self.retriever.asearch(query, k, mode, flt, deadline=deadline),
-                                            r.timeout_s)
+            # the filter (with the tenant) goes into the search: the reranker only sees what it allows
+            extra = {"rerank": True} if rerank else {}
+            result = await asyncio.wait_for(
+                self.retriever.asearch(query, k, mode, flt, deadline=deadline, **extra), r.timeout_s)
         except GatewayError:
             raise
         except (asyncio.TimeoutError, TimeoutError):  # asyncio's, or the search's own deadline
@@ -154,9 +161,11 @@ class Gateway:
         took = time.perf_counter() - t0
         self.metrics.observe("retrieval", took)
         note_timing("retrieval", took)
-        for stage in ("embed", "search"):
+        for stage in ("embed", "search", "rerank"):
             if stage in result.timings:
                 self.metrics.observe(stage, result.timings[stage])
+        if "rerank" in result.timings:  # in Server-Timing too: the stage a client may want to budget
+            note_timing("rerank", result.timings["rerank"])
         hits = result.hits
         if who.tenant is not None:  # defence in depth: never show another tenant's chunk
             hits = [who.public_hit(h) for h in hits if (h.chunk.metadata or {}).get("tenant") == who.tenant]

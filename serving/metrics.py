@@ -1,5 +1,5 @@
-"""Prometheus metrics of one gateway: latency per stage (embed, search, retrieval, generation, total) and
-request counts by endpoint and status. Each gateway owns its registry, so tests can build many."""
+"""Prometheus metrics of one gateway: latency per stage (embed, search, rerank, retrieval, generation,
+total) and request counts by endpoint and status. Each gateway owns its registry, so tests can build many."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def endpoint_label(path: str) -> str:
 
 # Gateway stages are milliseconds to a minute; generation dominates the upper buckets.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-STAGES = ("embed", "search", "retrieval", "generation", "total")
+STAGES = ("embed", "search", "rerank", "retrieval", "generation", "total")
 
 
 class GatewayMetrics:

@@ -38,6 +38,9 @@ class RetrievalOptions(BaseModel):
     """Metadata filter ({"key": value or [values]}); the tenant filter is always added server side."""
     mode: Optional[Literal["hybrid", "dense", "bm25"]] = None
     """Search mode; default: the server's retrieval.mode."""
+    rerank: Optional[Bool] = None
+    """Re-score the search's first candidates with the server's cross-encoder and keep the best top_k;
+    default: the server's retrieval.rerank.enabled. True on a server without a reranker is a 400."""
 
 
 class ChatMessage(_Open):

@@ -5,8 +5,10 @@
 - `RayRetrieverAdapter`: `retrieval.ray_retriever.RayRetriever` (shard and embedder actors on Ray).
 - `InMemoryRetriever` (serving/testing/memory_retriever.py): a dependency-free fake for tests and demos.
 
-Every search returns the hits and how long the embed and search stages took (seconds; None when the
-backend cannot tell them apart), which the gateway exports as Prometheus histograms.
+Every search returns the hits and how long the embed, search and rerank stages took (seconds; a stage is
+left out when the backend cannot tell it apart or it did not run), which the gateway exports as Prometheus
+histograms. `rerank=True` re-scores the search's first candidates with the server's cross-encoder
+(serve.retrieval.rerank); a retriever opened without one rejects it.
 """
 
 from __future__ import annotations
@@ -29,14 +31,16 @@ log = logging.getLogger(__name__)
 @dataclass
 class SearchResult:
     hits: list[Hit]
-    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds ("embed", "search")
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds ("embed", "search", "rerank")
 
 
 @runtime_checkable
 class Retriever(Protocol):
     async def asearch(self, query: str, k: int, mode: str, filter: Optional[dict],
-                      deadline: Optional[float] = None) -> SearchResult:
-        """`deadline` (time.monotonic()): when the caller gives up; a search still running then stops."""
+                      deadline: Optional[float] = None, rerank: bool = False) -> SearchResult:
+        """`deadline` (time.monotonic()): when the caller gives up; a search still running then stops.
+        `rerank`: re-score the candidates with the cross-encoder (the gateway passes it only when true, so
+        a retriever without a reranker need not take the argument)."""
         ...
 
     async def aadd(self, docs: Sequence[Document]) -> list[str]: ...
@@ -62,7 +66,7 @@ def _tenants(chunks: Sequence[Any]) -> Optional[set]:
 
 @dataclass
 class _Pending:
-    key: tuple  # (k, mode, filter JSON): queries with the same key can share one search_batch
+    key: tuple  # (k, mode, filter JSON, rerank): queries with the same key can share one search_batch
     tenant: str  # whose search it is (the filter's tenant), for fairness between tenants
     query: str
     future: asyncio.Future
@@ -81,10 +85,11 @@ class IndexRetriever:
     queued query whose caller gave up is dropped. Writes need no turn: the index swaps generations.
     """
 
-    def __init__(self, index: Any, max_batch: int = 32, threads: int = 3):
+    def __init__(self, index: Any, max_batch: int = 32, threads: int = 3, reranker: Any = None):
         self.index = index
         self.max_batch = max_batch
         self.threads = threads
+        self.reranker = reranker  # retrieval.rerank.Reranker, used by searches that ask for it
         self._queue: list[_Pending] = []
         self._running: dict[str, int] = {}  # tenant -> batches in flight
         self._active = 0
@@ -102,12 +107,24 @@ class IndexRetriever:
                 self._tls.embed = getattr(self._tls, "embed", 0.0) + time.perf_counter() - t0
 
         index.embed = timed_embed
+        if reranker is not None:  # the same for the rerank stage: its cross-encoder pass, per thread
+            score = reranker.score_pairs
+
+            def timed_score(pairs):
+                t0 = time.perf_counter()
+                try:
+                    return score(pairs)
+                finally:
+                    self._tls.rerank = getattr(self._tls, "rerank", 0.0) + time.perf_counter() - t0
+
+            reranker.score_pairs = timed_score
 
     @classmethod
-    def open(cls, index_dir: str, embedder: Optional[str] = None, threads: int = 3) -> "IndexRetriever":
+    def open(cls, index_dir: str, embedder: Optional[str] = None, threads: int = 3,
+             reranker: Any = None) -> "IndexRetriever":
         from retrieval.index import RetrievalIndex
 
-        return cls(RetrievalIndex.open(index_dir, embedder=embedder), threads=threads)
+        return cls(RetrievalIndex.open(index_dir, embedder=embedder), threads=threads, reranker=reranker)
 
     def _follow_writes(self) -> None:
         """Documents another process committed (`raft index add` beside a running gateway) are searched
@@ -117,19 +134,27 @@ class IndexRetriever:
             refresh()
 
     def _search_batch(self, queries: list[str], k: int, mode: str, flt: Optional[dict],
-                      deadline: Optional[float]):
+                      deadline: Optional[float], rerank: bool = False):
+        from retrieval.errors import RetrievalError
+
+        if rerank and self.reranker is None:
+            raise RetrievalError("rerank was asked for, but this index was opened without a reranker "
+                                 "(serve.retrieval.rerank.model)")
         self._follow_writes()
-        self._tls.embed = 0.0
+        self._tls.embed = self._tls.rerank = 0.0
         t0 = time.perf_counter()
-        results = self.index.search_batch(queries, k=k, mode=mode, filter=flt, deadline_at=deadline)
-        total, embed = time.perf_counter() - t0, self._tls.embed
-        timings = {"search": total - embed}
+        results = self.index.search_batch(queries, k=k, mode=mode, filter=flt, deadline_at=deadline,
+                                          **({"rerank": self.reranker} if rerank else {}))
+        total, embed, reranked = time.perf_counter() - t0, self._tls.embed, self._tls.rerank
+        timings = {"search": total - embed - reranked}
         if embed:
             timings["embed"] = embed
+        if rerank:
+            timings["rerank"] = reranked
         return [SearchResult(list(hits), dict(timings, batch=len(queries))) for hits in results]
 
-    async def asearch(self, query, k, mode, filter, deadline=None):
-        key = (k, mode, json.dumps(filter, sort_keys=True, default=str) if filter else None)
+    async def asearch(self, query, k, mode, filter, deadline=None, rerank=False):
+        key = (k, mode, json.dumps(filter, sort_keys=True, default=str) if filter else None, bool(rerank))
         tenant = json.dumps((filter or {}).get("tenant"), sort_keys=True, default=str)
         fut = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(key, tenant, query, fut, deadline))
@@ -164,13 +189,13 @@ class IndexRetriever:
     async def _run(self, batch: list[_Pending]) -> None:
         tenant = batch[0].tenant
         try:
-            k, mode, fkey = batch[0].key
+            k, mode, fkey, rerank = batch[0].key
             deadlines = [p.deadline for p in batch]
             deadline = None if None in deadlines else max(deadlines)  # the last caller still waiting
             flt = json.loads(fkey) if fkey else None
             try:
                 results = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, self._search_batch, [p.query for p in batch], k, mode, flt, deadline)
+                    self._pool, self._search_batch, [p.query for p in batch], k, mode, flt, deadline, rerank)
             except Exception as e:
                 for p in batch:
                     if not p.future.done():
@@ -254,21 +279,28 @@ class RayRetrieverAdapter:
 
     @classmethod
     def open(cls, index_dir: str, num_shards: int = 2, num_embedders: int = 1,
-             embedder: Optional[str] = None, embed_backend: Optional[str] = None) -> "RayRetrieverAdapter":
+             embedder: Optional[str] = None, embed_backend: Optional[str] = None, rerank: Any = None,
+             num_rerankers: int = 1) -> "RayRetrieverAdapter":
         """`embed_backend` None lets RayRetriever fall back to $RAFT_EMBED_BACKEND, then auto; `raft serve`
-        always passes its config's value."""
+        always passes its config's value. `rerank`: a RerankConfig; with a model, `num_rerankers`
+        cross-encoder actors serve the rerank stage."""
         from retrieval.ray_retriever import RayRetriever
 
         r = RayRetriever(index_dir, num_shards=num_shards, num_embedders=num_embedders, embedder=embedder,
-                         embed_backend=embed_backend)
+                         embed_backend=embed_backend, rerank=rerank, num_rerankers=num_rerankers)
         log.info("query embeddings (Ray actors): %s", ", ".join(r.embed_backends()))
         return cls(r)
 
-    async def asearch(self, query, k, mode, filter, deadline=None):
+    async def asearch(self, query, k, mode, filter, deadline=None, rerank=False):
         await self._follow_writes()
         t0 = time.perf_counter()
         budget = None if deadline is None else deadline - time.monotonic()
-        hits = await self.r.asearch(query, k, mode, filter, timeout=budget)
+        if rerank:  # the reranker actors' time is a stage of its own
+            hits, timings = await self.r.asearch_timed(query, k, mode, filter, timeout=budget, rerank=True)
+            return SearchResult(list(hits), timings)
+        # a RayRetriever with rerankers reranks unless told not to (a retriever without them takes no flag)
+        off = {"rerank": False} if getattr(self.r, "rerankers", None) else {}
+        hits = await self.r.asearch(query, k, mode, filter, timeout=budget, **off)
         return SearchResult(list(hits), {"search": time.perf_counter() - t0})
 
     async def _call(self, name: str, *args):
@@ -319,12 +351,20 @@ def open_retriever(settings: Any) -> Optional[Retriever]:
         return None
     if settings.backend == "ray":
         return RayRetrieverAdapter.open(settings.index_dir, settings.num_shards, settings.num_embedders,
-                                        settings.embedder, settings.embed_backend)
+                                        settings.embedder, settings.embed_backend, settings.rerank,
+                                        settings.num_rerankers)
     if settings.embed_threads:
         import torch
 
         torch.set_num_threads(settings.embed_threads)
-    r = IndexRetriever.open(settings.index_dir, settings.embedder, threads=settings.search_threads)
+    from retrieval.rerank import Reranker
+
+    reranker = Reranker.from_config(settings.rerank)
+    if reranker is not None:
+        reranker.load()  # now: a bad model fails the start, not the first request that asks for it
+        log.info("rerank stage: %s, %d candidates", reranker.model_name, reranker.candidates)
+    r = IndexRetriever.open(settings.index_dir, settings.embedder, threads=settings.search_threads,
+                            reranker=reranker)
     r.max_batch = settings.max_batch
     backend = r.index.embedder.use_backend(settings.embed_backend, settings.embed_threads)
     log.info("query embeddings: %s on %s", r.index.embedder.name, backend)

@@ -93,3 +93,36 @@ def test_rerank_respects_the_deadline(index, tiny_cross_encoder):
     r = Reranker(str(tiny_cross_encoder), candidates=5)
     with pytest.raises(TimeoutError):
         index.search(QUERIES[0], k=3, rerank=r, deadline_at=time.monotonic() - 1)
+
+
+@pytest.mark.slow
+def test_ray_retriever_reranks_in_its_own_actor_pool(ray_local, built_index, index, tiny_cross_encoder):
+    """The Ray retriever's rerank actors give local search's reranked results, filters first."""
+    import asyncio
+
+    from retrieval.ray_retriever import RayRetriever
+
+    local = Reranker(str(tiny_cross_encoder), candidates=8)
+    r = RayRetriever(built_index, num_shards=2, rerank={"model": str(tiny_cross_encoder), "candidates": 8},
+                     reranker_cpus=0.5)
+    try:
+        assert len(r.rerankers) == 1
+        for flt in (None, {"tenant": "globex"}):
+            got = r.search_batch(QUERIES, k=3, filter=flt)  # rerankers present: on unless turned off
+            want = index.search_batch(QUERIES, k=3, filter=flt, rerank=local)
+            assert [_ids(g) for g in got] == [_ids(w) for w in want], flt
+            assert all(g.score == pytest.approx(w.score, abs=1e-4) for gs, ws in zip(got, want)
+                       for g, w in zip(gs, ws))
+            plain = r.search_batch(QUERIES, k=3, filter=flt, rerank=False)
+            assert [_ids(p) for p in plain] == [_ids(w) for w in index.search_batch(QUERIES, k=3, filter=flt)]
+        hits, timings = asyncio.run(r.asearch_timed(QUERIES[0], k=3, filter={"tenant": "acme"}, rerank=True))
+        assert _ids(hits) == _ids(index.search(QUERIES[0], k=3, filter={"tenant": "acme"}, rerank=local))
+        assert set(timings) == {"search", "rerank"} and timings["rerank"] > 0
+    finally:
+        r.shutdown()
+    bare = RayRetriever(built_index, num_shards=1)
+    try:
+        with pytest.raises(RetrievalError, match="has no reranker"):
+            bare.search(QUERIES[0], k=3, rerank=True)
+    finally:
+        bare.shutdown()

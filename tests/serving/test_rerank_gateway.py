@@ -1,0 +1,100 @@
+"""The rerank stage behind the gateway: the request extension `retrieval.rerank`, the server default
+(serve.retrieval.rerank.enabled), tenant scoping before the cross-encoder, and the `rerank` stage in
+/metrics and Server-Timing. Real index (bundled MiniLM) and a tiny random cross-encoder built in the test."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from retrieval.rerank import Reranker
+from serving.retriever import IndexRetriever
+
+Q = "Which island is the largest in the Veloria chain?"
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory, corpus_dir, embedder_path):
+    from retrieval.config import IndexConfig
+    from retrieval.index import RetrievalIndex
+    from retrieval.loaders import load_corpus
+
+    docs, _ = load_corpus(corpus_dir)
+    for i, d in enumerate(docs):  # two tenants over the shipped corpus
+        d.metadata["tenant"] = "acme" if i % 2 == 0 else "globex"
+    out = tmp_path_factory.mktemp("idx") / "index"
+    RetrievalIndex.build(docs, out, IndexConfig(embedder=embedder_path, chunk_size=64, chunk_overlap=16)).close()
+    return out
+
+
+@pytest.fixture
+def reranking(index_dir, tiny_cross_encoder):
+    r = IndexRetriever.open(str(index_dir), reranker=Reranker(str(tiny_cross_encoder), candidates=10))
+    yield r
+    r.close()
+
+
+def _ask(srv, body_extra=None, headers=None):
+    body = {"model": "raft", "messages": [{"role": "user", "content": Q}], **(body_extra or {})}
+    return httpx.post(srv.url + "/v1/chat/completions", json=body, headers=headers, timeout=60)
+
+
+def _cited(resp) -> list[str]:
+    assert resp.status_code == 200, resp.text
+    return [c["chunk_id"] for c in resp.json()["citations"]]
+
+
+def _ids(hits) -> list[str]:
+    return [h.chunk.chunk_id for h in hits]
+
+
+def test_request_turns_rerank_on_and_the_stage_is_timed(make_gateway, reranking, tiny_cross_encoder):
+    rr_cfg = {"model": str(tiny_cross_encoder), "candidates": 10}
+    srv, _ = make_gateway(retriever=reranking, retrieval={"top_k": 3, "rerank": rr_cfg})
+    idx, reranker = reranking.index, Reranker(str(tiny_cross_encoder), candidates=10)
+    plain = _ask(srv)
+    assert _cited(plain) == _ids(idx.search(Q, k=3))  # off unless asked (rerank.enabled is false)
+    assert "rerank" not in plain.headers["server-timing"]
+    on = _ask(srv, {"retrieval": {"rerank": True}})
+    assert _cited(on) == _ids(idx.search(Q, k=3, rerank=reranker)) != _cited(plain)
+    assert "rerank;dur=" in on.headers["server-timing"]
+    m = httpx.get(srv.url + "/metrics").text
+    assert 'raft_stage_latency_seconds_count{stage="rerank"} 1.0' in m
+    assert _cited(_ask(srv, {"retrieval": {"rerank": False}})) == _cited(plain)
+
+
+def test_server_default_and_tenant_scoping_before_rerank(make_gateway, reranking, tiny_cross_encoder):
+    rr_cfg = {"model": str(tiny_cross_encoder), "candidates": 10, "enabled": True}
+    srv, _ = make_gateway(retriever=reranking, retrieval={"top_k": 3, "rerank": rr_cfg},
+                          auth={"keys": {"ka": "acme", "kg": "globex"}})
+    idx, reranker = reranking.index, Reranker(str(tiny_cross_encoder), candidates=10)
+    for key, tenant in (("ka", "acme"), ("kg", "globex")):
+        got = _cited(_ask(srv, headers={"Authorization": f"Bearer {key}"}))  # reranked: the server default
+        # the tenant's own candidates, reranked: another tenant's chunk never reaches the cross-encoder
+        assert got == _ids(idx.search(Q, k=3, filter={"tenant": tenant}, rerank=reranker))
+        assert {c.metadata["tenant"] for c in idx.get(got)} == {tenant}
+        off = _cited(_ask(srv, {"retrieval": {"rerank": False}}, headers={"Authorization": f"Bearer {key}"}))
+        assert off == _ids(idx.search(Q, k=3, filter={"tenant": tenant}))
+
+
+def test_rerank_without_a_reranker_is_a_clear_400(make_gateway, index_retriever):
+    srv, _ = make_gateway(retriever=index_retriever)
+    r = _ask(srv, {"retrieval": {"rerank": True}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "retrieval.rerank"
+    assert "serve.retrieval.rerank.model" in r.json()["error"]["message"]
+    r = _ask(srv, {"retrieval": {"rerank": "yes"}})  # strict types, as the rest of the extension
+    assert r.status_code == 400
+
+
+def test_config_checks_rerank_settings():
+    from serving.config import ServeConfig
+
+    with pytest.raises(ValueError) as e:
+        ServeConfig.model_validate({"engine": {"kind": "openai", "url": "http://x/v1"},
+                                    "retrieval": {"backend": "local", "index_dir": "idx",
+                                                  "rerank": {"enabled": True, "candidates": 0}}})
+    assert "candidates" in str(e.value)
+    with pytest.raises(ValueError, match="rerank.enabled is true but retrieval.rerank.model is not set"):
+        ServeConfig.model_validate({"engine": {"kind": "openai", "url": "http://x/v1"},
+                                    "retrieval": {"backend": "local", "index_dir": "idx",
+                                                  "rerank": {"enabled": True}}})
