@@ -81,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _preflight(cfg, console) -> None:
     """Everything that can be checked before the engine starts (which takes seconds to minutes): the index
-    opens (checksums verified, embedder matching), the model and adapters exist, and the gateway's and
-    the engine's ports are free."""
+    opens (checksums verified, embedder matching), the reranker loads, the model and adapters exist, and the
+    gateway's and the engine's ports are free."""
     from raft.errors import RaftError
     from serving.launchers import check_engine_model, port_in_use
 
@@ -92,6 +92,14 @@ def _preflight(cfg, console) -> None:
 
         with console.status(f"checking the index {r.index_dir} ..."):
             RetrievalIndex.open(r.index_dir, embedder=r.embedder).close()
+        if r.rerank.model:
+            from raft.commands.common import absolute
+            from retrieval.rerank import Reranker
+
+            # as the index: a wrong reranker path fails here, not after the engine started (local: loaded once)
+            r.rerank.model = absolute(r.rerank.model, must_exist=True)
+            with console.status(f"loading the reranker {r.rerank.model} ..."):
+                Reranker.from_config(r.rerank).load()
     check_engine_model(cfg)
     if port_in_use(cfg.host, cfg.port):
         raise RaftError(f"port {cfg.port} on {cfg.host} is already in use (another gateway, or an earlier `raft "

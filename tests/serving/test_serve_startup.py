@@ -99,6 +99,18 @@ def test_a_damaged_index_is_named_before_the_engine_starts(tmp_path, small_real_
     assert str(store) in capsys.readouterr().err
 
 
+def test_a_wrong_reranker_is_named_before_the_engine_starts(tmp_path, small_real_index, embedder_path, no_engine,
+                                                             capsys):
+    for model, says in ((str(tmp_path / "no-reranker"), "cannot be loaded"), (embedder_path, "is not a cross-encoder")):
+        cfg = _config(tmp_path, {"engine": {"kind": "transformers", "model": str(tmp_path), "port": _free_port()},
+                                 "retrieval": {"backend": "local", "index_dir": str(small_real_index),
+                                               "rerank": {"model": model}},
+                                 "port": _free_port(), "runner": "uvicorn"})
+        assert main(["serve", "--config", cfg]) == 2
+        err = capsys.readouterr().err.strip()
+        assert says in err and model in err and len(err.splitlines()) == 1, err
+
+
 def test_a_missing_engine_model_is_one_line(tmp_path, no_engine, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = _config(tmp_path, {"engine": {"kind": "transformers", "model": "runs/quickstart/merged",
