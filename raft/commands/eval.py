@@ -104,6 +104,11 @@ def run(args: argparse.Namespace) -> int:
     cfg.data, cfg.index, cfg.out = absolute(cfg.data, must_exist=True), absolute(cfg.index), absolute(cfg.out)
     items = load_items(cfg.data, cfg.split, cfg.limit)
     check_writable(cfg.out, "eval.out (--out)")  # before any request: the answers must have somewhere to go
+    if cfg.rerank.model and any(s.rerank and s.retrieval == "local" for s in cfg.systems):
+        from retrieval.rerank import Reranker
+
+        cfg.rerank.model = absolute(cfg.rerank.model, must_exist=True)
+        Reranker.from_config(cfg.rerank).load()  # a wrong path fails now, not after the first runs
     if cfg.systems:
         asyncio.run(check_reachable(cfg))  # seconds, before a model conversion that may take a minute
     # a packaged model name or a .gguf file becomes the converted directory that `transformers serve` loads

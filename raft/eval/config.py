@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from raft.config import Config
+from retrieval.rerank import RerankConfig
 
 RetrievalMode = Literal["off", "gateway", "local", "record"]
 
@@ -32,6 +33,9 @@ class SystemConfig(Config):
     """Search mode for gateway and local retrieval."""
     filter: dict | None = None
     """Metadata filter passed to retrieval, e.g. {"tenant": "acme"}."""
+    rerank: bool = False
+    """Rerank the retrieved candidates with a cross-encoder: `local` retrieval re-scores eval.rerank.candidates
+    hits with eval.rerank.model; `gateway` retrieval asks the gateway for it (`retrieval.rerank: true`)."""
 
     @field_validator("retrieval", mode="before")
     @classmethod
@@ -93,6 +97,8 @@ class EvalConfig(Config):
     """Retrieval index directory for systems with `retrieval: local` (built by `raft index build`)."""
     embedder: str | None = None
     """Embedder expected by the index (None = the one recorded in the index)."""
+    rerank: RerankConfig = Field(default_factory=RerankConfig)
+    """Cross-encoder for systems with `retrieval: local` and `rerank: true` (`raft rerank train` writes one)."""
     answer_style: Literal["auto", "text", "api"] = "auto"
     """How answers are normalised: `text` = SQuAD style, `api` = API calls (quotes, spaces, kwarg order),
     `auto` = `api` when gold answers look like calls `f(...)`."""
@@ -143,4 +149,13 @@ class EvalConfig(Config):
             raise ValueError(f"sweep.systems names unknown systems {unknown}; systems are {names}")
         if any(s.retrieval == "local" for s in self.systems) and not self.index:
             raise ValueError("a system uses `retrieval: local` but `index` is empty; set index=DIR")
+        problems = [f"system {s.name!r} has rerank: true with retrieval {s.retrieval!r}; rerank applies to "
+                    "retrieved documents (retrieval local or gateway)"
+                    for s in self.systems if s.rerank and s.retrieval not in ("local", "gateway")]
+        local = [s.name for s in self.systems if s.rerank and s.retrieval == "local"]
+        if local and not self.rerank.model:
+            problems.append(f"system(s) {local} rerank local retrieval but rerank.model is not set; set "
+                            "rerank.model=DIR (what `raft rerank train` wrote)")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self

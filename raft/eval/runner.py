@@ -79,6 +79,7 @@ class Evaluator:
         self.judge = (Endpoint(j.base_url, j.model, j.api_key, timeout=cfg.timeout, retries=cfg.retries,
                                concurrency=cfg.concurrency) if j.enabled else None)
         self.index = None
+        self.reranker = None  # retrieval.rerank.Reranker, loaded for the first system that reranks locally
         self._search_cache: dict[tuple, list[list[dict]]] = {}
 
     # -- set-up -------------------------------------------------------------------------------------
@@ -97,13 +98,21 @@ class Evaluator:
             self.index = RetrievalIndex.open(self.cfg.index, embedder=self.cfg.embedder)
         return self.index
 
+    def _open_reranker(self):
+        if self.reranker is None:
+            from retrieval.rerank import Reranker
+
+            self.reranker = Reranker.from_config(self.cfg.rerank).load()
+        return self.reranker
+
     def local_docs(self, system: SystemConfig, k: int) -> list[list[dict]]:
-        """Top-k passages per question from the local index; one batched search per (mode, filter)."""
+        """Top-k passages per question from the local index; one batched search per (mode, filter, rerank)."""
         kmax = max([system.top_k, max(self.cfg.k_values)] + self.cfg.sweep.top_k)
-        key = (system.search_mode, json.dumps(system.filter, sort_keys=True), kmax)
+        key = (system.search_mode, json.dumps(system.filter, sort_keys=True), kmax, system.rerank)
         if key not in self._search_cache:
             hits = self._open_index().search_batch([it.question for it in self.items], k=kmax,
-                                                   mode=system.search_mode, filter=system.filter)
+                                                   mode=system.search_mode, filter=system.filter,
+                                                   rerank=self._open_reranker() if system.rerank else None)
             self._search_cache[key] = [[{"chunk_id": h.chunk.chunk_id, "doc_id": h.chunk.doc_id,
                                          "title": h.chunk.title, "text": h.chunk.text, "score": h.score}
                                         for h in row] for row in hits]
@@ -131,7 +140,8 @@ class Evaluator:
         elif s.retrieval == "gateway":
             messages = [{"role": "user", "content": item.question}]
             extra = {"retrieval": {"enabled": True, "top_k": top_k, "mode": s.search_mode,
-                                   **({"filter": s.filter} if s.filter else {})}}
+                                   **({"filter": s.filter} if s.filter else {}),
+                                   **({"rerank": True} if s.rerank else {})}}
         else:  # closed book: same prompt, no documents
             messages = build_messages(item.question, [])
         reply = await self.endpoints[s.name].chat(messages, max_tokens=cfg.max_tokens,
