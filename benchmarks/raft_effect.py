@@ -1,28 +1,36 @@
-"""RAFT vs domain fine-tuning on a synthetic reading task (the RAFT paper's Figure 6, in miniature).
+"""The RAFT effect on a real model and real QA text, through the product's own pipeline (the RAFT paper's
+Table 1 and Figure 6, at 135M parameters).
 
-A tiny random Llama is trained two ways on the same questions, through the project's own pipeline:
-`raft build` (extractive teacher, questions file) -> `raft train` (Ray Train, LoRA) -> `raft export --merge`
--> `transformers serve` -> `raft eval` (distractor sweep):
+SmolLM2-135M-Instruct is compared three ways on multi-hop Wikipedia questions:
 
-- RAFT:        oracle + 4 distractors, oracle shown in 80% of examples (mix.num_distractors=4, p_oracle=0.8)
-- oracle-only: the oracle document alone (mix.num_distractors=0, p_oracle=1.0) = domain fine-tuning
+- base+RAG: the pretrained model as it is, reading the retrieved passages;
+- DSF+RAG:  fine-tuned on each training question's oracle passages alone (`mix.num_distractors=0
+            mix.p_oracle=1.0`): domain-specific fine-tuning, the paper's DSF;
+- RAFT+RAG: fine-tuned on the oracle passages plus 4 distractors, the oracle left out of 20% of the
+            examples (`mix.num_distractors=4 mix.p_oracle=0.8`).
 
-Both are then evaluated with 0..8 distractors shown next to the oracle. The task: every document states
-one fact, "The code of <name> is <value>."; the question asks for one name's code. Names and values come from
-small pools and are single tokens of the tiny BPE vocabulary, so the answer is one token the model has
-written in training; test questions are unseen name/value pairings, so only reading answers them. Reading
-only one document can be solved by "copy the value you see"; only training with distractors rewards "find
-the right one".
+Both trained arms get the same teacher answers (the extractive teacher with the gold answer as its hint:
+it quotes the oracle sentence that holds the answer and ends in `<ANSWER>: gold`), the same optimizer steps,
+learning rate and LoRA. Training questions: hotpotqa_hippo and musique_hippo (HotpotQA and MuSiQue train
+questions); test questions: hotpotqa_amor_dev (HotpotQA dev), over its own passages. No test question is in
+training (checked). Every arm answers each test question with its gold passages plus 0, 2, 4 and 8
+distractors, hard negatives mined from the test corpus's index by `raft build` (the same documents, in the
+same order, for every arm). EM and F1 get 95% bootstrap confidence intervals over questions, and the paired
+differences between arms get theirs.
 
-The tiny model starts random (its output head initialised to its input embeddings); LoRA at full rank on
-every linear layer, the embeddings and the output head is what it learns with. Padded length-grouped
-batches (`optim.batching=group`): packing leaks attention across examples with transformers 5.x sdpa.
+Pipeline, as a user runs it: `raft build` (3x: two training mixes, the test set) -> `raft train` (2x, Ray
+Train) -> `raft export --merge` (2x) -> `transformers serve` -> `raft eval` (distractor sweep,
+`retrieval: record`). Reads ../shared/data (or --data); the tests never need it.
 
-    python benchmarks/raft_effect.py --out runs/raft_effect             # full run, about 10-15 min on 2 CPU cores
-    python benchmarks/raft_effect.py --docs 400 --steps 40 --eval-n 20 --out runs/raft_effect_smoke
+    python benchmarks/raft_effect.py                                   # the full run
+    python benchmarks/raft_effect.py --eval-n 20 --steps 10 --sweep 0,4 --out runs/raft_effect_smoke
 
-Writes OUT/raft_effect.json (accuracy per system and distractor count, the gap at 4 distractors) and
-OUT/raft_effect.png; the full `raft eval` report is in OUT/eval/.
+An interrupted run resumes: the same command again skips every build, train and export step that finished
+with the same arguments (OUT/steps_done.json); `raft eval` runs again in full.
+
+Writes OUT/raft_effect.{json,png} (and copies them to benchmarks/results/); `raft eval`'s own report is in
+OUT/eval/. Targets at 4 distractors: RAFT+RAG >= DSF+RAG + 10 points F1, >= base+RAG + 20 points F1, with
+confidence intervals that do not overlap, and the whole run in at most 60 minutes on 2 idle cores.
 """
 
 from __future__ import annotations
@@ -40,151 +48,166 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from raft.netutil import NotHealthyError, free_port, wait_healthy
+from raft.netutil import NotHealthyError, free_port, wait_healthy  # noqa: E402
 
-CONSONANTS = "bdfgklmnprstvz"
-VOWELS = "aeiou"
-
-
-def pool(rng: random.Random, n: int, shape: str, taken: set[str]) -> list[str]:
-    """`n` distinct pronounceable words of `shape` (C = consonant, V = vowel) not in `taken`."""
-    out: set[str] = set()
-    while len(out) < n:
-        w = "".join(rng.choice(CONSONANTS if c == "C" else VOWELS) for c in shape)
-        if w not in taken:
-            out.add(w)
-    taken |= out
-    return sorted(out)
+ARMS = ("base+RAG", "DSF+RAG", "RAFT+RAG")
+BASE = "smollm2-135m-instruct"
+RESUMED: list[str] = []  # steps skipped because an earlier, interrupted run finished them
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+       "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-def make_task(out: Path, n_docs: int, seed: int) -> tuple[Path, Path, list[str], list[str]]:
-    """corpus.jsonl {id, title, text} and questions.jsonl {id, question, answers, gold_ids}.
-
-    Names and values come from small pools (each name in 2 documents, each value in about 4), so every word the
-    model must *write* at test time (the name in its quote, the value) is a token it has written in
-    training; the test documents are new name/value pairings, so only reading answers them. Two documents
-    of a shown set share a name with probability ~1/n_docs; a distractor that holds the answer value is
-    never used (`raft build` excludes it)."""
-    rng = random.Random(seed)
-    taken = {"the", "code", "of", "is", "what"}
-    names = pool(rng, max(2, n_docs // 2), "CVCV", taken)
-    values = pool(rng, max(2, n_docs // 4), "CVC", taken)
-    pairs: set[tuple[str, str]] = set()
-    name_seq = [names[i % len(names)] for i in range(n_docs)]
-    rng.shuffle(name_seq)
-    for name in name_seq:
-        while True:
-            value = rng.choice(values)
-            if (name, value) not in pairs:
-                break
-        pairs.add((name, value))
-    corpus, questions, texts = [], [], []
-    ordered = sorted(pairs)  # a set's order depends on string hashing: sort, then shuffle with the seed
-    rng.shuffle(ordered)
-    for i, (name, value) in enumerate(ordered):
-        text = f"The code of {name} is {value}."
-        corpus.append({"id": f"d{i}", "title": name, "text": text})
-        questions.append({"id": f"q{i}", "question": f"What is the code of {name}?", "answers": [value],
-                          "gold_ids": [f"d{i}"]})
-        texts += [text, questions[-1]["question"]]
-    out.mkdir(parents=True, exist_ok=True)
-    cp, qp = out / "corpus.jsonl", out / "questions.jsonl"
-    cp.write_text("".join(json.dumps(r) + "\n" for r in corpus))
-    qp.write_text("".join(json.dumps(r) + "\n" for r in questions))
-    return cp, qp, texts, sorted({w for pair in pairs for w in pair})
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def build_base(base: Path, texts: list[str], *, vocab: int, hidden: int, layers: int, heads: int, seed: int,
-               titles: list[str] | None = None) -> None:
-    """A random tiny Llama whose tokenizer has seen whole rendered prompts, so the prompt's fixed parts
-    (system prompt, document tags, chat roles) become few tokens: shorter sequences, faster training. The
-    vocabulary is large enough for BPE to merge every name and value into one token.
-
-    `texts` alternates document text and question; `titles` (one per document, "" for none) defaults to
-    the name in "The code of NAME is VALUE."."""
-    from raft.prompt import SYSTEM_PROMPT, cot_answer, render_user
-    from raft.tiny_model import build_tiny_model
-
-    doc_texts = texts[::2][:500]
-    titles = [t.split()[3] for t in doc_texts] if titles is None else titles
-    docs = [{"title": title, "text": t} for title, t in zip(titles, doc_texts)]
-    rendered = [f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
-                + render_user(texts[2 * i + 1], docs[i:i + 5]) + "<|im_end|>\n<|im_start|>assistant\n"
-                + cot_answer("The context states:", [texts[2 * i]], "x") for i in range(0, min(495, len(docs) - 4), 5)]
-    build_tiny_model(base, texts + rendered, vocab_size=vocab, hidden_size=hidden, layers=layers, heads=heads,
-                     kv_heads=heads, seed=seed)
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
 
 
-def init_output_head(model_dir: Path) -> None:
-    """Start the (untied) output head equal to the input embeddings, as in models with tied embeddings:
-    then writing a token the model has attended to is an identity map its adapters can learn quickly.
-    The base still knows nothing about the task; both systems start from this same model."""
-    import torch
-    from transformers import AutoModelForCausalLM
+def prepare(data: Path, train_sets: list[str], test_set: str, out: Path, max_train: int | None,
+            seed: int) -> dict[str, Path]:
+    """Training corpus + questions (the train sets merged), test corpus + questions; no question on both sides."""
+    missing = [s for s in train_sets + [test_set] if not (data / s / "questions.jsonl").is_file()]
+    if missing:
+        sys.exit(f"QA sets {missing} not found under {data}; pass --data DIR (the folder holding "
+                 "hotpotqa_hippo/, musique_hippo/, hotpotqa_amor_dev/, ...)")
+    corpus, questions = [], []
+    for s in train_sets:
+        corpus += read_jsonl(data / s / "corpus.jsonl")
+        questions += read_jsonl(data / s / "questions.jsonl")
+    ids = [c["id"] for c in corpus]
+    if len(set(ids)) != len(ids):
+        sys.exit("passage ids collide across the training sets; they must be unique")
+    random.Random(seed).shuffle(questions)
+    questions = questions[:max_train] if max_train else questions
+    test_q = read_jsonl(data / test_set / "questions.jsonl")
+    seen = {q["question"].strip().lower() for q in questions}
+    leaked = [q["id"] for q in test_q if q["question"].strip().lower() in seen]
+    if leaked:
+        sys.exit(f"{len(leaked)} test questions also appear in training (e.g. {leaked[0]}); pick other sets")
+    return {"train_corpus": write_jsonl(out / "task" / "train_corpus.jsonl", corpus),
+            "train_questions": write_jsonl(out / "task" / "train_questions.jsonl", questions),
+            "test_corpus": data / test_set / "corpus.jsonl",
+            "test_questions": write_jsonl(out / "task" / "test_questions.jsonl", test_q)}
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    with torch.no_grad():
-        model.lm_head.weight.copy_(model.get_input_embeddings().weight)
-    model.save_pretrained(model_dir)
 
-
-def check_single_tokens(model_dir: Path, words: list[str]) -> None:
-    """Every name and value must be one token (as it appears after a space): then copying the answer is one
-    attention lookup, not a multi-token spelling the tiny model has to learn too."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    split = [w for w in words if len(tok(" " + w, add_special_tokens=False)["input_ids"]) != 1]
-    if split:
-        sys.exit(f"{len(split)} of {len(words)} names/values are several tokens in {model_dir} (e.g. {split[:5]}); "
-                 "raise --vocab and delete the base model")
-
-
-def raft(*args: str, log: Path) -> None:
-    """Run one `raft` subcommand in a fresh process (as a user would); fail loudly with its log tail."""
-    cmd = [sys.executable, "-m", "raft.cli", *args]
+def raft(*args: str, log: Path, timings: dict, label: str, output: Path | None = None) -> None:
+    """Run one `raft` verb in a fresh process, as a user would; stop with its log tail if it fails.
+    A step that already ran to the end with the same arguments, and whose `output` is still there, is
+    skipped: an interrupted benchmark resumes where it stopped (delete OUT to start over)."""
+    done_file = log.parent / "steps_done.json"
+    done = json.loads(done_file.read_text()) if done_file.is_file() else {}
+    if output is not None and output.exists() and done.get(label, {}).get("args") == list(args):
+        timings[label] = done[label]["seconds"]
+        RESUMED.append(label)
+        print(f"  {label:<22} {timings[label]:7.1f} s (done before: {output.name})", flush=True)
+        return
     t0 = time.perf_counter()
     with log.open("a") as fh:
         fh.write(f"\n$ raft {' '.join(args)}\n")
         fh.flush()
-        rc = subprocess.run(cmd, check=False, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=ENV).returncode
-    tail = "\n".join(log.read_text().splitlines()[-25:])
+        rc = subprocess.run([sys.executable, "-m", "raft.cli", *args], stdout=fh, stderr=subprocess.STDOUT,
+                            cwd=REPO, env=ENV).returncode
     if rc != 0:
-        sys.exit(f"`raft {args[0]}` failed (exit {rc}); log {log}:\n{tail}")
-    print(f"  raft {args[0]:<6} {time.perf_counter() - t0:6.1f} s", flush=True)
+        tail = "\n".join(log.read_text().splitlines()[-30:])
+        sys.exit(f"`raft {args[0]}` ({label}) failed (exit {rc}); log {log}:\n{tail}")
+    timings[label] = round(time.perf_counter() - t0, 1)
+    if output is not None and output.exists():
+        done[label] = {"args": list(args), "seconds": timings[label]}
+        done_file.write_text(json.dumps(done, indent=1))
+    print(f"  {label:<22} {timings[label]:7.1f} s", flush=True)
 
 
 def start_engine(log: Path) -> tuple[subprocess.Popen, str]:
-    """`transformers serve` without a forced model: it loads each merged model on first request, by path."""
+    """`transformers serve` without a forced model: it loads each model on its first request, by path."""
     port = free_port()
-    exe = Path(sys.executable).with_name("transformers")
     fh = log.open("a")
-    proc = subprocess.Popen([str(exe), "serve", "--port", str(port), "--device", "cpu", "--host", "127.0.0.1"],
-                            stdout=fh, stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "transformers.cli.transformers", "serve", "--port", str(port),
+                             "--device", "cpu", "--host", "127.0.0.1"], stdout=fh, stderr=subprocess.STDOUT,
+                            env=ENV, start_new_session=True)
     try:
-        wait_healthy(f"http://127.0.0.1:{port}/health", timeout=120, proc=proc)
+        wait_healthy(f"http://127.0.0.1:{port}/health", timeout=180, proc=proc)
     except NotHealthyError as e:
         os.killpg(proc.pid, signal.SIGTERM)
         sys.exit(f"transformers serve did not start: {e}; see {log}")
     return proc, f"http://127.0.0.1:{port}/v1"
 
 
-def plot(result: dict, path: Path) -> None:
+def bootstrap(per_arm: dict[str, list[float]], n: int, seed: int) -> dict:
+    """Mean and 95% percentile CI per arm, and of the paired differences, resampling the same questions
+    for every arm (the arms answered the same questions)."""
+    import numpy as np
+
+    arms = list(per_arm)
+    m = np.array([per_arm[a] for a in arms], dtype=float)  # arms x questions
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, m.shape[1], size=(n, m.shape[1]))
+    means = m[:, idx].mean(axis=2)  # arms x n
+    out = {"mean": {a: round(float(m[i].mean()), 4) for i, a in enumerate(arms)},
+           "ci95": {a: [round(float(x), 4) for x in np.percentile(means[i], [2.5, 97.5])]
+                    for i, a in enumerate(arms)}, "diff": {}}
+    for i, a in enumerate(arms):
+        for j, b in enumerate(arms):
+            if i > j:
+                d = means[i] - means[j]
+                out["diff"][f"{a} - {b}"] = {"mean": round(float(m[i].mean() - m[j].mean()), 4),
+                                            "ci95": [round(float(x), 4) for x in np.percentile(d, [2.5, 97.5])]}
+    return out
+
+
+def summarize(report: dict, predictions: list[dict], sweep: list[int], n_boot: int, seed: int) -> dict:
+    rows: dict[tuple[str, int], dict[str, float]] = {}
+    for p in predictions:
+        if p["sweep"] == "distractors" and p["em"] is not None:
+            rows.setdefault((p["system"], p["value"]), {})[p["id"]] = p
+    out = {}
+    for n in sweep:
+        ids = sorted(set.intersection(*(set(rows.get((a, n), {})) for a in ARMS)))
+        stats = {}
+        for metric in ("em", "f1"):
+            stats[metric] = bootstrap({a: [float(rows[(a, n)][i][metric]) for i in ids] for a in ARMS}, n_boot, seed)
+        stats["answer_tag_rate"] = {a: round(sum(bool(rows[(a, n)][i]["answer_tag"]) for i in ids) / max(1, len(ids)), 3)
+                                    for a in ARMS}
+        stats["questions"] = len(ids)
+        out[str(n)] = stats
+    return out
+
+
+def targets(by_n: dict, at: str = "4") -> dict:
+    f1 = by_n[at]["f1"]
+    ci = f1["ci95"]
+    d_dsf = f1["mean"]["RAFT+RAG"] - f1["mean"]["DSF+RAG"]
+    d_base = f1["mean"]["RAFT+RAG"] - f1["mean"]["base+RAG"]
+    no_overlap = all(ci["RAFT+RAG"][0] > ci[o][1] for o in ("DSF+RAG", "base+RAG"))
+    return {"raft_minus_dsf_f1_points": round(100 * d_dsf, 1), "raft_minus_base_f1_points": round(100 * d_base, 1),
+            "raft_vs_dsf_met": d_dsf >= 0.10, "raft_vs_base_met": d_base >= 0.20,
+            "cis_do_not_overlap": no_overlap}
+
+
+def plot(by_n: dict, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    for name, curve in result["accuracy"].items():
-        xs = sorted(int(k) for k in curve)
-        ax.plot(xs, [curve[str(x)] for x in xs], marker="o", label=name)
-    ax.axvline(result["train_distractors"], color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("distractor documents shown with the oracle at test time")
-    ax.set_ylabel("exact match")
-    ax.set_ylim(0, 1.05)
-    ax.set_title(f"RAFT vs oracle-only fine-tuning ({result['eval_questions']} test questions)")
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    xs = sorted(int(n) for n in by_n)
+    for ax, metric in zip(axes, ("f1", "em")):
+        for arm in ARMS:
+            ys = [by_n[str(x)][metric]["mean"][arm] for x in xs]
+            lo = [y - by_n[str(x)][metric]["ci95"][arm][0] for x, y in zip(xs, ys)]
+            hi = [by_n[str(x)][metric]["ci95"][arm][1] - y for x, y in zip(xs, ys)]
+            ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=arm)
+        ax.set_xlabel("distractor passages shown beside the gold passages")
+        ax.set_ylabel(metric.upper() + " (95% bootstrap CI)")
+        ax.set_xticks(xs)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -192,99 +215,100 @@ def plot(result: dict, path: Path) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="folder of the QA sets")
+    p.add_argument("--train-sets", default="hotpotqa_hippo,musique_hippo")
+    p.add_argument("--test-set", default="hotpotqa_amor_dev")
     p.add_argument("--out", default="runs/raft_effect", help="work and result directory")
-    p.add_argument("--docs", type=int, default=1000, help="facts (documents) = questions")
-    p.add_argument("--steps", type=int, default=900, help="optimizer steps per training run")
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--rank", type=int, default=128, help="LoRA rank (= --hidden: full-rank updates)")
-    p.add_argument("--hidden", type=int, default=128, help="tiny model width")
-    p.add_argument("--layers", type=int, default=2, help="tiny model depth")
-    p.add_argument("--heads", type=int, default=4, help="attention heads")
-    p.add_argument("--vocab", type=int, default=3000, help="BPE vocabulary (large enough for one token per word)")
-    p.add_argument("--batch-tokens", type=int, default=1024, help="packed tokens per optimizer step")
-    p.add_argument("--scheduler", default="cosine", help="learning-rate schedule after warm-up")
-    p.add_argument("--cpus", type=float, default=2, help="CPUs of the one Ray training worker (= torch threads)")
-    p.add_argument("--targets", default="embed_tokens,q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head",
-                   help="LoRA target modules (a random base learns only through its adapters: adapt the embeddings "
-                        "and the output head too)")
-    p.add_argument("--batching", default="group",
-                   help="optim.batching; `pack` leaks attention across packed examples with transformers 5.x sdpa")
+    p.add_argument("--max-train", type=int, default=None, help="use at most this many training questions")
+    p.add_argument("--steps", type=int, default=40, help="optimizer steps of each trained arm")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-tokens", type=int, default=2048)
+    p.add_argument("--max-seq-len", type=int, default=2048)
+    p.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha = 2 x rank)")
+    p.add_argument("--targets", default="all-linear", help="LoRA target modules, e.g. q_proj,v_proj")
     p.add_argument("--train-distractors", type=int, default=4)
     p.add_argument("--p-oracle", type=float, default=0.8)
-    p.add_argument("--eval-n", type=int, default=40, help="test questions evaluated")
+    p.add_argument("--eval-n", type=int, default=100, help="test questions evaluated")
     p.add_argument("--sweep", default="0,2,4,8", help="distractor counts at test time")
+    p.add_argument("--max-tokens", type=int, default=128, help="long enough for a quote plus the answer tag")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", default="benchmarks/results", help="also copy raft_effect.json/.png here ('' = no)")
     args = p.parse_args()
 
-    out = (REPO / args.out).resolve() if not Path(args.out).is_absolute() else Path(args.out)
+    out = Path(args.out) if Path(args.out).is_absolute() else (REPO / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    log = out / "pipeline.log"
+    log, timings = out / "pipeline.log", {}
     t0 = time.perf_counter()
-    print(f"raft_effect: {args.docs} facts, {args.steps} steps per run, output {out}", flush=True)
+    load_before = os.getloadavg()
+    sweep = [int(x) for x in args.sweep.split(",")]
+    files = prepare(Path(args.data), args.train_sets.split(","), args.test_set, out, args.max_train, args.seed)
+    print(f"raft_effect: train on {args.train_sets}, test on {args.test_set}; output {out}", flush=True)
 
-    corpus, questions, texts, words = make_task(out / "task", args.docs, args.seed)
-    base = out / "base-model"
-    if not (base / "config.json").exists():
-        build_base(base, texts, vocab=args.vocab, hidden=args.hidden, layers=args.layers, heads=args.heads,
-                   seed=args.seed)
-        init_output_head(base)
-    check_single_tokens(base, words)
+    common = ["teacher.kind=extractive", f"seed={args.seed}", "--quiet"]
+    train_index = out / "data-RAFT" / "index"
+    mixes = {"RAFT+RAG": ("data-RAFT", args.train_distractors, args.p_oracle), "DSF+RAG": ("data-DSF", 0, 1.0)}
+    for arm, (name, d, p_oracle) in mixes.items():
+        reuse = [] if arm == "RAFT+RAG" else ["--index", str(train_index)]  # one training index, built once
+        raft("build", str(files["train_corpus"]), f"mix.num_distractors={d}", f"mix.p_oracle={p_oracle}",
+             "split.train=1.0", "split.validation=0.0", "split.test=0.0", *common, "--out", str(out / name),
+             "--questions", str(files["train_questions"]), *reuse, log=log, timings=timings, label=f"build {arm}",
+             output=out / name / "manifest.json")
+    raft("build", str(files["test_corpus"]), f"mix.num_distractors={max(sweep)}", "mix.p_oracle=1.0",
+         "split.train=0.0", "split.validation=0.0", "split.test=1.0", *common, "--out", str(out / "data-test"),
+         "--questions", str(files["test_questions"]), log=log, timings=timings, label="build test set",
+         output=out / "data-test" / "manifest.json")
 
-    runs = {"RAFT": (args.train_distractors, args.p_oracle), "oracle-only": (0, 1.0)}
-    index = None
-    for name, (d, p_oracle) in runs.items():
-        ds = out / f"data-{name}"
-        extra = ["--index", str(index)] if index else []
-        index = index or ds / "index"
-        if (ds / "manifest.json").exists() and (ds / "raft" / "test.jsonl").exists():
-            print(f"  raft build     (reusing {ds})", flush=True)  # a finished build from an earlier run
-        else:
-            # overrides right after the corpus: argparse keeps the two positionals together
-            raft("build", str(corpus), "teacher.kind=extractive", f"mix.num_distractors={d}", "mix.hard_ratio=0",
-                 f"mix.p_oracle={p_oracle}", f"seed={args.seed}", "split.train=0.85", "split.validation=0.05",
-                 "split.test=0.1", "--out", str(ds), "--questions", str(questions), "--quiet", *extra, log=log)
-        adapter = out / f"adapter-{name}"
-        raft("train", f"model.name_or_path={base}", "model.dtype=fp32", f"data.path={ds}",
-             "data.max_seq_len=384", "lora.r=" + str(args.rank), "lora.alpha=" + str(args.rank),
-             f"lora.target_modules=[{args.targets}]",
-             "lora.dropout=0.0", f"optim.lr={args.lr}", f"optim.max_steps={args.steps}",
-             f"optim.batch_tokens={args.batch_tokens}", "optim.warmup_ratio=0.05", f"optim.scheduler={args.scheduler}",
-             f"optim.batching={args.batching}",
-             "ray.num_workers=1", f"ray.cpus_per_worker={args.cpus:g}", f"ray.storage_path={out / 'ray'}",
-             f"ray.run_name=raft-effect-{name}-{args.seed}-{args.steps}-{args.lr:g}-{args.rank}-{args.hidden}x{args.layers}-{args.batching}{args.batch_tokens}", f"output_dir={adapter}",
-             f"save_every={args.steps}", "export=last", "log_every=25", f"seed={args.seed}", log=log)
-        raft("export", str(adapter), "--merge", "--out", str(out / f"merged-{name}"), log=log)
+    targets_list = "all-linear" if args.targets == "all-linear" else "[" + args.targets + "]"
+    for arm, (name, _, _) in mixes.items():
+        tag = arm.split("+")[0]
+        raft("train", f"model.name_or_path={BASE}", "model.dtype=fp32", f"data.path={out / name}",
+             "data.eval_split=null", f"data.max_seq_len={args.max_seq_len}", f"lora.r={args.rank}",
+             f"lora.alpha={2 * args.rank}", "lora.dropout=0.0", f"lora.target_modules={targets_list}",
+             f"optim.lr={args.lr}", f"optim.max_steps={args.steps}", f"optim.batch_tokens={args.batch_tokens}",
+             "optim.warmup_ratio=0.1", "optim.batching=group", "ray.num_workers=1", "ray.cpus_per_worker=2",
+             f"ray.storage_path={out / 'ray'}", f"ray.run_name=raft-effect-{tag}-{args.seed}-{args.steps}",
+             f"output_dir={out / ('adapter-' + tag)}", f"save_every={args.steps}", "export=last", "log_every=5",
+             f"seed={args.seed}", log=log, timings=timings, label=f"train {arm}",
+             output=out / f"adapter-{tag}" / "raft_meta.json")
+        raft("export", str(out / f"adapter-{tag}"), "--merge", "--out", str(out / f"merged-{tag}"), log=log,
+             timings=timings, label=f"export {arm}", output=out / f"merged-{tag}" / "config.json")
 
     engine, url = start_engine(out / "engine.log")
     try:
-        sweep = [int(x) for x in args.sweep.split(",")]
-        systems = [{"name": name, "base_url": url, "model": str(out / f"merged-{name}"), "retrieval": "record"}
-                   for name in runs]
-        raft("eval", "--data", str(out / "data-RAFT" / "raft" / "test.jsonl"), "--out", str(out / "eval"),
-             f"systems={json.dumps(systems)}", f"sweep.distractors={json.dumps(sweep)}",
-             f"limit={args.eval_n}", "max_tokens=32", "concurrency=2", "timeout=120", f"seed={args.seed}",
-             log=log)
+        models = {"base+RAG": BASE, "DSF+RAG": str(out / "merged-DSF"), "RAFT+RAG": str(out / "merged-RAFT")}
+        systems = [{"name": a, "base_url": url, "model": models[a], "retrieval": "record"} for a in ARMS]
+        raft("eval", "--data", str(out / "data-test" / "raft" / "test.jsonl"), "--out", str(out / "eval"),
+             f"systems={json.dumps(systems)}", f"sweep.distractors={json.dumps(sweep)}", "sweep.only=true",
+             f"limit={args.eval_n}", f"max_tokens={args.max_tokens}", "concurrency=2", "timeout=300",
+             f"seed={args.seed}", log=log, timings=timings, label="eval (all arms)")
     finally:
         os.killpg(engine.pid, signal.SIGTERM)
         engine.wait(timeout=30)
 
     report = json.loads((out / "eval" / "report.json").read_text())
-    acc = {name: {str(r["value"]): r["em"] for r in report["runs"]
-                  if r["system"] == name and r["sweep"] == "distractors"} for name in runs}
-    at4 = {name: acc[name].get("4") for name in runs}
-    gap = (at4["RAFT"] - at4["oracle-only"]) if None not in at4.values() else None
-    result = {"accuracy": acc, "em_at_4_distractors": at4, "gap_at_4_points": None if gap is None else round(100 * gap, 1),
-              "target_gap_points": 20, "met": gap is not None and gap >= 0.20,
-              "train_distractors": args.train_distractors, "p_oracle": args.p_oracle,
-              "eval_questions": report["n_items"], "args": vars(args),
-              "seconds": round(time.perf_counter() - t0, 1),
-              "load_average_1_5_15min_at_end": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
-              "main_runs": {r["system"]: {k: r[k] for k in ("em", "f1", "quote_validity", "answer_tag_rate")}
-                            for r in report["runs"] if r["sweep"] == "main"}}
+    predictions = read_jsonl(out / "eval" / "predictions.jsonl")
+    by_n = summarize(report, predictions, sweep, args.bootstrap, args.seed)
+    at = "4" if "4" in by_n else str(sweep[len(sweep) // 2])
+    result = {"by_distractors": by_n, "targets_at": at, "targets": targets(by_n, at),
+              "seconds": round(time.perf_counter() - t0, 1), "step_seconds": timings,
+              "resumed_steps": RESUMED,  # their seconds are in step_seconds but not in `seconds`
+              "train_questions": len(read_jsonl(files["train_questions"])), "test_questions": by_n[at]["questions"],
+              "load_average_before": [round(x, 2) for x in load_before],
+              "load_average_after": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
+              "args": vars(args)}
+    total = result["seconds"] + sum(timings[x] for x in RESUMED)
+    result["targets"]["within_60_min"] = total <= 3600
     (out / "raft_effect.json").write_text(json.dumps(result, indent=2))
-    plot(result, out / "raft_effect.png")
-    print(json.dumps({k: result[k] for k in ("accuracy", "gap_at_4_points", "met", "seconds")}, indent=1))
+    plot(by_n, out / "raft_effect.png", f"SmolLM2-135M-Instruct on {args.test_set} "
+         f"({result['test_questions']} held-out questions)")
+    print("\n| distractors | " + " | ".join(f"{a} F1" for a in ARMS) + " | " + " | ".join(f"{a} EM" for a in ARMS) + " |")
+    print("|---|" + "---|" * (2 * len(ARMS)))
+    for n in sweep:
+        s = by_n[str(n)]
+        cell = lambda m, a: f"{s[m]['mean'][a]:.3f} [{s[m]['ci95'][a][0]:.2f}, {s[m]['ci95'][a][1]:.2f}]"  # noqa: E731
+        print(f"| {n} | " + " | ".join(cell("f1", a) for a in ARMS) + " | " + " | ".join(cell("em", a) for a in ARMS) + " |")
+    print(json.dumps(result["targets"], indent=1), f"\n{result['seconds']:.0f} s in all")
     if args.results:
         import shutil
 
@@ -292,12 +316,8 @@ def main() -> int:
         dest.mkdir(parents=True, exist_ok=True)
         for f in ("raft_effect.json", "raft_effect.png"):
             shutil.copy(out / f, dest / f)
-    print(f"results: {out / 'raft_effect.json'}, plot: {out / 'raft_effect.png'}")
-    return 0 if result["met"] else 1
+    return 0
 
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-       "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 if __name__ == "__main__":
     sys.exit(main())
