@@ -50,6 +50,7 @@ def _train(args) -> int:
     from raft.rerank.trainer import check_out, train_reranker
 
     dataset, out = absolute(args.dataset), absolute(args.out)
+    cfg.index_dir = absolute(cfg.index_dir)
     check_out(Path(out))  # before minutes of training, as check_writable below
     check_writable(out, "--out", need_bytes=200 * 1024 * 1024)  # MiniLM-sized weights, twice during the swap
     console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -71,7 +72,8 @@ def _train(args) -> int:
                   f"reranker written to {s['out']}")
     if s["positives_without_text"]:
         console.print(f"[yellow]{s['positives_without_text']} oracle chunk(s) were not shown by any record and not "
-                      "in DATASET/index: those positives were skipped[/]")
+                      "in the dataset's index: those positives were skipped (index_dir=DIR names the index it was "
+                      "built from)[/]")
     console.print(f"use it: raft index search INDEX QUERY --rerank {args.out}  |  serve: "
                   f"retrieval.rerank.model={args.out}  |  eval: rerank.model={args.out}")
     return 0

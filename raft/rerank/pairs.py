@@ -6,8 +6,8 @@ nearest neighbours in the same index (mix.hard_ratio), so they are the hard nega
 down. A passage is read as the rerank stage reads it (title and text, retrieval.rerank.pair_text).
 
 A record that leaves its oracle out (the RAFT P fraction) still names it in `oracle_ids`; its text is
-found in another record that shows it, or in the dataset's own index (DATASET/index), else the positive
-is skipped and counted, because a positive without its title would be told apart by the missing title.
+found in another record that shows it, or in the dataset's index (DATASET/index, or `index_dir`), else the
+positive is skipped and counted, because a positive without its title would be told apart by the missing title.
 """
 
 from __future__ import annotations
@@ -76,8 +76,9 @@ def shown_chunks(rec: dict) -> dict[str, Chunk]:
             for cid, title, text in zip(ids, titles, texts)}
 
 
-def chunk_lookup(dataset: Path, manifest: dict, wanted: set[str]) -> dict[str, Chunk]:
-    """Every chunk shown by any record of the dataset, plus those of `wanted` found in DATASET/index."""
+def chunk_lookup(dataset: Path, manifest: dict, wanted: set[str], index_dir: str | None = None) -> dict[str, Chunk]:
+    """Every chunk shown by any record of the dataset, plus those of `wanted` found in the dataset's index
+    (`index_dir`, default DATASET/index)."""
     found: dict[str, Chunk] = {}
     for split in manifest.get("splits", []):
         path = dataset / "raft" / f"{split}.jsonl"
@@ -85,10 +86,14 @@ def chunk_lookup(dataset: Path, manifest: dict, wanted: set[str]) -> dict[str, C
             for _, rec in iter_jsonl(path, RaftError):
                 found.update(shown_chunks(rec))
     missing = sorted(wanted - set(found))
-    if missing and (dataset / "index" / "manifest.json").is_file():
+    index = Path(index_dir) if index_dir else dataset / "index"
+    if index_dir and not (index / "manifest.json").is_file():
+        raise RaftError(f"index_dir {str(index)!r} is not an index directory (no manifest.json); give the index "
+                        "the dataset was built from (its build.index_dir), or leave index_dir unset")
+    if missing and (index / "manifest.json").is_file():
         from retrieval.index import RetrievalIndex
 
-        idx = RetrievalIndex.open(dataset / "index", verify=False)
+        idx = RetrievalIndex.open(index, verify=False)
         try:
             for i in range(0, len(missing), 4096):
                 found.update({c.chunk_id: c for c in idx.get(missing[i:i + 4096])})
@@ -97,13 +102,14 @@ def chunk_lookup(dataset: Path, manifest: dict, wanted: set[str]) -> dict[str, C
     return found
 
 
-def make_pairs(dataset: Path, splits: list[str], negatives: int | None, seed: int) -> tuple[Pairs, dict]:
+def make_pairs(dataset: Path, splits: list[str], negatives: int | None, seed: int,
+               index_dir: str | None = None) -> tuple[Pairs, dict]:
     """Training pairs of `splits`, shuffled with `seed`; returns them and the dataset's manifest."""
     manifest = read_manifest(dataset)
     records = [r for s in splits for r in read_records(dataset, s, manifest)]
     if not records:
         raise RaftError(f"dataset {str(dataset)!r}: splits {', '.join(splits)} hold no records")
-    lookup = chunk_lookup(dataset, manifest, {o for r in records for o in r.get("oracle_ids") or []})
+    lookup = chunk_lookup(dataset, manifest, {o for r in records for o in r.get("oracle_ids") or []}, index_dir)
     rows: list[tuple[str, str, float]] = []
     skipped_pos = 0
     for rec in records:

@@ -95,7 +95,7 @@ def train_reranker(dataset: str | Path, out: str | Path, cfg: RerankTrainConfig,
     t0 = time.perf_counter()
     dataset, out = Path(dataset), Path(out)
     check_out(out)
-    pairs, manifest = make_pairs(dataset, cfg.splits, cfg.negatives, cfg.seed)
+    pairs, manifest = make_pairs(dataset, cfg.splits, cfg.negatives, cfg.seed, cfg.index_dir)
     groups = []
     if cfg.eval_split and cfg.eval_split in manifest.get("splits", []) and cfg.eval_split not in cfg.splits:
         groups = eval_groups(dataset, cfg.eval_split, manifest)

@@ -47,6 +47,11 @@ def test_errors_name_the_problem(dataset, tmp_path, capsys):
         make_pairs(tmp_path, ["train"], None, 0)
     with pytest.raises(RaftError, match="no 'dev' split .*its splits: train, validation"):
         make_pairs(dataset, ["dev"], None, 0)
+    with pytest.raises(RaftError, match=f"index_dir '{tmp_path}' is not an index directory"):
+        make_pairs(dataset, ["train"], None, 0, index_dir=str(tmp_path))
+    # the index the build used, named explicitly, serves the same texts as DATASET/index
+    assert make_pairs(dataset, ["train"], None, 0, str(dataset / "index"))[0].stats == \
+        make_pairs(dataset, ["train"], None, 0)[0].stats
     # every config problem at once, each naming its key
     rc = main(["rerank", "train", str(dataset), "--out", str(tmp_path / "m"), "epochs=0", "lr=fast", "nope=1"])
     err = capsys.readouterr().err
