@@ -126,3 +126,19 @@ def test_ray_retriever_reranks_in_its_own_actor_pool(ray_local, built_index, ind
             bare.search(QUERIES[0], k=3, rerank=True)
     finally:
         bare.shutdown()
+
+
+def test_index_search_cli_reranks(built_index, index, tiny_cross_encoder, capsys):
+    import json
+
+    from raft.cli import main
+
+    q = QUERIES[1]
+    assert main(["index", "search", str(built_index), q, "-k", "3", "--rerank", str(tiny_cross_encoder),
+                 "--rerank-candidates", "9", "--filter", "tenant=acme", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    want = index.search(q, k=3, filter={"tenant": "acme"}, rerank=Reranker(str(tiny_cross_encoder), candidates=9))
+    assert [r["chunk_id"] for r in rows] == _ids(want)
+    assert main(["index", "search", str(built_index), q, "--rerank", str(tiny_cross_encoder),
+                 "--rerank-candidates", "0"]) == 2
+    assert "--rerank-candidates must be a positive integer, got 0" in capsys.readouterr().err
