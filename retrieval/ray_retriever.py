@@ -206,10 +206,7 @@ class RayRetriever:
         if num_shards < 1 or num_embedders < 1 or num_rerankers < 1:
             raise RetrievalError(f"num_shards ({num_shards}), num_embedders ({num_embedders}) and num_rerankers "
                                  f"({num_rerankers}) must be >= 1")
-        from retrieval.rerank import RerankConfig
-
-        self.rerank_config = RerankConfig.model_validate(rerank or {}) if not isinstance(rerank, RerankConfig) \
-            else rerank
+        self.rerank_config = rerank_config(rerank)
         self.index_dir = os.path.abspath(str(index_dir))
         man = read_manifest(self.index_dir)  # fail fast, in the caller, on a bad directory
         self.manifest = man
@@ -405,6 +402,16 @@ class RayRetriever:
                 self._ray.kill(a)
             except Exception:
                 pass
+
+
+def rerank_config(rerank: Any):
+    """`rerank` (None, a dict, a RerankConfig or a subclass such as serve's RerankSettings) as a plain
+    RerankConfig, which is what the reranker actors are built from (a subclass's own keys stay here)."""
+    from retrieval.rerank import RerankConfig
+
+    if isinstance(rerank, RerankConfig):
+        return RerankConfig.model_validate(rerank.model_dump(include=set(RerankConfig.model_fields)))
+    return RerankConfig.model_validate(rerank or {})
 
 
 def _abs_if_path(name: str) -> str:

@@ -98,3 +98,17 @@ def test_config_checks_rerank_settings():
         ServeConfig.model_validate({"engine": {"kind": "openai", "url": "http://x/v1"},
                                     "retrieval": {"backend": "local", "index_dir": "idx",
                                                   "rerank": {"enabled": True}}})
+
+
+def test_serve_rerank_settings_reach_the_ray_actors_as_a_plain_rerank_config(tiny_cross_encoder):
+    """serve's RerankSettings has `enabled`, which the reranker actors' RerankConfig does not take."""
+    from retrieval.ray_retriever import rerank_config
+    from retrieval.rerank import RerankConfig
+    from serving.config import RerankSettings
+
+    got = rerank_config(RerankSettings(model=str(tiny_cross_encoder), candidates=7, enabled=True))
+    assert type(got) is RerankConfig and got.model == str(tiny_cross_encoder) and got.candidates == 7
+    assert RerankConfig.model_validate(got.model_dump()) == got  # what the actor rebuilds from
+    assert rerank_config(None).model is None
+    with pytest.raises(ValueError, match="candidatez"):
+        rerank_config({"candidatez": 3})  # a dict keeps the typo check
