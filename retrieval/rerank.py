@@ -102,6 +102,12 @@ def load_cross_encoder(model: str, device: str | None = None, max_length: int | 
             _check_is_cross_encoder(path)
             from sentence_transformers import CrossEncoder
 
+            try:  # a "Loading weights" bar on every load is noise in CLI and server logs (as for the embedder)
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()
+            except Exception:
+                pass
             try:
                 ce = CrossEncoder(path, device=device, max_length=max_length)
             except Exception as e:
