@@ -43,7 +43,7 @@ EXPECTED: list[tuple[str, tuple[str, str]]] = [
     (r"^raft train --config configs/train_tiny_cpu\.yaml data\.path=runs/quickstart/dataset",
      ("skip", "SmolLM2-135M on 2 Ray workers takes minutes on a CPU; the README's example trains the same "
               "config on the tiny model")),
-    (r"^raft export runs/(llama8b-raft|raft-train)/adapter ", ("error", "is not an adapter directory")),
+    (r"^raft export runs/(llama8b-raft|raft-train|quickstart)/adapter ", ("error", "is not an adapter directory")),
     (r"^raft serve --config configs/serve_(cpu|vllm|openai)\.yaml( [^-].*)?$", ("error", "does not exist")),
     # runnable, but slow: Ray
     (r"--ray\b", ("slow", "starts Ray")),

@@ -86,7 +86,7 @@ class _FakeRay:
     def __init__(self, index_dir: Path):
         self.index_dir, self.shards = str(index_dir), [_Shard(), _Shard()]
 
-    async def asearch(self, query, k, mode, filter):
+    async def asearch(self, query, k, mode, filter, timeout=None):
         return []
 
     async def aadd_documents(self, docs):
