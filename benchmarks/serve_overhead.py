@@ -12,7 +12,7 @@ and FAISS (HNSW) and BM25 (SQLite FTS5) search the full index.
     python benchmarks/serve_overhead.py                       # defaults: 100k chunks, 10k-request load run
     python benchmarks/serve_overhead.py --chunks 20000 --load-requests 1000   # quick look
 
-Writes benchmarks/results/serve_overhead.json and .png (or --out DIR) and prints the ratios against the
+Writes benchmarks/results/serve_overhead_MODE.json and .png (or --out DIR) and prints the ratios against the
 targets, and what it ran on: the gateway's index type and query-embedding backend (from its /health)
 and the host's load average before and after (the machine may be shared; absolute times drift with it).
 """
@@ -269,12 +269,13 @@ def main() -> int:
                           for k, (v, t) in checks.items()}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "serve_overhead.json").write_text(json.dumps(results, indent=2))
-    plot(results, out / "serve_overhead.png")
+    stem = out / f"serve_overhead_{a.mode}"  # one file per mode, so dense and hybrid runs sit side by side
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    plot(results, stem.with_suffix(".png"))
     print("\nratios / targets:")
     for k, r in results["targets"].items():
         print(f"  {k:<30} {r['value']:.3f}  {'met' if r['met'] else 'MISSED'}")
-    print(f"wrote {out / 'serve_overhead.json'} and {out / 'serve_overhead.png'}")
+    print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
     return 0 if all(r["met"] for r in results["targets"].values()) else 1
 
 
