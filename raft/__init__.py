@@ -14,8 +14,7 @@ Retrieval has its own API: `from retrieval import RetrievalIndex, IndexConfig`.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from retrieval.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -41,13 +40,4 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'raft' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports('raft', _EXPORTS, globals())

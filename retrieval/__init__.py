@@ -15,8 +15,7 @@ neither `raft` nor `serving` (the dependency direction is serving -> raft -> ret
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from retrieval.lazy import lazy_exports
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -35,13 +34,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'retrieval' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports('retrieval', _EXPORTS, globals())
