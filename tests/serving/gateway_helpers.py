@@ -72,3 +72,16 @@ def make_config(engine_url: str, **over) -> ServeConfig:
     for k, v in over.items():
         data[k] = {**data.get(k, {}), **v} if isinstance(v, dict) else v
     return ServeConfig.model_validate(data)
+
+
+def build_tenant_index(out, corpus_dir, embedder_path, chunk_size: int):
+    """A real index over the shipped corpus, its documents alternately in tenants acme and globex."""
+    from retrieval.config import IndexConfig
+    from retrieval.index import RetrievalIndex
+    from retrieval.loaders import load_corpus
+
+    docs, _ = load_corpus(corpus_dir)
+    for i, d in enumerate(docs):
+        d.metadata["tenant"] = "acme" if i % 2 == 0 else "globex"
+    RetrievalIndex.build(docs, out, IndexConfig(embedder=embedder_path, chunk_size=chunk_size, chunk_overlap=16)).close()
+    return out

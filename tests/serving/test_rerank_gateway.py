@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from gateway_helpers import build_tenant_index
 
 from retrieval.rerank import Reranker
 from serving.retriever import IndexRetriever
@@ -15,16 +16,7 @@ Q = "Which island is the largest in the Veloria chain?"
 
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory, corpus_dir, embedder_path):
-    from retrieval.config import IndexConfig
-    from retrieval.index import RetrievalIndex
-    from retrieval.loaders import load_corpus
-
-    docs, _ = load_corpus(corpus_dir)
-    for i, d in enumerate(docs):  # two tenants over the shipped corpus
-        d.metadata["tenant"] = "acme" if i % 2 == 0 else "globex"
-    out = tmp_path_factory.mktemp("idx") / "index"
-    RetrievalIndex.build(docs, out, IndexConfig(embedder=embedder_path, chunk_size=64, chunk_overlap=16)).close()
-    return out
+    return build_tenant_index(tmp_path_factory.mktemp("idx") / "index", corpus_dir, embedder_path, chunk_size=64)
 
 
 @pytest.fixture
