@@ -191,7 +191,7 @@ class Builder:
                 reason = f"teacher_{e.reason}"
                 self.attempt_fails[reason] += 1
                 continue
-            reason, info = check_answer(c.text, texts, c.finish_reason)
+            reason, info = check_answer(c.text, texts, c.finish_reason, self.cfg.mode)
             self.quotes["total"] += info["quotes"]
             self.quotes["verified"] += info["verified"]
             if reason is None:

@@ -45,7 +45,7 @@ class AnswerBatch:
             except TeacherRequestError as e:
                 reason = f"teacher_{e.reason}"
                 continue
-            reason, _ = check_answer(c.text, texts, c.finish_reason)
+            reason, _ = check_answer(c.text, texts, c.finish_reason, self.cfg.mode)
             if reason is None:
                 return {"cot": c.text.strip(), "final_answer": extract_answer(c.text), "drop_reason": ""}
         return {"cot": "", "final_answer": "", "drop_reason": reason}

@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from raft.prompt import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE, extract_answer, extract_quotes, quote_in
+from raft.data.mixing import WholeWords
+from raft.eval.metrics import normalize_answer, normalize_api_call
+from raft.prompt import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE, extract_answer, extract_quotes, normalize_for_match, quote_in
 
 QUESTION_SYSTEM = {
     "general": (
@@ -91,11 +93,46 @@ _REFUSAL = re.compile(r"\b(i can(?:not|'t)|i am unable|i'm unable|i'm sorry|as a
                       re.IGNORECASE)
 
 
-def check_answer(text: str, oracle_texts: Sequence[str], finish_reason: str | None = None) -> tuple[str | None, dict]:
+# Answers no sentence can hold: a yes/no question is answered by comparing what the quotes say.
+_YES_NO = frozenset({"yes", "no"})
+
+
+def answer_in_text(answer: str, text: str) -> bool:
+    """True when `text` holds `answer` as whole words, both normalised as the eval normalises answers
+    (raft.eval.metrics.normalize_answer: case, ASCII punctuation, articles and whitespace ignored), so
+    "The Eiffel Tower." is in "the eiffel tower, built in 1889" and "1844" is in "(1844–1846)", but
+    "art" is not in "party"."""
+    a = normalize_answer(answer)
+    return bool(a) and WholeWords(a).search(normalize_answer(text))
+
+
+def quote_supports_answer(quotes: Sequence[str], answer: str, mode: str = "general") -> bool:
+    """True when at least one quote contains the final answer, so the quoted evidence leads to it.
+
+    - general: some quote holds the answer as whole words (see answer_in_text); an answer that normalises
+      to "yes" or "no" is exempt, since no sentence holds it (its quotes must still be in the oracle).
+    - api: some quote holds the called function's dotted name (`torch.hub.load` of
+      `torch.hub.load(repo_or_dir=...)`, taken with the eval's normalize_api_call), case-insensitive; an
+      answer with no parseable call is checked as in general mode.
+    """
+    if mode == "api":
+        call = normalize_api_call(answer)
+        name = call.split("(", 1)[0] if "(" in call else ""
+        if name:
+            pattern = WholeWords(normalize_for_match(name))
+            return any(pattern.search(normalize_for_match(q)) for q in quotes)
+    if normalize_answer(answer) in _YES_NO:
+        return True
+    return any(answer_in_text(answer, q) for q in quotes)
+
+
+def check_answer(text: str, oracle_texts: Sequence[str], finish_reason: str | None = None,
+                 mode: str = "general") -> tuple[str | None, dict]:
     """(drop reason or None, details) for one teacher answer.
 
-    Kept answers have an `<ANSWER>:` tag with a non-empty answer, at least one quote, and every quote found
-    verbatim (case/whitespace-insensitive) in one of the oracle chunks.
+    Kept answers have an `<ANSWER>:` tag with a non-empty answer, at least one quote, every quote found
+    verbatim (case/whitespace-insensitive) in one of the oracle chunks, and at least one quote that holds
+    the final answer (quote_supports_answer): a verified quote of an unrelated sentence teaches nothing.
     """
     text = (text or "").strip()
     quotes = extract_quotes(text)
@@ -113,4 +150,6 @@ def check_answer(text: str, oracle_texts: Sequence[str], finish_reason: str | No
     info["verified"] = sum(any(quote_in(q, t) for t in oracle_texts) for q in quotes)
     if info["verified"] < len(quotes):
         return "quote_not_in_oracle", info
+    if not quote_supports_answer(quotes, extract_answer(text), mode):
+        return "quote_not_supporting_answer", info
     return None, info

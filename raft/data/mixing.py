@@ -84,7 +84,7 @@ def _jaccard(a: frozenset, b: frozenset) -> float:
     return inter / (len(a) + len(b) - inter)
 
 
-class _WholeWords:
+class WholeWords:
     """Whole-word substring test (str.find + boundary check: compiling a regex per question cost more than
     the FAISS search when mining 100k questions)."""
 
@@ -103,12 +103,12 @@ class _WholeWords:
         return False
 
 
-def answer_pattern(answer: str) -> _WholeWords | None:
+def answer_pattern(answer: str) -> WholeWords | None:
     """Whole-word, case/whitespace-insensitive matcher of an answer (None when too short to test)."""
     a = normalize_for_match(answer).strip(" .")
     if len(a) < 2:
         return None
-    return _WholeWords(a)
+    return WholeWords(a)
 
 
 def mine_distractors(index, items: Sequence[MineItem], all_ids: Sequence[str], cfg: MixConfig, seed: int,

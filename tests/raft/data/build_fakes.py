@@ -76,10 +76,17 @@ def make_chunks(n_docs: int = 12, per_doc: int = 2) -> list[Chunk]:
     return out
 
 
+_CODE = re.compile(r"\bZq\d+x\d+\b")
+
+
 def good_answer(user: str) -> str:
+    """A keepable answer: it quotes the oracle sentence that holds the chunk's secret code (make_chunks) and
+    answers with that code, so the quote holds the answer; elsewhere the first sentence and its last word."""
     ctx = user.split("Context:", 1)[1] if "Context:" in user else user
     sents = sentences(ctx)
-    return cot_answer("The context says:", [sents[0]], "an answer")
+    quote = next((s for s in sents if _CODE.search(s)), sents[0])
+    m = _CODE.search(quote)
+    return cot_answer("The context says:", [quote], m.group(0) if m else quote.rstrip(".").split()[-1])
 
 
 class FakeOpenAI:
