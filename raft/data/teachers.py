@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from raft.data.config import TeacherConfig
-from raft.data.generation import answer_messages, question_messages
+from raft.data.generation import answer_in_text, answer_messages, question_messages
 from raft.errors import RaftError
 from raft.prompt import cot_answer
 
@@ -317,7 +317,7 @@ class ExtractiveTeacher(ChatTeacher):
         self.name = "extractive"
 
     def signature(self) -> dict[str, Any]:
-        return {"kind": self.kind, "version": 1}
+        return {"kind": self.kind, "version": 2}
 
     async def questions(self, chunk_text: str, n: int, mode: str, seed: int | None = None) -> Completion:
         lines = []
@@ -340,7 +340,8 @@ class ExtractiveTeacher(ChatTeacher):
         body = question.split(":", 1)[1].strip() if question.startswith("Fill in the blank:") else question
         answer = hint
         if hint:
-            with_hint = [s for s in cands if hint.lower() in s.lower()]
+            # the sentence the answer check (quote_supports_answer) accepts; none: the check drops it
+            with_hint = [s for s in cands if answer_in_text(hint, s)]
             best = max(with_hint or cands, key=lambda s: _overlap(s, question))
         else:
             best = max(cands, key=lambda s: _overlap(s, body))
