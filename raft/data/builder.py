@@ -20,8 +20,8 @@ from typing import Any
 from raft.data.cache import TeacherCache, cache_key
 from raft.data.config import BuildConfig
 from raft.data.generation import QUESTION_SYSTEM, answer_messages, check_answer, parse_questions
-from raft.data.mixing import (MineItem, choose_oracle_included, distractor_count, mine_distractors, shown_order,
-                              sub_seed)
+from raft.data.mixing import (MineItem, choose_oracle_included, count_shown, distractor_count, mine_distractors,
+                              shown_order, sub_seed)
 from raft.data.progress import Progress
 from raft.data.questions_file import best_chunks, load_questions
 from raft.data.splits import assign_splits
@@ -321,6 +321,7 @@ class Builder:
             inc = it.key in included
             shown = shown_order(it.key, it.oracle_ids, mined.distractors[it.key], inc,
                                 distractor_count(it.key, cfg.mix, cfg.seed), cfg.seed)
+            count_shown(shown, it.oracle_ids, mined.hard[it.key], stats)
             records.append(self._record(it, shown, inc, by_id))
         stats["oracle_included"] = len(included)
         stats["records"] = len(records)

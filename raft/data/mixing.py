@@ -47,7 +47,11 @@ class MineItem:
 @dataclass
 class MineResult:
     distractors: dict[str, list[str]] = field(default_factory=dict)
+    """item key -> D + |oracles| distractor chunk ids (the shown ones first, then the oracle stand-ins)."""
+    hard: dict[str, frozenset] = field(default_factory=dict)
+    """item key -> which of its distractors were mined as hard negatives (the rest are random)."""
     stats: Counter = field(default_factory=Counter)
+    """exclusions and fallbacks; what each example shows is counted by count_shown, once it is assembled."""
 
 
 class _TextCache:
@@ -147,14 +151,14 @@ def mine_distractors(index, items: Sequence[MineItem], all_ids: Sequence[str], c
                     texts.add(h.chunk)
             chosen = _choose(it, hs, texts, pools, chunk_split, cfg, n_hard_want, seed, res.stats)
             if chosen is not None:
-                res.distractors[it.key] = chosen
+                res.distractors[it.key], res.hard[it.key] = chosen
         if progress:
             progress(len(batch))
     return res
 
 
 def _choose(it: MineItem, hits, texts: _TextCache, pools, chunk_split: dict[str, str | None] | None,
-            cfg: MixConfig, n_hard_want: int, seed: int, stats: Counter) -> list[str] | None:
+            cfg: MixConfig, n_hard_want: int, seed: int, stats: Counter) -> tuple[list[str], frozenset] | None:
     D = cfg.num_distractors
     need = D + len(it.oracle_ids)
     oracle = set(it.oracle_ids)
@@ -216,9 +220,8 @@ def _choose(it: MineItem, hits, texts: _TextCache, pools, chunk_split: dict[str,
     if len(out) < need:
         stats["too_few_distractors"] += 1
         return None
-    stats["hard_distractors"] += sum(1 for c in out[:D] if c in set(hard))
-    stats["random_distractors"] += sum(1 for c in out[:D] if c not in set(hard))
-    return out[:need]
+    out = out[:need]
+    return out, frozenset(hard) & frozenset(out)
 
 
 def _sample(pool: Sequence[str], n: int, rng: random.Random, texts: _TextCache, ok) -> list[str]:
@@ -276,6 +279,18 @@ def distractor_count(key: str, cfg: MixConfig, seed: int) -> int:
     if cfg.min_distractors is None:
         return cfg.num_distractors
     return random.Random(sub_seed(seed, "n_distractors", key)).randint(cfg.min_distractors, cfg.num_distractors)
+
+
+def count_shown(shown: Sequence[str], oracle_ids: Sequence[str], hard: frozenset, stats: Counter) -> None:
+    """Add one assembled example's distractors to `stats`: hard_distractors + random_distractors is every
+    shown document that is not an oracle, the stand-ins for a left-out oracle included (also counted apart
+    as oracle_stand_ins), so the counts add up to what the records hold."""
+    oracle = set(oracle_ids)
+    distractors = [c for c in shown if c not in oracle]
+    stats["hard_distractors"] += sum(1 for c in distractors if c in hard)
+    stats["random_distractors"] += sum(1 for c in distractors if c not in hard)
+    if not oracle & set(shown):
+        stats["oracle_stand_ins"] += len(oracle)
 
 
 def shown_order(key: str, oracle_ids: Sequence[str], distractors: Sequence[str], include_oracle: bool,

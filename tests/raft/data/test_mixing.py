@@ -35,7 +35,9 @@ def test_distractors_are_distinct_exclude_oracle_and_answer(index):
         assert not set(d) & set(it.oracle_ids)
         for cid in d:
             assert it.answers[0].lower() not in index.chunks[cid].text.lower()
-    assert res.stats["hard_distractors"] > 0 and res.stats["random_distractors"] > 0
+        assert res.hard[it.key] <= set(d)
+    hard = sum(len(h) for h in res.hard.values())
+    assert 0 < hard < sum(len(d) for d in res.distractors.values())  # some hard, some random
 
 
 def test_answer_leak_and_near_duplicates_excluded():
