@@ -24,7 +24,7 @@ from raft.data.mixing import (MineItem, choose_oracle_included, count_shown, dis
                               shown_order, sub_seed)
 from raft.data.progress import Progress
 from raft.data.questions_file import best_chunks, load_questions
-from raft.data.splits import assign_splits
+from raft.data.splits import assign_splits, doc_groups
 from raft.data.teachers import ChatTeacher, Completion, TeacherRequestError, make_teacher
 from raft.errors import RaftError
 from raft.prompt import PROMPT_VERSION, extract_answer, extract_quotes, render_user
@@ -119,6 +119,7 @@ class Builder:
         self.calls = Counter()
         self.skipped: list[tuple[str, str]] = []  # corpus files the index build could not use
         self.missing_gold: Counter = Counter()  # gold doc ids of the questions file that the corpus lacks
+        self.split_groups: Counter = Counter()  # with split.group_by: documents, groups, documents without the key
 
     # -- teacher calls through the cache -------------------------------------------------------------
     async def _cached(self, kind: str, key_parts: dict, call) -> Completion:
@@ -296,8 +297,11 @@ class Builder:
 
     def _mix(self, kept: list[Item], chunks, by_id, prog) -> tuple[list[dict], Counter]:
         cfg = self.cfg
+        groups = None
+        if cfg.split.group_by:
+            groups, self.split_groups = doc_groups(chunks, cfg.split.group_by)
         doc_split = assign_splits((c.doc_id for c in chunks), [[by_id[o].doc_id for o in it.oracle_ids]
-                                                               for it in kept], cfg.split, cfg.seed)
+                                                               for it in kept], cfg.split, cfg.seed, groups)
         for it in kept:
             it.split = doc_split[by_id[it.oracle_ids[0]].doc_id]
         task = prog.add("mining distractors", len(kept))
@@ -389,6 +393,8 @@ class Builder:
                         "quote_verification_rate": round(self.quotes["verified"] / total_q, 4) if total_q else None},
             "mixing": dict(mix_stats),
             "records": len(records), "splits": dict(splits),
+            **({"split_groups": {"group_by": self.cfg.split.group_by, **self.split_groups}}
+               if self.cfg.split.group_by else {}),
             "tokens": {"prompt": st.prompt_tokens, "completion": st.completion_tokens,
                        "cached_prompt": self.calls["cached_prompt_tokens"],
                        "cached_completion": self.calls["cached_completion_tokens"]},

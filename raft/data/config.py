@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from raft.config import Config
 from retrieval.config import IndexConfig
+
+# `metadata.KEY`, optionally `metadata.KEY.SUB...` into nested dicts; a key holds no dot and no whitespace
+GROUP_BY_RE = re.compile(r"^metadata(\.[^.\s]+)+$")
 
 
 class TeacherConfig(Config):
@@ -90,6 +94,20 @@ class SplitConfig(Config):
     """Share in validation."""
     test: float = Field(0.1, ge=0, le=1)
     """Share in test."""
+    group_by: Optional[str] = None
+    """`metadata.KEY`: documents whose chunks share this metadata value land in the same split (e.g.
+    `metadata.article` when each document is a piece of a larger article). `metadata.A.B` reads a nested
+    value (a key literally named `A.B` is tried first). A document without the key, or with a null value,
+    is its own group. null: documents are grouped only by the questions they share."""
+
+    @field_validator("group_by")
+    @classmethod
+    def _group_key(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not GROUP_BY_RE.match(v):
+            raise ValueError(f"group_by={v!r} is not a metadata key path; write metadata.KEY, the chunk metadata "
+                             "key whose value names the larger unit documents belong to (e.g. "
+                             "split.group_by=metadata.article), or null for no grouping")
+        return v
 
     @model_validator(mode="after")
     def _sum_to_one(self):

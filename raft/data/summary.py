@@ -19,6 +19,8 @@ def print_summary(s: dict, console) -> None:
         f"tokens {t['prompt']} prompt + {t['completion']} completion",
         f"records     {s['records']} " + " ".join(f"{k}={v}" for k, v in sorted(s["splits"].items()))
         + f"; oracle shown in {s['mixing'].get('oracle_included', 0)}",
+        *([f"split by    {g['group_by']}: {g['groups']} group(s); {g['documents_without_key']} of {g['documents']} "
+           "document(s) without the key, each its own group"] if (g := s.get("split_groups")) else []),
         f"time        {s['seconds']:.1f}s",
         f"output      {s['out']}",
     ]
