@@ -159,6 +159,15 @@ def bootstrap(per_arm: dict[str, list[float]], n: int, seed: int) -> dict:
 
 
 def summarize(report: dict, predictions: list[dict], sweep: list[int], n_boot: int, seed: int) -> dict:
+    """Per distractor count, over the questions every arm answered: EM and F1 with bootstrap CIs, the
+    `<ANSWER>` rate, and `raft eval`'s cost figures per arm (latency p50/p95, prompt and completion tokens
+    per answer, tokens and cost per EM-correct answer; None where the endpoint reported no token counts or,
+    for the cost, where `report` names no price), with the best arm per metric."""
+    from raft.eval.config import PriceConfig
+    from raft.eval.report import best_per_metric
+    from raft.eval.runner import cost_metrics
+
+    prices = {r["system"]: PriceConfig(**r["price"]) for r in report.get("runs", []) if r.get("price")}
     rows: dict[tuple[str, int], dict[str, float]] = {}
     for p in predictions:
         if p["sweep"] == "distractors" and p["em"] is not None:
@@ -171,9 +180,53 @@ def summarize(report: dict, predictions: list[dict], sweep: list[int], n_boot: i
             stats[metric] = bootstrap({a: [float(rows[(a, n)][i][metric]) for i in ids] for a in ARMS}, n_boot, seed)
         stats["answer_tag_rate"] = {a: round(sum(bool(rows[(a, n)][i]["answer_tag"]) for i in ids) / max(1, len(ids)), 3)
                                     for a in ARMS}
+        costs = {a: cost_metrics([{"prompt_tokens": None, "completion_tokens": None, "latency_s": None,
+                                   **rows[(a, n)][i]} for i in ids], prices.get(a)) for a in ARMS}
+        for key in COST_COLUMNS:
+            stats[key] = {a: None if costs[a][key] is None else round(costs[a][key], 8 if "cost" in key else 4)
+                          for a in ARMS}
+        runs = [{"system": a, "sweep": "distractors", "value": n, "em": stats["em"]["mean"][a],
+                 "f1": stats["f1"]["mean"][a], **costs[a]} for a in ARMS]
+        stats["best"] = best_per_metric(runs).get(f"distractors={n}", {})
         stats["questions"] = len(ids)
         out[str(n)] = stats
     return out
+
+
+COST_COLUMNS = ("latency_p50_s", "latency_p95_s", "prompt_tokens", "completion_tokens", "tokens_per_answer",
+                "tokens_per_correct", "cost_per_correct")
+
+
+def table(by_n: dict, sweep: list[int]) -> str:
+    """The README's accuracy table: F1 and EM per arm with 95% CIs, one row per distractor count."""
+    lines = ["| distractors | " + " | ".join(f"{a} F1" for a in ARMS) + " | " + " | ".join(f"{a} EM" for a in ARMS) + " |",
+             "|---|" + "---|" * (2 * len(ARMS))]
+    for n in sweep:
+        s = by_n[str(n)]
+        cell = lambda m, a: f"{s[m]['mean'][a]:.3f} [{s[m]['ci95'][a][0]:.2f}, {s[m]['ci95'][a][1]:.2f}]"  # noqa: E731
+        lines.append(f"| {n} | " + " | ".join(cell("f1", a) for a in ARMS) + " | "
+                     + " | ".join(cell("em", a) for a in ARMS) + " |")
+    return "\n".join(lines)
+
+
+def cost_table(by_n: dict, sweep: list[int]) -> str:
+    """The README's cost table: per distractor count and arm, latency p50/p95 (s), prompt and completion
+    tokens per answer, tokens and cost per EM-correct answer ('–': not reported, no correct answer, or no
+    price), then the best arm per metric at each distractor count."""
+    from raft.eval.report import best_lines, fmt_metric
+
+    cols = [("latency_p50_s", "latency p50 (s)"), ("latency_p95_s", "latency p95 (s)"),
+            ("prompt_tokens", "prompt tokens"), ("completion_tokens", "completion tokens"),
+            ("tokens_per_correct", "tokens / correct"), ("cost_per_correct", "cost / correct")]
+    lines = ["| distractors | arm | F1 | EM | " + " | ".join(h for _, h in cols) + " |", "|---|" + "---|" * (len(cols) + 3)]
+    for n in sweep:
+        s = by_n[str(n)]
+        for a in ARMS:
+            lines.append(f"| {n} | {a} | {s['f1']['mean'][a]:.3f} | {s['em']['mean'][a]:.3f} | "
+                         + " | ".join(fmt_metric(k, (s.get(k) or {}).get(a)) for k, _ in cols) + " |")
+    lines.append("")
+    lines += best_lines({f"distractors={n}": by_n[str(n)].get("best") or {} for n in sweep})
+    return "\n".join(lines)
 
 
 def targets(by_n: dict, at: str = "4") -> dict:
@@ -302,12 +355,7 @@ def main() -> int:
     (out / "raft_effect.json").write_text(json.dumps(result, indent=2))
     plot(by_n, out / "raft_effect.png", f"SmolLM2-135M-Instruct on {args.test_set} "
          f"({result['test_questions']} held-out questions)")
-    print("\n| distractors | " + " | ".join(f"{a} F1" for a in ARMS) + " | " + " | ".join(f"{a} EM" for a in ARMS) + " |")
-    print("|---|" + "---|" * (2 * len(ARMS)))
-    for n in sweep:
-        s = by_n[str(n)]
-        cell = lambda m, a: f"{s[m]['mean'][a]:.3f} [{s[m]['ci95'][a][0]:.2f}, {s[m]['ci95'][a][1]:.2f}]"  # noqa: E731
-        print(f"| {n} | " + " | ".join(cell("f1", a) for a in ARMS) + " | " + " | ".join(cell("em", a) for a in ARMS) + " |")
+    print("\n" + table(by_n, sweep) + "\n\n" + cost_table(by_n, sweep))
     print(json.dumps(result["targets"], indent=1), f"\n{result['seconds']:.0f} s in all")
     if args.results:
         import shutil

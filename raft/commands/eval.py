@@ -79,6 +79,29 @@ class PredictionStream:
             self._f.close()
 
 
+def summary_table(result: dict, k: int):
+    """The terminal's table, one row per run, within 100 columns (two-line headers). A column no run has a
+    value for is left out: recall for systems that do not retrieve, cost where no price is set."""
+    from rich import box
+    from rich.table import Table
+
+    from raft.eval.report import fmt_metric
+
+    runs = result["runs"]
+    cols = [("em", "EM"), ("f1", "F1"), (f"recall@{k}", f"recall\n@{k}"), ("quote_validity", "quote\nvalid"),
+            ("latency_p50_s", "p50\n(s)"), ("latency_p95_s", "p95\n(s)"), ("prompt_tokens", "prompt\ntokens"),
+            ("completion_tokens", "compl.\ntokens"), ("cost_per_correct", "cost /\ncorrect")]
+    cols = [(key, h) for key, h in cols if key in ("em", "f1") or any(r.get(key) is not None for r in runs)]
+    table = Table(title="raft eval", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    table.add_column("system", min_width=12, overflow="fold")
+    for _, header in cols:
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("errors", justify="right", no_wrap=True)
+    for r in runs:
+        table.add_row(r["label"], *(fmt_metric(key, r.get(key)) for key, _ in cols), str(r["errors"]))
+    return table
+
+
 def run(args: argparse.Namespace) -> int:
     import asyncio
     import time
@@ -89,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from raft.errors import RaftError
     from raft.eval.config import EvalConfig
     from raft.eval.data import load_items
-    from raft.eval.report import write_report
+    from raft.eval.report import best_lines, write_report
     from raft.eval.runner import check_reachable, evaluate
 
     args.overrides = _shortcut_overrides(args) + list(args.overrides or [])
@@ -136,16 +159,9 @@ def run(args: argparse.Namespace) -> int:
                 "no answer could be kept on disk")
         raise RaftError(f"writing the report to {cfg.out} failed ({e.strerror or e}); {kept}") from None
     stream.path.unlink(missing_ok=True)  # predictions.jsonl holds them all now
-    from rich.table import Table
-
-    table = Table(title="raft eval")
-    for col in ("system", "EM", "F1", f"recall@{max(cfg.k_values)}", "quote valid", "errors"):
-        table.add_column(col)
-    f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
-    for r in result["runs"]:
-        table.add_row(r["label"], f(r["em"]), f(r["f1"]), f(r.get(f"recall@{max(cfg.k_values)}")),
-                      f(r["quote_validity"]), str(r["errors"]))
-    console.print(table)
+    console.print(summary_table(result, max(cfg.k_values)))
+    for line in best_lines(result.get("best") or {}):
+        console.print(line, highlight=False)
     errors = sum(r["errors"] for r in result["runs"])
     console.print(f"{len(result['runs'])} run(s), {len(result['predictions'])} answers, {errors} failed "
                   f"request(s), {time.perf_counter() - start:.1f} s; report: {files['markdown']}")

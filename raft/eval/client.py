@@ -26,12 +26,25 @@ def resolve_api_key(value: str) -> str:
 
 @dataclass
 class Reply:
-    """One completion: the text, the gateway's citations (if any), latency, or the error that stopped it."""
+    """One completion: the text, the gateway's citations (if any), latency, the token counts the endpoint
+    reported in `usage` (None when it reported none: never estimated), or the error that stopped it."""
 
     text: str = ""
     citations: list[dict[str, Any]] = field(default_factory=list)
     latency_s: float = 0.0
     error: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+def _count(usage: Any, name: str) -> int | None:
+    """One token count from an OpenAI `usage` object or dict; None when absent or not a count."""
+    if usage is None:
+        return None
+    value = usage.get(name) if isinstance(usage, dict) else getattr(usage, name, None)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        return None
+    return int(value)
 
 
 class Endpoint:
@@ -94,7 +107,9 @@ class Endpoint:
         citations = extra.get("citations") or []
         if not citations and choice is not None:  # some gateways put it on the message
             citations = (choice.message.model_extra or {}).get("citations") or []
-        return Reply(text=text, citations=[c for c in citations if isinstance(c, dict)], latency_s=latency)
+        return Reply(text=text, citations=[c for c in citations if isinstance(c, dict)], latency_s=latency,
+                     prompt_tokens=_count(resp.usage, "prompt_tokens"),
+                     completion_tokens=_count(resp.usage, "completion_tokens"))
 
     async def aclose(self) -> None:
         await self.client.close()

@@ -12,6 +12,43 @@ from retrieval.rerank import RerankConfig
 RetrievalMode = Literal["off", "gateway", "local", "record"]
 
 
+class PriceConfig(Config):
+    """Per-token prices, to turn each answer's reported token counts into a cost (in any currency: the
+    report shows the amounts in the unit given here)."""
+
+    prompt_per_million: float | None = None
+    """Price of one million prompt (input) tokens; null = no price set (the cost columns are left out)."""
+    completion_per_million: float | None = None
+    """Price of one million completion (output) tokens; null = no price set. Give both prices, or neither
+    (0 is a price: a model on your own hardware)."""
+
+    @field_validator("prompt_per_million", "completion_per_million")
+    @classmethod
+    def _not_negative(cls, v: float | None) -> float | None:
+        if v is not None and v < 0:
+            raise ValueError("a price per million tokens cannot be negative")
+        return v
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> "PriceConfig":
+        given = [n for n in ("prompt_per_million", "completion_per_million") if getattr(self, n) is not None]
+        if len(given) == 1:
+            other = "completion_per_million" if given[0] == "prompt_per_million" else "prompt_per_million"
+            raise ValueError(f"{given[0]} is set but {other} is not; give both prices (0 is a price), or "
+                             "neither")
+        return self
+
+    @property
+    def is_set(self) -> bool:
+        return self.prompt_per_million is not None
+
+    def cost(self, prompt_tokens: int | None, completion_tokens: int | None) -> float | None:
+        """The price of one answer; None without a price or without both token counts."""
+        if not self.is_set or prompt_tokens is None or completion_tokens is None:
+            return None
+        return (prompt_tokens * self.prompt_per_million + completion_tokens * self.completion_per_million) / 1e6
+
+
 class SystemConfig(Config):
     """One system under test: an OpenAI-compatible endpoint, a model name, and where documents come from."""
 
@@ -36,12 +73,19 @@ class SystemConfig(Config):
     rerank: bool = False
     """Rerank the retrieved candidates with a cross-encoder: `local` retrieval re-scores eval.rerank.candidates
     hits with eval.rerank.model; `gateway` retrieval asks the gateway for it (`retrieval.rerank: true`)."""
+    price: PriceConfig | None = None
+    """This system's token prices, replacing eval.price for it, e.g. {prompt_per_million: 0.15,
+    completion_per_million: 0.6} for a hosted API (null = eval.price)."""
 
     @field_validator("retrieval", mode="before")
     @classmethod
     def _yaml_off(cls, v):
         # YAML 1.1 reads a bare `off` as false; accept it rather than confuse the user
         return "off" if v is False else v
+
+    def price_of(self, default: PriceConfig) -> PriceConfig:
+        """The prices that apply to this system: its own, else the eval-wide ones."""
+        return self.price if self.price is not None else default
 
 
 class SweepConfig(Config):
@@ -123,6 +167,8 @@ class EvalConfig(Config):
     """Seconds to wait for an endpoint to answer the start-up check before failing clearly."""
     retries: int = Field(1, ge=0, le=10)
     """Retries per request on timeouts and 5xx answers."""
+    price: PriceConfig = Field(default_factory=PriceConfig)
+    """Token prices for every system without a `price` of its own: the report's cost per correct answer."""
     seed: int = 0
     """Seed for choosing distractors in the distractor sweep."""
     out: str = "runs/eval"

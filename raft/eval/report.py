@@ -9,10 +9,18 @@ from pathlib import Path
 from typing import Any
 
 MAIN_COLUMNS = ["em", "f1", "recall@*", "mrr", "quote_validity", "citation_precision", "citation_recall",
-                "judge", "answer_tag_rate"]
+                "judge", "answer_tag_rate", "latency_p50_s", "latency_p95_s", "prompt_tokens", "completion_tokens",
+                "tokens_per_correct", "cost_per_correct"]
 HEADERS = {"em": "EM", "f1": "F1", "mrr": "MRR", "quote_validity": "quote valid",
            "citation_precision": "cite P", "citation_recall": "cite R", "judge": "judge (1-5)",
-           "answer_tag_rate": "<ANSWER> rate"}
+           "answer_tag_rate": "<ANSWER> rate", "latency_p50_s": "latency p50 (s)", "latency_p95_s": "latency p95 (s)",
+           "prompt_tokens": "prompt tokens", "completion_tokens": "completion tokens",
+           "tokens_per_correct": "tokens / correct", "cost_per_correct": "cost / correct"}
+
+# the summary's "best system per metric": (key in a run, what the winner is called, True = higher is better)
+BEST_METRICS = [("em", "best EM", True), ("f1", "best F1", True), ("latency_p50_s", "lowest latency p50", False),
+                ("tokens_per_answer", "fewest tokens per answer", False),
+                ("cost_per_correct", "lowest cost per correct answer", False)]
 
 
 def _fmt(v: Any) -> str:
@@ -21,6 +29,60 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3f}"
     return str(v)
+
+
+def fmt_metric(key: str, v: Any) -> str:
+    """One figure as the tables show it: token counts to 0.1, costs to 4 significant digits, None as '–'."""
+    if v is None:
+        return "–"
+    if key in ("prompt_tokens", "completion_tokens", "tokens_per_answer", "tokens_per_correct"):
+        return f"{v:.1f}"
+    if key in ("cost", "cost_per_correct"):
+        return f"{v:.4g}"
+    return _fmt(v)
+
+
+def _group(run: dict[str, Any]) -> str:
+    return "main" if run["sweep"] == "main" else f"{run['sweep']}={run['value']}"
+
+
+def best_per_metric(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{group: {metric: {"systems": [...], "value": v}}}: for the main runs ("main") and for each sweep point
+    ("top_k=3", "distractors=4"), the system(s) with the best value of each metric in BEST_METRICS among
+    those compared there. Ties name every tied system; a metric no run measured is left out, and so is a
+    group with fewer than two systems (nothing to compare)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault(_group(r), []).append(r)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, rows in groups.items():
+        if len(rows) < 2:
+            continue
+        best: dict[str, dict[str, Any]] = {}
+        for key, _, higher in BEST_METRICS:
+            measured = [(r[key], r["system"]) for r in rows if r.get(key) is not None]
+            if not measured:
+                continue
+            value = (max if higher else min)(v for v, _ in measured)
+            best[key] = {"systems": [s for v, s in measured if abs(v - value) <= 1e-12], "value": value}
+        if best:
+            out[name] = best
+    return out
+
+
+def _best_value(key: str, v: Any) -> str:
+    unit = {"latency_p50_s": " s", "tokens_per_answer": " tokens"}.get(key, "")
+    return fmt_metric(key, v) + unit
+
+
+def best_lines(best: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """One line per group, for the console: `best (main runs): EM RAFT+RAG 0.620; ...`."""
+    lines = []
+    for group, metrics in best.items():
+        parts = [f"{label} {', '.join(metrics[key]['systems'])} ({_best_value(key, metrics[key]['value'])})"
+                 for key, label, _ in BEST_METRICS if key in metrics]
+        lines.append(f"best ({'main runs' if group == 'main' else group}): " + "; ".join(parts))
+    return lines
 
 
 def _columns(k_values: list[int]) -> list[str]:
@@ -35,9 +97,28 @@ def _table(runs: list[dict], first: list[tuple[str, str]], cols: list[str]) -> l
     head = [h for _, h in first] + [HEADERS.get(c, c) for c in cols] + ["n", "errors"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
-        cells = [_fmt(r.get(k)) for k, _ in first] + [_fmt(r.get(c)) for c in cols] + [_fmt(r["n"]), _fmt(r["errors"])]
+        cells = ([_fmt(r.get(k)) for k, _ in first] + [fmt_metric(c, r.get(c)) for c in cols]
+                 + [_fmt(r["n"]), _fmt(r["errors"])])
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _best_section(best: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """The summary: which system is best at each metric, for the main runs and each sweep point."""
+    if not best:
+        return []
+    keys = [(k, label) for k, label, _ in BEST_METRICS if any(k in m for m in best.values())]
+    out = ["## Summary: best system per metric", "",
+           ("Among the systems compared in the same runs (the main runs, or one sweep point); ties name every "
+            "tied system. Latency is the median over answered requests; tokens are prompt + completion per "
+            "answer, as the endpoints reported them; cost per correct answer is the price of all answers over "
+            "the number of exact-match answers (with `price` set only)."), "",
+           "| runs | " + " | ".join(label for _, label in keys) + " |", "|" + "---|" * (len(keys) + 1)]
+    for group, metrics in best.items():
+        cells = [f"{', '.join(metrics[k]['systems'])} ({_best_value(k, metrics[k]['value'])})" if k in metrics
+                 else "–" for k, _ in keys]
+        out.append(f"| {group} | " + " | ".join(cells) + " |")
+    return out + [""]
 
 
 def markdown(result: dict[str, Any], k_values: list[int], data: str) -> str:
@@ -47,11 +128,15 @@ def markdown(result: dict[str, Any], k_values: list[int], data: str) -> str:
     out = ["# RAFT evaluation report", "",
            f"- data: `{data}` ({result['n_items']} questions, answers normalised as `{result['answer_style']}`)",
            f"- time: {result['elapsed_s']} s", "",
+           *_best_section(result.get("best") or {}),
            "## Systems", "",
            ("Base model without retrieval, with retrieval, and the RAFT adapter with retrieval, on the same "
            "questions. recall@k and MRR score the passages retrieved (gateway citations or the local index); "
            "quote validity is the share of `##begin_quote##` spans found verbatim in a shown document; "
-           "citation P/R compare cited passages with the gold ones."), ""]
+           "citation P/R compare cited passages with the gold ones. Latency p50/p95 are over answered requests; "
+           "prompt and completion tokens are means per answer from the endpoints' `usage` (– when an endpoint "
+           "reported none); tokens / correct and cost / correct divide the totals of all answers by the number "
+           "of exact-match answers (– when none is correct; cost only with `price` set)."), ""]
     out += _table([r for r in runs if r["sweep"] == "main"],
                   [("system", "system"), ("retrieval", "retrieval"), ("model", "model")], cols)
     for sweep, title, what in (("top_k", "Robustness: top-k", "top-k"),

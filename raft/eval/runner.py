@@ -12,11 +12,12 @@ from typing import Any, Callable
 
 from raft.errors import RaftError
 from raft.eval.client import Endpoint
-from raft.eval.config import EvalConfig, SystemConfig
+from raft.eval.config import EvalConfig, PriceConfig, SystemConfig
 from raft.eval.data import EvalItem, document_pool, with_distractors
 from raft.eval.judge import judge_score
-from raft.eval.metrics import (citation_scores, exact_match, looks_like_api, mean, quote_validity,
+from raft.eval.metrics import (citation_scores, exact_match, looks_like_api, mean, percentile, quote_validity,
                                quoted_doc_ids, recall_at_k, reciprocal_rank, token_f1)
+from raft.eval.report import best_per_metric
 from raft.prompt import ANSWER_TAG, build_messages, extract_answer
 
 
@@ -155,6 +156,10 @@ class Evaluator:
             "system": s.name, "sweep": spec.sweep, "value": spec.value, "id": item.id,
             "question": item.question, "answers": item.answers, "prediction": answer, "raw": reply.text,
             "error": reply.error, "latency_s": round(reply.latency_s, 4),
+            # as the endpoint reported them in `usage` (None when it did not), and what they cost at the
+            # system's price (None without a price or without the counts)
+            "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
+            "cost": s.price_of(cfg.price).cost(reply.prompt_tokens, reply.completion_tokens),
             "em": None if reply.error else exact_match(answer, item.answers, self.style),
             "f1": None if reply.error else token_f1(answer, item.answers, self.style),
             "answer_tag": ANSWER_TAG in reply.text,
@@ -227,8 +232,41 @@ async def check_reachable(cfg: EvalConfig) -> None:
         await ev.close()
 
 
-def aggregate(rows: list[dict[str, Any]], k_values: list[int]) -> dict[str, Any]:
-    """Means over one run's rows (errors excluded from answer metrics, counted separately)."""
+def _has_usage(row: dict[str, Any]) -> bool:
+    return row.get("prompt_tokens") is not None and row.get("completion_tokens") is not None
+
+
+def cost_metrics(ok: list[dict[str, Any]], price: PriceConfig | None = None) -> dict[str, Any]:
+    """Latency percentiles, tokens per answer and cost per correct answer over a run's answered rows.
+
+    Token means are over the answers whose endpoint reported `usage` (`usage_missing` counts the others);
+    totals (tokens and cost per EM-correct answer) need every answer's counts, else they are None, as is
+    any figure per correct answer when no answer is correct, and the cost without a price."""
+    counted = [r for r in ok if _has_usage(r)]
+    correct = sum(1 for r in ok if r.get("em") == 1.0)
+    complete = bool(ok) and len(counted) == len(ok)
+    total_tokens = sum(r["prompt_tokens"] + r["completion_tokens"] for r in counted) if complete else None
+    priced = price is not None and price.is_set
+    total_cost = (sum(price.cost(r["prompt_tokens"], r["completion_tokens"]) for r in counted)
+                  if priced and complete else None)
+    return {
+        "latency_p50_s": percentile((r["latency_s"] for r in ok), 50),
+        "latency_p95_s": percentile((r["latency_s"] for r in ok), 95),
+        "prompt_tokens": mean(r["prompt_tokens"] for r in counted),
+        "completion_tokens": mean(r["completion_tokens"] for r in counted),
+        "tokens_per_answer": mean(r["prompt_tokens"] + r["completion_tokens"] for r in counted),
+        "usage_missing": len(ok) - len(counted),
+        "correct": correct,
+        "tokens_per_correct": total_tokens / correct if total_tokens is not None and correct else None,
+        "price": price.model_dump() if priced else None,
+        "cost": total_cost,
+        "cost_per_correct": total_cost / correct if total_cost is not None and correct else None,
+    }
+
+
+def aggregate(rows: list[dict[str, Any]], k_values: list[int], price: PriceConfig | None = None) -> dict[str, Any]:
+    """Means over one run's rows (errors excluded from answer metrics, counted separately), with the
+    latency, token and cost figures of `cost_metrics` (at `price`, when one is set)."""
     ok = [r for r in rows if not r["error"]]
     quotes = sum(r["n_quotes"] for r in ok)
     out: dict[str, Any] = {
@@ -246,6 +284,7 @@ def aggregate(rows: list[dict[str, Any]], k_values: list[int]) -> dict[str, Any]
         "citation_recall": mean(r["citation_recall"] for r in ok),
         "judge": mean(r.get("judge") for r in ok),
         "latency_s": mean(r["latency_s"] for r in ok),
+        **cost_metrics(ok, price),
     })
     if rows and not ok:
         out["first_error"] = rows[0]["error"]
@@ -304,9 +343,10 @@ async def evaluate(cfg: EvalConfig, items: list[EvalItem],
                          "label": spec.label, "retrieval": spec.system.retrieval,
                          "model": spec.system.model, "base_url": spec.system.base_url,
                          "top_k": spec.value if spec.sweep == "top_k" else spec.system.top_k,
-                         **aggregate(rows, cfg.k_values)})
+                         **aggregate(rows, cfg.k_values, spec.system.price_of(cfg.price))})
     finally:
         await ev.close()
-    return {"runs": runs, "predictions": predictions, "answer_style": ev.style, "n_items": len(items),
+    return {"runs": runs, "best": best_per_metric(runs), "predictions": predictions, "answer_style": ev.style,
+            "n_items": len(items),
             "models_listed": listed, "elapsed_s": round(time.perf_counter() - start, 2),
             "distractor_sweep_skipped": bool(cfg.sweep.distractors) and not have_oracles}

@@ -4,6 +4,8 @@ Facts look like "The key of NAME is VALUE." and questions like "What is the key 
 - `reader`: finds the fact about NAME among the shown documents, quotes it, answers VALUE (else "unknown");
 - `first-doc`: answers with the value of the first fact shown, whoever it is about (a confused base model);
 - `judge`: replies "Score: 4 - looks right." (or "Score: 1" when the candidate is "unknown").
+Each reply reports `usage` with whitespace-separated words as tokens (the prompt's: every message's content;
+the completion's: the reply's), or none when `usage` is set to False.
 Requests with `"retrieval": {"enabled": true, "top_k": k}` act like our gateway: the server "retrieves"
 from its corpus (the gold fact at rank 2 when k >= 2), answers from what it retrieved and returns citations.
 """
@@ -43,6 +45,7 @@ class FakeOpenAI:
         self.requests: list[dict] = []
         self.delay = delay  # seconds each chat completion takes
         self.chat_status = 200  # a test sets an error status to make every chat completion fail
+        self.usage = True  # False: replies carry no `usage`, as some endpoints send
         self.spans: list[tuple[float, float]] = []  # (start, end) of each chat completion
         server = self
 
@@ -109,8 +112,11 @@ class FakeOpenAI:
             text = read_answer(model, user)
         out = {"id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": model,
                "choices": [{"index": 0, "finish_reason": "stop",
-                            "message": {"role": "assistant", "content": text}}],
-               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+                            "message": {"role": "assistant", "content": text}}]}
+        if self.usage:
+            prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+            out["usage"] = {"prompt_tokens": prompt, "completion_tokens": len(text.split()),
+                            "total_tokens": prompt + len(text.split())}
         if citations is not None:
             out["citations"] = citations
         return out
