@@ -18,11 +18,13 @@ API_KEYS_ENV = "RAFT_SERVE_API_KEYS"
 class EngineConfig(Config):
     """What generates text. Every engine is reached through the OpenAI HTTP API."""
 
-    kind: Literal["vllm", "transformers", "openai"] = "transformers"
-    """`vllm`: start `vllm serve` on the base model with the LoRA adapters; `transformers`: start
-    `transformers serve` on a merged model (CPU-friendly); `openai`: use an engine already running at `url`."""
+    kind: Literal["vllm", "batched", "transformers", "openai"] = "transformers"
+    """`vllm`: start `vllm serve` on the base model with the LoRA adapters (GPU); `batched`: start raft's
+    batched engine (`python -m serving.batched`) on a merged model, which generates concurrent requests
+    together (the fast choice on a CPU); `transformers`: start `transformers serve` on a merged model (one
+    request at a time); `openai`: use an engine already running at `url`."""
     model: Optional[str] = None
-    """vllm: the base model (hub id or path); transformers: the merged model directory
+    """vllm: the base model (hub id or path); batched, transformers: the merged model directory
     (`raft export --merge`); openai: the engine's model name (default: the first name /v1/models lists)."""
     url: Optional[str] = None
     """Base URL of a running OpenAI-compatible engine, e.g. http://10.0.0.5:8000/v1 (kind `openai`)."""
@@ -42,7 +44,10 @@ class EngineConfig(Config):
     """Context window in tokens (vllm `--max-model-len`; also the gateway's context check). Default:
     the model's `max_position_embeddings` read from its config.json, when the gateway can read it."""
     device: str = "cpu"
-    """transformers: `--device` (cpu, cuda:0, auto)."""
+    """batched, transformers: `--device` (cpu, cuda:0; transformers also takes auto)."""
+    max_batch_size: int = Field(8, ge=1)
+    """batched: most requests generated together in one forward pass. Decoding a small model is bound by
+    reading its weights, so a batch of 8 costs little more than one request; raise it with the load."""
     extra_args: list[str] = []
     """Further command-line arguments appended verbatim to the engine command."""
     startup_timeout_s: float = Field(600.0, gt=0)
@@ -218,9 +223,9 @@ class ServeConfig(Config):
         problems = []
         if e.kind == "openai" and not e.url:
             problems.append("engine.url is required when engine.kind is 'openai' (e.g. http://host:8000/v1)")
-        if e.kind in ("vllm", "transformers") and not e.model:
+        if e.kind in ("vllm", "batched", "transformers") and not e.model:
             problems.append(f"engine.model is required when engine.kind is {e.kind!r} "
-                            "(vllm: base model; transformers: merged model directory)")
+                            "(vllm: base model; batched, transformers: merged model directory)")
         if r.backend != "none" and not r.index_dir:
             problems.append(f"retrieval.index_dir is required when retrieval.backend is {r.backend!r} "
                             "(or set retrieval.backend: none)")

@@ -60,7 +60,7 @@ def check_prompt_versions(cfg: ServeConfig) -> list[str]:
     from raft.prompt import PROMPT_VERSION
 
     e = cfg.engine
-    dirs = list(e.adapters.values()) + ([e.model] if e.kind == "transformers" and e.model else [])
+    dirs = list(e.adapters.values()) + ([e.model] if e.kind in ("batched", "transformers") and e.model else [])
     warnings = []
     for d in dirs:
         meta = Path(d) / "raft_meta.json"
@@ -83,7 +83,7 @@ class Gateway:
         self.auth = Authenticator(cfg.auth)
         self.metrics = GatewayMetrics()
         self.models = served_models(cfg)
-        local_model = cfg.engine.model if cfg.engine.kind == "transformers" else None
+        local_model = cfg.engine.model if cfg.engine.kind in ("batched", "transformers") else None
         self.tokens = TokenCounter(cfg.tokenizer or local_model)
         self.max_context = cfg.engine.max_model_len or context_limit(cfg.engine.model)
         check_prompt_versions(cfg)

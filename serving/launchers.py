@@ -49,11 +49,19 @@ def transformers_command(cfg: ServeConfig) -> list[str]:
             "--device", e.device, *e.extra_args]
 
 
+def batched_command(cfg: ServeConfig) -> list[str]:
+    e = cfg.engine
+    return [sys.executable, "-m", "serving.batched", e.model, "--host", e.host, "--port", str(e.port),
+            "--device", e.device, "--max-batch", str(e.max_batch_size), *e.extra_args]
+
+
 def engine_command(cfg: ServeConfig) -> Optional[list[str]]:
     """The command that starts the configured engine; None for kind `openai` (already running)."""
     kind = cfg.engine.kind
     if kind == "vllm":
         return vllm_command(cfg)
+    if kind == "batched":
+        return batched_command(cfg)
     if kind == "transformers":
         return transformers_command(cfg)
     return None
@@ -151,7 +159,7 @@ def resolve_engine_paths(cfg: ServeConfig, log=None) -> None:
     from raft.model_source import resolve_model
 
     e = cfg.engine
-    if e.kind in ("vllm", "transformers") and e.model:
+    if e.kind in ("vllm", "batched", "transformers") and e.model:
         e.model = resolve_model(e.model, log=log)
     # adapters may also be hub names: only existing paths change
     e.adapters = {name: str(Path(path).expanduser().resolve()) if Path(path).expanduser().exists() else path
@@ -166,7 +174,8 @@ def check_engine_model(cfg: ServeConfig) -> None:
     e = cfg.engine
     if e.kind == "openai" or not e.model:
         return
-    what = "the merged model directory (raft export --merge)" if e.kind == "transformers" else "the base model"
+    what = ("the merged model directory (raft export --merge)" if e.kind in ("batched", "transformers")
+            else "the base model")
     p = Path(e.model)
     if p.exists():
         if not (p.is_dir() and (p / "config.json").is_file()):

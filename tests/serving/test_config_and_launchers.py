@@ -77,6 +77,16 @@ def test_vllm_without_adapters_and_transformers_command():
     assert engine_command(cfg) is None and engine_url(cfg) == "http://h:1/v1"
 
 
+def test_batched_engine_command():
+    cfg = ServeConfig.model_validate({"engine": {"kind": "batched", "model": "/m/merged", "port": 8003,
+                                                 "max_batch_size": 16, "extra_args": ["--threads", "2"]},
+                                      "retrieval": {"backend": "none"}})
+    assert engine_command(cfg) == [sys.executable, "-m", "serving.batched", "/m/merged", "--host", "127.0.0.1",
+                                   "--port", "8003", "--device", "cpu", "--max-batch", "16", "--threads", "2"]
+    with pytest.raises(ValueError, match="engine.model is required when engine.kind is 'batched'"):
+        ServeConfig.model_validate({"engine": {"kind": "batched"}, "retrieval": {"backend": "none"}})
+
+
 def test_raft_serve_cli_prints_engine_command(tmp_path):
     f = tmp_path / "s.yaml"
     f.write_text("serve:\n  engine: {kind: vllm, model: m, adapters: {raft: /a}}\n  retrieval: {backend: none}\n")

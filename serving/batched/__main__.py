@@ -1,0 +1,3 @@
+from serving.batched.app import main
+
+main()

@@ -1,0 +1,210 @@
+"""raft's batched engine on the random tiny Llama: batched greedy generation equals one-at-a-time generation,
+concurrent requests really share forward passes, and the HTTP surface speaks the OpenAI API that the gateway
+and `raft eval` use (checked with the openai client against the real server process)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from serving.batched.batcher import MicroBatcher
+from serving.batched.generator import BatchGenerator, GenRequest, GenResult
+
+PROMPTS = ["The capital of Veloria is", "Fishing boats leave Portivel harbour every morning before dawn and",
+           "Marenta", "The Lantern Tide is held on the first full moon of autumn in the village of Ostry, where"]
+
+
+@pytest.fixture(scope="module")
+def gen(tiny_model_dir) -> BatchGenerator:
+    return BatchGenerator(tiny_model_dir)
+
+
+def test_batched_greedy_equals_one_at_a_time(gen):
+    """Left padding must not change what greedy decoding writes, for prompts of different lengths."""
+    reqs = [GenRequest(prompt=p, max_tokens=12) for p in PROMPTS]
+    together = gen.generate(reqs)
+    alone = [gen.generate([r])[0] for r in reqs]
+    assert [r.text for r in together] == [r.text for r in alone]
+    assert [r.prompt_tokens for r in together] == [r.prompt_tokens for r in alone]
+    assert all(r.prompt_tokens > 0 for r in together)
+
+
+def test_each_request_keeps_its_own_max_tokens_and_stop(gen):
+    long, short = GenRequest(prompt=PROMPTS[0], max_tokens=12), GenRequest(prompt=PROMPTS[0], max_tokens=3)
+    a, b = gen.generate([long, short])
+    assert b.completion_tokens <= 3 and b.finish_reason in ("length", "stop")
+    if a.finish_reason == "length":
+        assert a.completion_tokens == 12
+    # a stop string cuts the text before it, and the reason says so
+    full = gen.generate([GenRequest(prompt=PROMPTS[1], max_tokens=12)])[0]
+    words = full.text.split()
+    if len(words) >= 3:
+        stop = words[2]
+        cut = gen.generate([GenRequest(prompt=PROMPTS[1], max_tokens=12, stop=[stop])])[0]
+        assert stop not in cut.text and cut.finish_reason == "stop"
+        assert full.text.startswith(cut.text)
+
+
+def test_chat_messages_use_the_chat_template(gen):
+    req = GenRequest(messages=[{"role": "user", "content": "Where is Portivel?"}], max_tokens=4)
+    rendered = gen.render(req)
+    assert "Where is Portivel?" in rendered and rendered != "Where is Portivel?"
+    assert gen.generate([req])[0].prompt_tokens == gen.count_prompt_tokens(req)
+
+
+def test_concurrent_requests_share_batches():
+    calls: list[int] = []
+
+    def fake_generate(batch):  # a slow model: requests pile up while one batch runs
+        calls.append(len(batch))
+        time.sleep(0.05)
+        return [GenResult(text=r.prompt or "", prompt_tokens=1, completion_tokens=1, finish_reason="stop")
+                for r in batch]
+
+    batcher = MicroBatcher(fake_generate, max_batch=4, max_wait_s=0.05)
+
+    async def main():
+        return await asyncio.gather(*[batcher.submit(GenRequest(prompt=str(i))) for i in range(10)])
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        batcher.close()
+    assert [r.text for r in results] == [str(i) for i in range(10)]  # each caller gets its own answer
+    assert max(calls) == 4 and sum(calls) == 10 and len(calls) <= 4
+    assert batcher.stats.requests == 10 and batcher.stats.batches == len(calls)
+
+
+def test_different_sampling_settings_are_not_mixed():
+    seen: list[set] = []
+
+    def fake_generate(batch):
+        seen.append({r.sampling_key() for r in batch})
+        return [GenResult("x", 1, 1, "stop") for _ in batch]
+
+    batcher = MicroBatcher(fake_generate, max_batch=8, max_wait_s=0.05)
+
+    async def main():
+        reqs = [GenRequest(prompt="a", temperature=t) for t in (0.0, 0.7, 0.0, 0.7, 0.0)]
+        return await asyncio.gather(*[batcher.submit(r) for r in reqs])
+
+    try:
+        assert len(asyncio.run(main())) == 5
+    finally:
+        batcher.close()
+    assert all(len(keys) == 1 for keys in seen) and len(seen) == 2
+
+
+def test_a_failing_batch_fails_its_requests_not_the_engine():
+    state = {"fail": True}
+
+    def flaky(batch):
+        if state.pop("fail", False):
+            raise RuntimeError("out of memory")
+        return [GenResult("ok", 1, 1, "stop") for _ in batch]
+
+    batcher = MicroBatcher(flaky, max_batch=2, max_wait_s=0.0)
+    try:
+        with pytest.raises(RuntimeError, match="out of memory"):
+            asyncio.run(batcher.submit(GenRequest(prompt="a")))
+        assert asyncio.run(batcher.submit(GenRequest(prompt="b"))).text == "ok"
+    finally:
+        batcher.close()
+
+
+def test_max_batch_must_be_positive():
+    with pytest.raises(ValueError, match="max_batch must be at least 1, got 0"):
+        MicroBatcher(lambda b: [], max_batch=0)
+
+
+@pytest.fixture(scope="module")
+def batched_server(tiny_model_dir, tmp_path_factory):
+    from raft.netutil import NotHealthyError, free_port, wait_healthy
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("batched") / "engine.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    with log.open("w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "serving.batched", str(tiny_model_dir), "--port", str(port),
+                                 "--served-model-name", "tiny", "--max-batch", "4", "--batch-wait-ms", "50"],
+                                stdout=fh, stderr=subprocess.STDOUT, env=env)
+    try:
+        try:
+            wait_healthy(f"http://127.0.0.1:{port}/health", timeout=120, proc=proc, interval=0.3)
+        except NotHealthyError as e:
+            pytest.fail(f"batched engine: {e}\n{log.read_text()[-2000:]}")
+        yield f"http://127.0.0.1:{port}", str(tiny_model_dir)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_openai_client_chat_completion_and_models(batched_server):
+    from openai import OpenAI
+
+    url, path = batched_server
+    client = OpenAI(base_url=url + "/v1", api_key="EMPTY")
+    assert {"tiny", path} <= {m.id for m in client.models.list().data}
+    for name in ("tiny", path):  # by a served name, or by its path as `raft eval` sends it
+        r = client.chat.completions.create(model=name, messages=[{"role": "user", "content": "Hello"}],
+                                           max_tokens=5, temperature=0)
+        assert r.choices[0].finish_reason in ("stop", "length")
+        assert r.usage.completion_tokens <= 5 and r.usage.prompt_tokens > 0
+    text = client.completions.create(model="tiny", prompt=PROMPTS[0], max_tokens=4)
+    assert text.usage.completion_tokens <= 4
+
+
+def test_streaming_answers_one_chunk_then_done(batched_server):
+    from openai import OpenAI
+
+    url, _ = batched_server
+    client = OpenAI(base_url=url + "/v1", api_key="EMPTY")
+    whole = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
+                                           max_tokens=6, temperature=0).choices[0].message.content
+    chunks = list(client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
+                                                 max_tokens=6, temperature=0, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens <= 6
+
+
+def test_errors_say_what_to_do(batched_server):
+    import httpx
+
+    url, _ = batched_server
+    r = httpx.post(url + "/v1/chat/completions", json={"model": "other", "messages": [{"role": "user",
+                                                                                        "content": "x"}]})
+    assert r.status_code == 404 and "'other' is not served" in r.json()["error"]["message"]
+    r = httpx.post(url + "/v1/chat/completions", json={"model": "tiny", "n": 2,
+                                                       "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 400 and "send n requests" in r.json()["error"]["message"]
+    r = httpx.post(url + "/v1/chat/completions", json={"model": "tiny", "messages": []})
+    assert r.status_code == 400 and "messages" in r.json()["error"]["message"]
+
+
+def test_concurrent_http_requests_are_batched(batched_server):
+    import httpx
+
+    url, _ = batched_server
+    before = httpx.get(url + "/health").json()
+    results: list[int] = []
+
+    def ask(i: int) -> None:
+        r = httpx.post(url + "/v1/completions", json={"model": "tiny", "prompt": PROMPTS[i % 4], "max_tokens": 8},
+                       timeout=60)
+        results.append(r.status_code)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = httpx.get(url + "/health").json()
+    assert results == [200] * 8
+    assert after["requests"] - before["requests"] == 8
+    assert after["batches"] - before["batches"] < 8  # at least two requests shared a forward pass
