@@ -19,8 +19,8 @@ same order, for every arm). EM and F1 get 95% bootstrap confidence intervals ove
 differences between arms get theirs.
 
 Pipeline, as a user runs it: `raft build` (3x: two training mixes, the test set) -> `raft train` (2x, Ray
-Train) -> `raft export --merge` (2x) -> `transformers serve` -> `raft eval` (distractor sweep,
-`retrieval: record`). Reads ../shared/data (or --data); the tests never need it.
+Train) -> `raft export --merge` (2x) -> raft's batched engine, one per arm (`python -m serving.batched`)
+-> `raft eval` (distractor sweep, `retrieval: record`). Reads ../shared/data (or --data); the tests never need it.
 
     python benchmarks/raft_effect.py                                   # the full run
     python benchmarks/raft_effect.py --eval-n 20 --steps 10 --sweep 0,4 --out runs/raft_effect_smoke
@@ -121,19 +121,26 @@ def raft(*args: str, log: Path, timings: dict, label: str, output: Path | None =
     print(f"  {label:<22} {timings[label]:7.1f} s", flush=True)
 
 
-def start_engine(log: Path) -> tuple[subprocess.Popen, str]:
-    """`transformers serve` without a forced model: it loads each model on its first request, by path."""
-    port = free_port()
-    fh = log.open("a")
-    proc = subprocess.Popen([sys.executable, "-m", "transformers.cli.transformers", "serve", "--port", str(port),
-                             "--device", "cpu", "--host", "127.0.0.1"], stdout=fh, stderr=subprocess.STDOUT,
-                            env=ENV, start_new_session=True)
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}/health", timeout=180, proc=proc)
-    except NotHealthyError as e:
-        os.killpg(proc.pid, signal.SIGTERM)
-        sys.exit(f"transformers serve did not start: {e}; see {log}")
-    return proc, f"http://127.0.0.1:{port}/v1"
+def start_engines(models: dict[str, str], log_dir: Path) -> tuple[list[subprocess.Popen], dict[str, str]]:
+    """One batched engine (`python -m serving.batched`) per arm's model, one CPU thread each: the three arms are
+    evaluated at the same time, and OpenMP threads of engines that share cores wait on each other."""
+    procs, urls = [], {}
+    for arm, model in models.items():
+        port = free_port()
+        fh = (log_dir / f"engine-{arm.split('+')[0]}.log").open("a")
+        procs.append(subprocess.Popen([sys.executable, "-m", "serving.batched", model, "--port", str(port),
+                                       "--host", "127.0.0.1", "--device", "cpu", "--threads", "1",
+                                       "--max-batch", "8"], stdout=fh, stderr=subprocess.STDOUT, env=ENV,
+                                      start_new_session=True))
+        urls[arm] = f"http://127.0.0.1:{port}/v1"
+    for proc, (arm, url) in zip(procs, urls.items()):
+        try:
+            wait_healthy(url.removesuffix("/v1") + "/health", timeout=600, proc=proc)
+        except NotHealthyError as e:
+            for p in procs:
+                os.killpg(p.pid, signal.SIGTERM)
+            sys.exit(f"the {arm} engine did not start: {e}; see {log_dir}")
+    return procs, urls
 
 
 def bootstrap(per_arm: dict[str, list[float]], n: int, seed: int) -> dict:
@@ -327,17 +334,19 @@ def main() -> int:
         raft("export", str(out / f"adapter-{tag}"), "--merge", "--out", str(out / f"merged-{tag}"), log=log,
              timings=timings, label=f"export {arm}", output=out / f"merged-{tag}" / "config.json")
 
-    engine, url = start_engine(out / "engine.log")
+    models = {"base+RAG": BASE, "DSF+RAG": str(out / "merged-DSF"), "RAFT+RAG": str(out / "merged-RAFT")}
+    engines, urls = start_engines(models, out)
     try:
-        models = {"base+RAG": BASE, "DSF+RAG": str(out / "merged-DSF"), "RAFT+RAG": str(out / "merged-RAFT")}
-        systems = [{"name": a, "base_url": url, "model": models[a], "retrieval": "record"} for a in ARMS]
+        # each engine serves one model under that name; the batched engine generates 8 requests together
+        systems = [{"name": a, "base_url": urls[a], "model": models[a], "retrieval": "record"} for a in ARMS]
         raft("eval", "--data", str(out / "data-test" / "raft" / "test.jsonl"), "--out", str(out / "eval"),
              f"systems={json.dumps(systems)}", f"sweep.distractors={json.dumps(sweep)}", "sweep.only=true",
-             f"limit={args.eval_n}", f"max_tokens={args.max_tokens}", "concurrency=2", "timeout=300",
+             f"limit={args.eval_n}", f"max_tokens={args.max_tokens}", "concurrency=8", "timeout=900",
              f"seed={args.seed}", log=log, timings=timings, label="eval (all arms)")
     finally:
-        os.killpg(engine.pid, signal.SIGTERM)
-        engine.wait(timeout=30)
+        for engine in engines:
+            os.killpg(engine.pid, signal.SIGTERM)
+            engine.wait(timeout=30)
 
     report = json.loads((out / "eval" / "report.json").read_text())
     predictions = read_jsonl(out / "eval" / "predictions.jsonl")

@@ -2,8 +2,8 @@
 
 Each step is the command a user would type (printed before it runs), so the quickstart is also the
 tutorial: the base model (SmolLM2-135M-Instruct from its GGUF, converted once) -> `raft build` -> `raft train`
-(Ray Train) -> `raft export --merge` -> `raft serve` (Ray Serve gateway + retriever actors + `transformers
-serve`) -> questions through the OpenAI client -> `raft eval` (base vs base+RAG vs RAFT+RAG on held-out
+(Ray Train) -> `raft export --merge` -> `raft serve` (Ray Serve gateway + retriever actors + raft's batched
+engine) -> questions through the OpenAI client -> `raft eval` (base vs base+RAG vs RAFT+RAG on held-out
 questions). Paths and ports in the config are replaced by ones under `--out` and free ports, so runs never
 collide.
 """
@@ -46,6 +46,8 @@ class Pipeline:
         self.timings: dict[str, float] = {}
         self.started: dict[str, float] = {}  # seconds from the quickstart's start to each step's start
         self.t_start = time.monotonic()
+        self.base_model_name = str(self.sections.get("train", {}).get("model", {}).get("name_or_path", ""))
+        self.max_batch = int(self.sections.get("serve", {}).get("engine", {}).get("max_batch_size", 8))
 
     def begin(self, step: str) -> float:
         self.console.rule(f"[bold]{step}")
@@ -83,7 +85,7 @@ class Pipeline:
     def background(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = open(self.out / f"{name}.log", "w")
         shown = shlex.join(argv).replace(shlex.join([sys.executable, "-m", "raft.cli"]), "raft")
-        shown = shown.replace(shlex.join([sys.executable, "-m", "transformers.cli.transformers"]), "transformers")
+        shown = shown.replace(shlex.join([sys.executable, "-m", "serving.batched"]), "python -m serving.batched")
         self.console.print(f"[dim]$ {shown} &   (log: {self.shown(Path(log.name))})[/]", highlight=False)
         proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -139,7 +141,7 @@ class Pipeline:
         """The base model as the config names it, converted (once, then cached) if it is a GGUF."""
         from raft.model_source import resolve_model
 
-        name = str(self.sections.get("train", {}).get("model", {}).get("name_or_path", ""))
+        name = self.base_model_name
         t0 = self.begin("1. base model")
         path = resolve_model(name, log=lambda m: self.console.print(m, highlight=False))
         self.end("1. base model", t0)
@@ -164,9 +166,10 @@ class Pipeline:
             gw = self.background("gateway", [sys.executable, "-m", "raft.cli", "serve", "--config", cfg])
             base = None
             if evaluate:
+                # the base model for the base and base+RAG systems, on the same batched engine raft serve uses
                 base = self.background("base-engine", [
-                    sys.executable, "-m", "transformers.cli.transformers", "serve", "--host", "127.0.0.1",
-                    "--port", str(self.base_port), "--device", "cpu"])
+                    sys.executable, "-m", "serving.batched", self.base_model_name, "--host", "127.0.0.1",
+                    "--port", str(self.base_port), "--device", "cpu", "--max-batch", str(self.max_batch)])
             self.wait_healthy("gateway", f"http://127.0.0.1:{self.gateway_port}/health", gw)
             if base is not None:
                 self.wait_healthy("base-engine", f"http://127.0.0.1:{self.base_port}/health", base)
