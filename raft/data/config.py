@@ -22,6 +22,11 @@ class TeacherConfig(Config):
     in-process batch engine (needs vllm and a GPU); `extractive`: no model, a smoke generator that copies
     sentences of the chunk (questions are templated, answers are quotes) - use it to test the pipeline, not
     to train a useful model."""
+    strategy: Literal["cot", "stepwise"] = "cot"
+    """How a model teacher is asked. `cot`: the model writes several questions per call and a whole quoted
+    chain of thought per answer (needs a capable model, e.g. 7B+). `stepwise`: for small models (SmolLM2-135M):
+    one short question per call about one sentence, and a short answer phrase that must appear in an oracle
+    sentence; the teacher filters both and writes the quote and `<ANSWER>:` itself (docs/teacher.md)."""
     base_url: str = "http://127.0.0.1:8000/v1"
     """Base URL of the OpenAI-compatible API (ending in /v1) for kind=openai."""
     model: str = "extractive"
@@ -48,6 +53,13 @@ class TeacherConfig(Config):
     """Sampling seed sent to the endpoint (derived per request from the build seed when null)."""
     extra_body: dict = Field(default_factory=dict)
     """Extra JSON fields merged into every request body (e.g. {"top_p": 0.9})."""
+
+    @model_validator(mode="after")
+    def _stepwise_needs_a_model(self):
+        if self.strategy == "stepwise" and self.kind == "extractive":
+            raise ValueError("strategy=stepwise asks a model step by step; kind=extractive has no model: set "
+                             "kind=openai (or vllm_offline), or strategy=cot")
+        return self
 
 
 class MixConfig(Config):
