@@ -6,6 +6,8 @@
   429/5xx/timeouts/dropped connections (Retry-After honoured), token accounting.
 - `VLLMOfflineTeacher`: vLLM's in-process batch engine; concurrent requests are gathered into batches for
   `LLM.chat`. Import-guarded: only constructed when vllm is installed.
+- `StepwiseTeacher` (raft/data/teacher_stepwise.py, `teacher.strategy=stepwise`): wraps either of the two
+  above for small models: one short question or answer phrase per call, checked and assembled by the teacher.
 - `ExtractiveTeacher`: no model at all. A SMOKE GENERATOR: questions are fill-in-the-blank templates made
   from the chunk's sentences and answers quote the best-matching sentence. It makes the pipeline run
   offline and produces keepable records, but the data teaches nothing a real teacher would.
@@ -55,6 +57,7 @@ class TeacherStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     errors: Counter = field(default_factory=Counter)
+    filtered: Counter = field(default_factory=Counter)  # replies a teacher's own checks rejected, by reason
 
 
 class ChatTeacher:
@@ -356,6 +359,9 @@ class ExtractiveTeacher(ChatTeacher):
 def make_teacher(cfg: TeacherConfig) -> ChatTeacher:
     if cfg.kind == "extractive":
         return ExtractiveTeacher(cfg)
-    if cfg.kind == "vllm_offline":
-        return VLLMOfflineTeacher(cfg)
-    return OpenAITeacher(cfg)
+    teacher = VLLMOfflineTeacher(cfg) if cfg.kind == "vllm_offline" else OpenAITeacher(cfg)
+    if cfg.strategy == "stepwise":
+        from raft.data.teacher_stepwise import StepwiseTeacher  # it imports this module
+
+        return StepwiseTeacher(teacher)
+    return teacher
