@@ -400,6 +400,7 @@ class Builder:
                        "cached_completion": self.calls["cached_completion_tokens"]},
             "teacher_calls": {"made": self.calls["teacher"], "from_cache": self.calls["cached"],
                               "http_requests": st.requests, "retries": st.retries,
-                              "failed_requests": dict(st.errors)},
+                              "failed_requests": dict(st.errors),
+                              "filtered": dict(st.filtered)},  # replies the teacher's own checks rejected
             "seconds": round(time.perf_counter() - t0, 2),
         }
