@@ -47,7 +47,9 @@ class Pipeline:
         self.started: dict[str, float] = {}  # seconds from the quickstart's start to each step's start
         self.t_start = time.monotonic()
         self.base_model_name = str(self.sections.get("train", {}).get("model", {}).get("name_or_path", ""))
-        self.max_batch = int(self.sections.get("serve", {}).get("engine", {}).get("max_batch_size", 8))
+        engine = self.sections.get("serve", {}).get("engine", {})
+        # the base model's engine runs like the served one: same batch size and flags
+        self.engine_args = ["--max-batch", str(engine.get("max_batch_size", 8)), *map(str, engine.get("extra_args", []))]
 
     def begin(self, step: str) -> float:
         self.console.rule(f"[bold]{step}")
@@ -169,7 +171,7 @@ class Pipeline:
                 # the base model for the base and base+RAG systems, on the same batched engine raft serve uses
                 base = self.background("base-engine", [
                     sys.executable, "-m", "serving.batched", self.base_model_name, "--host", "127.0.0.1",
-                    "--port", str(self.base_port), "--device", "cpu", "--max-batch", str(self.max_batch)])
+                    "--port", str(self.base_port), "--device", "cpu", *self.engine_args])
             self.wait_healthy("gateway", f"http://127.0.0.1:{self.gateway_port}/health", gw)
             if base is not None:
                 self.wait_healthy("base-engine", f"http://127.0.0.1:{self.base_port}/health", base)
