@@ -61,6 +61,18 @@ class IndexConfig(_Config):
     """hybrid weight of the dense retriever (BM25 gets 1 - this); used by both fusions."""
     candidates: int = Field(50, ge=1)
     """per-retriever candidates fused in hybrid mode (at least k)."""
+    max_segments: int = Field(8, ge=1)
+    """live writes add small segments; past this many, the smallest are merged (in the background with
+    `background_merge`) until half as many remain."""
+    merge_max_chunks: int = Field(200_000, ge=1)
+    """segments larger than this are left out of automatic merges (rewriting them costs as much as a build;
+    `RetrievalIndex.merge(full=True)` merges everything)."""
+    merge_deletes_pct: float = Field(30.0, ge=0.0, le=100.0)
+    """a segment (within merge_max_chunks) with more than this percentage of its chunks deleted is rewritten
+    without them."""
+    background_merge: bool = True
+    """merge in a background thread after the write that made a merge due (False: the write merges before
+    it returns)."""
     ray: bool = False
     """embed through Ray Data with an embedder actor pool (large corpora)."""
     ray_actors: int = Field(1, ge=1)

@@ -1,9 +1,9 @@
 """The dense (FAISS) side: inner-product search over L2-normalised vectors, ids = store rows.
 
 Types: flat (exact), ivf_flat, ivf_pq, hnsw. Vectors are spread over `shards` FAISS indexes by
-row % shards, so shard actors can each load one. Flat and IVF delete with remove_ids; HNSW cannot
-remove, so deleted rows become tombstones excluded by an IDSelector (and the store, the source of
-truth, drops any that slip through) until the next rebuild compacts them.
+row % shards, so shard actors can each load one. Each segment of an index has its own DenseIndex and is
+never changed once written: deleted rows are tombstones of the index, excluded from a search by an
+IDSelector (`exclude`), until a merge leaves them out of the merged segment.
 """
 
 from __future__ import annotations
@@ -78,9 +78,8 @@ def make_params(kind: str, dim: int, n: int, cfg: Any) -> dict:
 
 
 class DenseIndex:
-    def __init__(self, kind: str, dim: int, params: dict, shards: list, tombstones: set[int] | None = None):
+    def __init__(self, kind: str, dim: int, params: dict, shards: list):
         self.kind, self.dim, self.params, self.shards = kind, dim, params, shards
-        self.tombstones: set[int] = set(tombstones or ())
         self._gpu = None
         if params.get("use_gpu") and kind != "hnsw":
             why = gpu_unavailable()
@@ -136,17 +135,24 @@ class DenseIndex:
                 self.shards[s].add_with_ids(vectors[mask], rows[mask])
         self._gpu = None
 
-    def remove(self, rows) -> None:
-        rows = np.asarray(list(rows), dtype="int64")
-        if len(rows) == 0:
-            return
-        if self.kind == "hnsw":
-            self.tombstones.update(int(r) for r in rows)
-        else:
-            faiss = _faiss()
-            for s in self.shards:
-                s.remove_ids(faiss.IDSelectorBatch(rows))
-        self._gpu = None
+    def reconstruct(self, rows: np.ndarray) -> np.ndarray | None:
+        """The stored vectors of `rows` (None when this index type cannot give them back exactly: IVF-PQ
+        keeps codes, not vectors)."""
+        if self.kind == "ivf_pq":
+            return None
+        faiss = _faiss()
+        rows = np.asarray(rows, dtype="int64")
+        out = np.zeros((len(rows), self.dim), dtype="float32")
+        n = len(self.shards)
+        for s in range(n):
+            mask = rows % n == s
+            if not mask.any():
+                continue
+            idx = self.shards[s]
+            if self.kind == "ivf_flat":
+                idx.set_direct_map_type(faiss.DirectMap.Hashtable)
+            out[mask] = np.stack([idx.reconstruct(int(r)) for r in rows[mask]])
+        return out
 
     # ---- search -------------------------------------------------------------------------------
     def _params(self, sel, widen: int = 1):
@@ -164,15 +170,17 @@ class DenseIndex:
         return p
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
-               widen: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, rows) of shape (nq, k), rows -1 where fewer than k were found; merged over shards."""
+               widen: int = 1, exclude: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows) of shape (nq, k), rows -1 where fewer than k were found; merged over shards.
+        `allowed`: only these rows; `exclude`: a FAISS IDSelector of rows to skip (tombstones), used when
+        `allowed` is None."""
         faiss = _faiss()
         q = np.ascontiguousarray(queries, dtype="float32")
         sel = None
         if allowed is not None:
             sel = faiss.IDSelectorBatch(np.asarray(allowed, dtype="int64"))
-        elif self.tombstones:
-            sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.fromiter(self.tombstones, dtype="int64")))
+        elif exclude is not None:
+            sel = exclude
         params = self._params(sel, widen)
         need_k = k
         outs_d, outs_i = [], []
@@ -214,21 +222,15 @@ class DenseIndex:
         return self._gpu
 
     # ---- persistence --------------------------------------------------------------------------
-    def save(self, directory: Path, gen: int) -> list[str]:
+    def save(self, directory: Path, segment: int) -> list[str]:
         faiss = _faiss()
         names = []
         for n, s in enumerate(self.shards):
-            name = f"dense.g{gen}.s{n}.faiss"
+            name = f"dense.s{segment}.p{n}.faiss"
             tmp = directory / (name + ".tmp")
             faiss.write_index(s, str(tmp))
             _fsync_rename(tmp, directory / name)
             names.append(name)
-        name = f"dense.g{gen}.tomb.npy"
-        tmp = directory / (name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(sorted(self.tombstones), dtype="int64"))
-        _fsync_rename(tmp, directory / name)
-        names.append(name)
         return names
 
     @classmethod
@@ -236,11 +238,7 @@ class DenseIndex:
              mmap: bool = False) -> "DenseIndex":
         faiss = _faiss()
         shards = []
-        tomb: set[int] = set()
         for name in files:
-            if name.endswith(".npy"):
-                tomb = set(int(x) for x in np.load(directory / name))
-                continue
             flags = faiss.IO_FLAG_MMAP if mmap and kind != "hnsw" else 0
             idx = faiss.read_index(str(directory / name), flags)
             if kind.startswith("ivf"):
@@ -248,7 +246,7 @@ class DenseIndex:
             elif kind == "hnsw":
                 faiss.downcast_index(idx.index).hnsw.efSearch = params.get("efSearch", 64)
             shards.append(idx)
-        return cls(kind, dim, params, shards, tomb)
+        return cls(kind, dim, params, shards)
 
 
 def _fsync_rename(tmp: Path, dst: Path) -> None:

@@ -1,7 +1,9 @@
-"""An index directory's generations on disk: the manifest, durable renames, and sweeping dead files.
+"""An index directory on disk: the manifest, durable renames, the writer lock, and sweeping dead files.
 
-Every change writes a new *generation* of files (store.gN.sqlite, dense.gN.*) and then replaces
-manifest.json, which names the generation and the files' sizes and checksums; see retrieval/index.py.
+An index is a list of immutable *segments* (store.sN.sqlite, dense.sN.pJ.faiss, sparse.sN.npz) and the
+tombstones of deleted rows (tomb.gG.npy). Every change writes its new files, then replaces manifest.json,
+which names generation G, the segments, the tombstone file and every file's size and checksum: a crash
+before that replace leaves the previous manifest, whose files are all still there. See retrieval/index.py.
 """
 
 from __future__ import annotations
@@ -13,15 +15,11 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from retrieval.errors import RetrievalError
 
-if TYPE_CHECKING:
-    from retrieval.dense import DenseIndex
-
 FORMAT = "raft-retrieval-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: one store and one FAISS index per generation (rebuild such an index)
 MANIFEST = "manifest.json"
 CACHE_FILE = "embeddings.sqlite"
 LOCK_FILE = "writer.lock"
@@ -29,7 +27,8 @@ LOCK_FILE = "writer.lock"
 
 def crash_point(name: str) -> None:
     """Marks a point of a save where the files on disk are half-way between two generations: `after_store`,
-    `after_dense` and `before_manifest`. It does nothing; the crash-safety tests replace it
+    `after_dense`, `after_sparse` (a segment written), `after_merge` (a merged segment written) and
+    `before_manifest`. It does nothing; the crash-safety tests replace it
     (tests/retrieval/crash_hook.py) to kill or pause the process exactly there."""
 
 
@@ -98,11 +97,26 @@ def fsync_rename(tmp: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def write_manifest(d: Path, man: dict, n_chunks: int, n_docs: int, dense: DenseIndex) -> None:
-    files = [man["store"], *man["faiss"]["files"]]
-    man["files"] = {f: {"bytes": (d / f).stat().st_size, "sha256": sha256_file(d / f)} for f in files}
-    man["counts"] = {"chunks": n_chunks, "documents": n_docs, "vectors": dense.ntotal,
-                     "tombstones": len(dense.tombstones)}
+_DATA_FILE = re.compile(r"(?:store|dense|sparse|tomb)\.")
+_SEGMENT_ID = re.compile(r"(?:store|dense|sparse)\.s(\d+)\.")
+
+
+def manifest_files(man: dict) -> list[str]:
+    """Every data file a manifest names: each segment's files and the tombstone file."""
+    out = []
+    for seg in man["segments"]:
+        out += [seg["store"], *seg["dense"], seg["sparse"]]
+    if man.get("tombstones"):
+        out.append(man["tombstones"])
+    return out
+
+
+def write_manifest(d: Path, man: dict) -> None:
+    """Checksum the files new to this manifest (the others keep the entries they had: segments are never
+    rewritten), then replace manifest.json atomically."""
+    old = man.get("files") or {}
+    man["files"] = {f: old[f] if f in old else {"bytes": (d / f).stat().st_size, "sha256": sha256_file(d / f)}
+                    for f in manifest_files(man)}
     crash_point("before_manifest")
     tmp = d / (MANIFEST + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -113,16 +127,19 @@ def write_manifest(d: Path, man: dict, n_chunks: int, n_docs: int, dense: DenseI
     fsync_dir(d)
 
 
-def max_gen_on_disk(d: Path) -> int:
-    gens = [int(m.group(1)) for p in d.iterdir() if (m := re.match(r"(?:store|dense)\.g(\d+)\.", p.name))]
-    return max(gens, default=0)
+def max_segment_on_disk(d: Path) -> int:
+    """The highest segment number any file in `d` carries (a crashed write's files count: never reused
+    while they may still be on disk)."""
+    ids = [int(m.group(1)) for p in d.iterdir() if (m := _SEGMENT_ID.match(p.name))]
+    return max(ids, default=0)
 
 
 def sweep(d: Path, man: dict) -> None:
-    """Remove files of other generations (older ones, and any a crash left half-written)."""
-    keep = set(man["files"]) | {MANIFEST, CACHE_FILE}
+    """Remove data files the manifest does not name (merged-away segments, old tombstones, and any a
+    crash or a failed write left half-written)."""
+    keep = set(man.get("files") or manifest_files(man))
     for p in d.iterdir():
-        if p.name in keep or not re.match(r"(?:store|dense)\.g\d+\.", p.name):
+        if p.name in keep or not _DATA_FILE.match(p.name):
             continue
         try:
             p.unlink()

@@ -1,13 +1,14 @@
 """RayRetriever: an index served by Ray actors, an embedder pool and index shards.
 
-Each shard actor opens the index directory and keeps the dense vectors of its partition (row % N);
-BM25 runs on every shard restricted to the same partition, so BM25 scores (global FTS statistics)
-and inner products merge exactly: the merged result equals `RetrievalIndex.search` on one process.
+Each shard actor opens the index directory and keeps, for every segment, the dense vectors of its
+partition (row % N); BM25 runs on every shard restricted to the same partition with statistics from all
+segments, so BM25 scores and inner products merge exactly: the merged result equals
+`RetrievalIndex.search` on one process.
 A query's vectors go from the embedder actor straight to the shards (an ObjectRef argument), and
 shards return chunks with text, so one query is one embed call plus one parallel shard call.
 
-Writes (add/delete) go through one writer actor that saves a new index generation; shards then
-reload. The index directory must be readable by every node (local disk for local Ray, shared storage
+Writes (add/delete) go through one writer actor that adds a segment (or tombstones); shards then
+refresh, opening only the segments they have not seen. The index directory must be readable by every node (local disk for local Ray, shared storage
 on a cluster reached with RAY_ADDRESS).
 """
 
@@ -35,73 +36,37 @@ class ShardServer:
         self._load()
 
     def _load(self) -> None:
-        from retrieval.dense import DenseIndex
         from retrieval.index import RetrievalIndex
 
-        idx = RetrievalIndex.open(self.index_dir, embedder=self.embedder, verify=False)
-        dense = idx.dense
-        stored = len(dense.shards)
-        if stored % self.num_shards == 0:
-            # the index was written with a multiple of our shard count: take our stored shards as they are
-            mine = [s for j, s in enumerate(dense.shards) if j % self.num_shards == self.shard]
-            idx.dense = DenseIndex(dense.kind, dense.dim, dense.params, mine, dense.tombstones)
-            # stored shard j holds rows with row % stored == j; as our count divides `stored`, our shards
-            # together hold exactly the rows with row % num_shards == shard
-        else:
-            # repartition from the cached vectors (exact inner products: a flat index of our rows)
-            rows, hashes = idx.store.all_rows_and_hashes()
-            mask = rows % self.num_shards == self.shard
-            rows = rows[mask]
-            hs = [h for h, m in zip(hashes, mask) if m]
-            got = idx.cache.get_many(list(set(hs)))
-            if any(h not in got for h in hs):
-                raise RetrievalError(f"cannot split index {self.index_dir!r} into {self.num_shards} shards: the "
-                                     "embedding cache is incomplete; rebuild with shards="
-                                     f"{self.num_shards} or use num_shards={stored}")
-            vecs = np.stack([got[h] for h in hs]) if hs else np.zeros((0, idx.dim), "float32")
-            new = DenseIndex.create("flat", idx.dim, {}, 1, None)
-            new.add(vecs, rows)
-            idx.dense = new
-        self.idx = idx
-        self.generation = idx.manifest["generation"]
+        self.idx = RetrievalIndex.open(self.index_dir, embedder=self.embedder, verify=False,
+                                       partition=(self.num_shards, self.shard))
+        self.generation = self.idx.manifest["generation"]
 
     def reload(self) -> int:
-        self.idx.close()
-        self._load()
+        """Follow the index's latest generation: only segments this shard has not seen are opened."""
+        self.idx.refresh()
+        self.generation = self.idx.manifest["generation"]
         return self.generation
-
-    def _mine(self, flt: dict) -> str:  # SQL: rows of this shard
-        return f"c.row % {int(self.num_shards)} = {int(self.shard)}"
 
     def search(self, vectors: np.ndarray | None, queries: list[str], k: int, mode: str, flt: dict,
                ncand: int, budget_s: float | None = None) -> list[dict]:
         """Per query: {"dense": [(row, score, chunk)], "bm25": [...]}, restricted to this shard.
         `budget_s`: seconds the caller still waits, counted from the call's arrival here (a time budget,
         not a clock reading, because the caller may be on another node); past it the search stops, inside
-        a BM25 statement or between queries, and raises TimeoutError."""
-        from retrieval.index import _check_deadline
+        a SQLite statement or between segments, and raises TimeoutError."""
         from retrieval.store import deadline
 
         at = None if budget_s is None else time.monotonic() + budget_s
         idx = self.idx
-        out = [{"dense": [], "bm25": []} for _ in queries]
-        with deadline(at):
-            if mode in ("dense", "hybrid") and vectors is not None:
-                dense = idx._dense_rows(vectors, ncand, flt, (self.num_shards, self.shard))
-                for o, d in zip(out, dense):
-                    o["dense"] = d
-            if mode in ("bm25", "hybrid"):
-                for o, q in zip(out, queries):
-                    _check_deadline(at)
-                    o["bm25"] = idx.store.bm25(q, ncand, flt, restrict=self._mine(flt))
-            _check_deadline(at)
+        with idx.reading() as snap, deadline(at):
+            out = idx.candidates(snap, vectors, list(queries), ncand, mode, flt, at, fused=False)
             rows = {r for o in out for lst in o.values() for r, _ in lst}
-            chunks = idx.store.get_rows(rows)
+            chunks = snap.get_rows(rows)
         return [{key: [(r, s, chunks[r].to_dict()) for r, s in lst if r in chunks] for key, lst in o.items()}
                 for o in out]
 
     def count(self) -> int:
-        return int(self.idx.dense.ntotal)
+        return len(self.idx)
 
     def chunks(self) -> int:
         return len(self.idx)
@@ -149,25 +114,19 @@ class EmbedServer:
 
 
 class WriterServer:
+    """The one writer of a RayRetriever: keeps the index open between writes (a write moves it to the
+    latest generation first) and merges segments in the background."""
+
     def __init__(self, index_dir: str, embedder: str | None = None):
         from retrieval.index import RetrievalIndex
 
-        self.index_dir, self.embedder = index_dir, embedder
-        self.open = RetrievalIndex.open
+        self.idx = RetrievalIndex.open(index_dir, embedder=embedder, verify=False)
 
     def add(self, docs: list[dict]) -> list[str]:
-        idx = self.open(self.index_dir, embedder=self.embedder, verify=False)
-        try:
-            return idx.add_documents([Document(**d) for d in docs])
-        finally:
-            idx.close()
+        return self.idx.add_documents([Document(**d) for d in docs])
 
     def delete(self, doc_ids: list[str]) -> int:
-        idx = self.open(self.index_dir, embedder=self.embedder, verify=False)
-        try:
-            return idx.delete_documents(doc_ids)
-        finally:
-            idx.close()
+        return self.idx.delete_documents(doc_ids)
 
 
 class RerankServer:

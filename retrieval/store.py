@@ -1,17 +1,16 @@
-"""SQLite document store: chunk text and metadata by integer row (the FAISS id), plus an FTS5 table
-for BM25. FTS5 supports live insert/delete and joins with the filter SQL, so sparse search honours
-filters inside the query and deletions are immediate.
+"""SQLite document store of one segment: chunk text and metadata by integer row (the FAISS id, unique across
+the index's segments). A segment's store is written once and then only read; BM25 lives beside it
+(retrieval/sparse.py), and filters are SQL over its metadata (retrieval/filters.py).
 
 Each thread reads through its own connection, so one thread's long query never makes another thread's
-search wait (SQLite serves many readers of one file at once; a published store file is never written,
-live writes go to the next generation's copy). A thread may bound its queries with `deadline()`.
+search wait (SQLite serves many readers of one file at once). A thread may bound its queries with
+`deadline()`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 import sqlite3
 import threading
 import time
@@ -27,8 +26,8 @@ from retrieval.types import Chunk
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
-  row INTEGER PRIMARY KEY AUTOINCREMENT,
-  chunk_id TEXT NOT NULL UNIQUE,
+  row INTEGER PRIMARY KEY,
+  chunk_id TEXT NOT NULL,
   doc_id TEXT NOT NULL,
   title TEXT NOT NULL DEFAULT '',
   text TEXT NOT NULL,
@@ -37,12 +36,8 @@ CREATE TABLE IF NOT EXISTS chunks (
   h TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
-CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(title, text, tokenize='porter unicode61');
+CREATE INDEX IF NOT EXISTS chunks_cid ON chunks(chunk_id);
 """
-_WORD = re.compile(r"\w+", re.UNICODE)
-# BM25 uses at most this many distinct query terms (the first ones): FTS5 scores the posting list of every
-# term it is given, so an unbounded query (a pasted book) would hold a search thread for minutes.
-MAX_QUERY_TERMS = 64
 # SQLite calls the deadline check every this many VM instructions (~1 ms of work): cheap, and prompt.
 _PROGRESS_STEPS = 10_000
 
@@ -158,53 +153,32 @@ class Store:
             if self._pins == 0:
                 self.close()
 
-    def copy_to(self, dst: str | Path) -> None:
-        """A consistent copy (SQLite backup API), used to write the next generation. Readers in other
-        threads go on searching meanwhile (their own connections)."""
-        out = sqlite3.connect(str(dst))
-        with self.lock:
-            self.con.backup(out)
-        out.close()
+    # ---- writes (only while the segment is being written) --------------------------------------
+    def add_chunks(self, chunks: list[Chunk], hashes: list[str], rows) -> None:
+        """Insert chunks under the given rows (ascending; the index assigns them)."""
+        with self.lock, self.con:
+            self.con.executemany(
+                "INSERT INTO chunks (row, chunk_id, doc_id, title, text, source, metadata, h) VALUES (?,?,?,?,?,?,?,?)",
+                [(int(r), c.chunk_id, c.doc_id, c.title or "", c.text, c.source or "", metadata_json(c.metadata, c.doc_id),
+                  h) for r, c, h in zip(rows, chunks, hashes)])
 
-    # ---- writes -------------------------------------------------------------------------------
-    def _changed(self) -> None:
-        self.__dict__.pop("_df", None)  # term statistics memoised by _doc_freqs / _terms
-        self.__dict__.pop("_n", None)
-
-    def add_chunks(self, chunks: list[Chunk], hashes: list[str]) -> list[int]:
-        rows = []
-        with self.lock:
-            with self.con:
-                for c, h in zip(chunks, hashes):
-                    cur = self.con.execute(
-                        "INSERT INTO chunks (chunk_id, doc_id, title, text, source, metadata, h) "
-                        "VALUES (?,?,?,?,?,?,?)",
-                        (c.chunk_id, c.doc_id, c.title or "", c.text, c.source or "",
-                         metadata_json(c.metadata, c.doc_id), h))
-                    rows.append(cur.lastrowid)
-                self.con.executemany("INSERT INTO chunks_fts (rowid, title, text) VALUES (?,?,?)",
-                                     [(r, c.title or "", c.text) for r, c in zip(rows, chunks)])
-            self._changed()  # after the commit, under the lock: no reader memoises the old counts in between
-        return rows
-
-    def delete_docs(self, doc_ids: list[str]) -> list[int]:
-        rows = self.rows_for_docs(doc_ids)
-        with self.lock:
-            with self.con:
-                for i in range(0, len(rows), 900):
-                    part = [int(r) for r in rows[i:i + 900]]
-                    marks = ",".join("?" * len(part))
-                    self.con.execute(f"DELETE FROM chunks WHERE row IN ({marks})", part)
-                    self.con.execute(f"DELETE FROM chunks_fts WHERE rowid IN ({marks})", part)
-            self._changed()
-        return rows
+    def copy_rows_from(self, src: "Store", keep: np.ndarray) -> None:
+        """Copy the rows `keep` of another segment's store into this one (a merge)."""
+        with self.lock, self.con:
+            self.con.execute("ATTACH DATABASE ? AS src", (str(src.path),))
+            try:
+                self.con.execute("CREATE TEMP TABLE IF NOT EXISTS keep_rows (row INTEGER PRIMARY KEY)")
+                self.con.execute("DELETE FROM temp.keep_rows")
+                self.con.executemany("INSERT INTO temp.keep_rows VALUES (?)", [(int(r),) for r in keep])
+                self.con.execute("INSERT INTO main.chunks SELECT s.* FROM src.chunks s JOIN temp.keep_rows k "
+                                 "ON k.row = s.row")
+            finally:
+                self.con.commit()
+                self.con.execute("DETACH DATABASE src")
 
     # ---- reads (this thread's connection, no lock: readers never wait for each other) -----------
     def count(self) -> int:
         return self.con.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
-
-    def doc_count(self) -> int:
-        return self.con.execute("SELECT COUNT(DISTINCT doc_id) FROM chunks").fetchone()[0]
 
     def rows_for_docs(self, doc_ids: list[str]) -> list[int]:
         out: list[int] = []
@@ -246,99 +220,28 @@ class Store:
             out.update(self._rows_to_chunks(self.con.execute(q, part).fetchall()))
         return out
 
-    def get_chunk_ids(self, chunk_ids: list[str]) -> dict[str, Chunk]:
-        out: dict[str, Chunk] = {}
+    def get_chunk_ids(self, chunk_ids: list[str]) -> list[tuple[int, Chunk]]:
+        out: list[tuple[int, Chunk]] = []
         for i in range(0, len(chunk_ids), 900):
             part = list(chunk_ids[i:i + 900])
             q = (f"SELECT row, chunk_id, doc_id, title, text, source, metadata FROM chunks "
                  f"WHERE chunk_id IN ({','.join('?' * len(part))})")
-            out.update((c.chunk_id, c) for _, c in self._rows_to_chunks(self.con.execute(q, part).fetchall()))
+            out += self._rows_to_chunks(self.con.execute(q, part).fetchall())
         return out
 
-    def chunks_for_doc(self, doc_id: str) -> list[Chunk]:
+    def chunks_for_doc(self, doc_id: str) -> list[tuple[int, Chunk]]:
         data = self.con.execute("SELECT row, chunk_id, doc_id, title, text, source, metadata FROM chunks "
                                 "WHERE doc_id = ? ORDER BY row", (doc_id,)).fetchall()
-        return [c for _, c in self._rows_to_chunks(data)]
+        return self._rows_to_chunks(data)
 
-    def chunk_ids(self) -> list[str]:
-        return [c for (c,) in self.con.execute("SELECT chunk_id FROM chunks ORDER BY row")]
+    def chunk_ids(self) -> list[tuple[int, str]]:
+        return self.con.execute("SELECT row, chunk_id FROM chunks ORDER BY row").fetchall()
 
-    def doc_ids(self) -> list[str]:
-        return [d for (d,) in self.con.execute("SELECT DISTINCT doc_id FROM chunks")]
+    def doc_ids(self) -> list[tuple[int, str]]:
+        return self.con.execute("SELECT row, doc_id FROM chunks").fetchall()
 
-    def _doc_freqs(self, terms: list[str]) -> dict[str, int]:
-        """Documents (chunks) containing each query term, after FTS5's own porter stemming; memoised, as
-        a published store is never written (a live write makes a new one; writes clear the memo anyway)."""
-        con = self.con
-        if not getattr(self._local, "vocab", False):  # temp tables belong to one connection
-            # the query's terms go through a temp FTS5 table with the same tokenizer to get their stems;
-            # fts5vocab then reads each stem's document count straight from the index
-            con.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.q_terms USING fts5(t, tokenize='porter unicode61')")
-            con.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.q_stems USING fts5vocab(temp, q_terms, 'instance')")
-            con.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.fts_vocab USING fts5vocab(main, chunks_fts, 'row')")
-            self._local.vocab = True
-        memo = self.__dict__.setdefault("_df", {})
-        todo = [t for t in terms if t not in memo]
-        if todo:
-            con.execute("DELETE FROM temp.q_terms")
-            con.executemany("INSERT INTO temp.q_terms(rowid, t) VALUES (?, ?)", list(enumerate(todo, 1)))
-            for rowid, stem in con.execute("SELECT doc, term FROM temp.q_stems").fetchall():
-                got = con.execute("SELECT doc FROM temp.fts_vocab WHERE term = ?", (stem,)).fetchone()
-                t, n = todo[rowid - 1], got[0] if got else 0
-                memo[t] = min(memo[t], n) if t in memo else n  # a term of several tokens is a phrase: <= each
-            for t in todo:
-                memo.setdefault(t, 0)
-        return {t: memo[t] for t in terms}
-
-    def _terms(self, query: str) -> tuple[list[str], list[str]]:
-        """(useful, frequent) query terms: frequent ones are in more than half of the chunks. Only the
-        first MAX_QUERY_TERMS distinct terms count, and the scan for them stops there."""
-        seen: dict[str, None] = {}
-        for m in _WORD.finditer(query):
-            seen[m.group().lower()] = None
-            if len(seen) >= MAX_QUERY_TERMS:
-                break
-        terms = list(seen)
-        if not terms:
-            return [], []
-        with self.lock:
-            n = self.__dict__.get("_n")
-            if n is None:
-                n = self._n = self.con.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
-            df = self._doc_freqs(terms)
-        useful = [t for t in terms if 0 < df[t] and 2 * df[t] <= n]
-        return (useful, [t for t in terms if t not in useful]) if useful else (terms, [])
-
-    def bm25(self, query: str, k: int, flt: dict[str, list], restrict: str | None = None) -> list[tuple[int, float]]:
-        """Top-k (row, score) by FTS5 BM25 (score negated so higher is better), filter joined in SQL;
-        `restrict`: one more SQL condition on the chunks table `c` (a Ray shard's rows).
-
-        Terms found in more than half of the chunks are left out of the ranked query: FTS5 clamps their
-        IDF to ~0, so they cannot change the ranking, but OR-ing them in makes SQLite score their whole
-        posting lists (stop words: "the", "of"), which was most of a query's time on a large index. If
-        the useful terms match fewer than k chunks, chunks that match only the frequent terms fill up to
-        k as before, with score 0 in row order (their BM25 scores were ~0 anyway; taking them in row order
-        avoids scoring whole posting lists and gives the same fillers however the index is sharded)."""
-        useful, frequent = self._terms(query)
-        if not useful:
-            return []
-        where, params = filter_sql(flt)
-        if restrict:
-            where = f"({where}) AND ({restrict})"
-        head = ("SELECT f.rowid, bm25(chunks_fts, 0.5, 1.0) AS s FROM chunks_fts f "
-                + ("JOIN chunks c ON c.row = f.rowid " if flt or restrict else "")
-                + f"WHERE chunks_fts MATCH ? AND {where} ")
-        con = self.con
-        data = con.execute(head + "ORDER BY s LIMIT ?", [_or(useful), *params, int(k)]).fetchall()
-        if len(data) < k and frequent:
-            # every chunk the useful terms match is in `data` already; the rest match only frequent terms
-            seen = {r for r, _ in data}
-            more = con.execute(head + "ORDER BY f.rowid LIMIT ?",
-                               [_or(frequent), *params, int(k) + len(seen)]).fetchall()
-            data += [(r, 0.0) for r, _ in more if r not in seen][:k - len(data)]
-        return [(int(r), -float(s)) for r, s in data]
-
-
-def _or(terms: list[str]) -> str:
-    """An FTS5 OR of quoted terms: user text never reaches FTS syntax."""
-    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+    def titles_and_texts(self) -> tuple[np.ndarray, list[str], list[str]]:
+        """(rows ascending, titles, texts): what BM25 indexes."""
+        data = self.con.execute("SELECT row, title, text FROM chunks ORDER BY row").fetchall()
+        return (np.asarray([r for r, _, _ in data], dtype="int64"), [t for _, t, _ in data],
+                [x for _, _, x in data])

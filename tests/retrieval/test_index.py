@@ -100,9 +100,20 @@ def test_add_delete_survive_restart(index_copy):
     idx3.add_documents([Document("d", "first version text")])
     idx3.add_documents([Document("d", "second version text")])
     assert [c.text for c in idx3.chunks_for_doc("d")] == ["second version text"]
-    # only the current generation's files remain
-    names = sorted(p.name for p in index_copy.iterdir())
-    assert len([n for n in names if n.startswith("store.")]) == 1
+    # each write added a segment (the replaced version's, all tombstones, is merged away in the background);
+    # only files the manifest names remain, and a full merge leaves one segment
+    idx3.wait_for_merges()
+    assert idx3.merge_error is None
+    man = json.loads((index_copy / "manifest.json").read_text())
+    data = {p.name for p in index_copy.iterdir() if p.name.startswith(("store.", "dense.", "sparse.", "tomb."))}
+    assert data == set(man["files"]) and len(man["segments"]) > 1
+    # dense scores do not depend on the segments; BM25's statistics lose the deleted chunks in a merge
+    before = [(h.chunk.chunk_id, round(h.score, 4)) for h in idx3.search("second version island", 8, "dense")]
+    assert idx3.merge(full=True) == len(man["segments"])
+    assert len([p for p in index_copy.iterdir() if p.name.startswith("store.")]) == 1
+    assert [(h.chunk.chunk_id, round(h.score, 4)) for h in idx3.search("second version island", 8, "dense")] == before
+    assert idx3.search("second version", k=1, mode="bm25")[0].chunk.doc_id == "d"
+    assert RetrievalIndex.open(index_copy).manifest["counts"]["tombstones"] == 0
 
 
 def test_embedder_mismatch_and_broken_dirs_are_clear_errors(index_copy, tmp_path):
@@ -117,7 +128,7 @@ def test_embedder_mismatch_and_broken_dirs_are_clear_errors(index_copy, tmp_path
     with pytest.raises(RetrievalError, match="half-written"):
         RetrievalIndex.open(half)
     man = json.loads((index_copy / "manifest.json").read_text())
-    (index_copy / man["faiss"]["files"][0]).unlink()
+    (index_copy / man["segments"][0]["dense"][0]).unlink()
     with pytest.raises(RetrievalError, match="half-written or damaged"):
         RetrievalIndex.open(index_copy)
 
@@ -151,7 +162,7 @@ def test_embedding_cache_skips_unchanged_chunks(tmp_path, tenant_docs, small_con
 def test_other_faiss_types_build_search_filter_and_delete(tmp_path, tenant_docs, small_config, kind):
     cfg = small_config.model_copy(update={"index_type": kind, "pq_m": 8, "shards": 2})
     idx = RetrievalIndex.build(tenant_docs, tmp_path / kind, cfg)
-    assert idx.manifest["faiss"]["type"] == kind and len(idx.manifest["faiss"]["files"]) == 3
+    assert idx.manifest["faiss"]["type"] == kind and len(idx.manifest["segments"][0]["dense"]) == 2
     # approximate search: the best answer is near the top (8-byte PQ codes of 384-d vectors blur close texts)
     assert "veloria_geography.md" in [h.chunk.doc_id for h in idx.search(QUESTION, k=5, mode="dense")]
     hits = idx.search(QUESTION, k=5, mode="dense", filter={"tenant": "globex"})
@@ -173,7 +184,7 @@ def test_local_embedder_path_is_stored_absolute(tmp_path, monkeypatch):
 
 def test_memoised_filter_vectors_follow_live_writes(index_copy, monkeypatch):
     """Filtered dense search memoises the filter's vectors; adds and deletes must not be served stale."""
-    import retrieval.index as ri
+    import retrieval.search as rs
 
     idx = RetrievalIndex.open(index_copy)
     flt = {"tenant": "globex"}
@@ -182,9 +193,9 @@ def test_memoised_filter_vectors_follow_live_writes(index_copy, monkeypatch):
         return [(h.chunk.chunk_id, round(h.score, 5)) for h in hits]
 
     first = idx.search(QUESTION, k=4, mode="dense", filter=flt)
-    assert idx.__dict__.get("_exact_cache")  # the exact path ran and kept its matrix
+    assert any(key[0] == "exact" for key in idx.segments[0].memo)  # the exact path ran and kept its matrix
     assert ranked(idx.search(QUESTION, k=4, mode="dense", filter=flt)) == ranked(first)
-    monkeypatch.setattr(ri, "EXACT_FILTER_LIMIT", 0)  # FAISS with an ID selector instead (flat here: exact)
+    monkeypatch.setattr(rs, "EXACT_FILTER_LIMIT", 0)  # FAISS with an ID selector instead (flat here: exact)
     assert idx.dense.kind == "flat"
     assert ranked(idx.search(QUESTION, k=4, mode="dense", filter=flt)) == ranked(first)
     monkeypatch.undo()

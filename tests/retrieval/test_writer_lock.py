@@ -36,7 +36,8 @@ def _assert_both_added(path, n0: int, gen0: int) -> None:
     for doc_id, text in DOCS.items():
         assert [c.text for c in idx.chunks_for_doc(doc_id)] == [text]
     assert idx.manifest["generation"] == gen0 + 2
-    assert len([p for p in path.iterdir() if p.name.startswith("store.")]) == 1
+    data = {p.name for p in path.iterdir() if p.name.startswith(("store.", "dense.", "sparse.", "tomb."))}
+    assert data == set(idx.manifest["files"])  # neither writer swept the other's segment
     idx.close()
 
 
@@ -73,4 +74,5 @@ def test_stale_index_object_writes_on_top_of_the_latest_generation(index_copy):
     a.close()
     b.close()
     man = json.loads((index_copy / "manifest.json").read_text())
-    assert man["generation"] == gen0 + 3 and man["counts"]["chunks"] == n0 + 1
+    # three writes (a merge of the segment the delete emptied may follow: one more generation)
+    assert man["generation"] >= gen0 + 3 and man["counts"]["chunks"] == n0 + 1
