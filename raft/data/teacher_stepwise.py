@@ -54,9 +54,12 @@ ANSWER_SHOTS = [
 QUESTION_MAX_TOKENS = 40
 ANSWER_MAX_TOKENS = 24
 REASONING = "The context states:"
+# The teacher cache stores replies after these filters ran: bump when a check in teacher_filters.py changes
+# what it keeps, so that a rebuild asks again instead of reusing what the old checks let through.
+FILTER_VERSION = 1
 PROMPT_HASH = hashlib.sha256(json.dumps([QUESTION_SYSTEM, QUESTION_SHOTS, ANSWER_SYSTEM, ANSWER_SHOTS,
-                                         QUESTION_MAX_TOKENS, ANSWER_MAX_TOKENS, REASONING, 1]).encode()
-                             ).hexdigest()[:12]
+                                         QUESTION_MAX_TOKENS, ANSWER_MAX_TOKENS, REASONING, FILTER_VERSION]
+                                        ).encode()).hexdigest()[:12]
 
 
 class TeacherFilterError(TeacherRequestError):
