@@ -10,6 +10,7 @@ HELP = "build a RAFT dataset from a corpus with a teacher model (or the offline 
 EXAMPLE = """raft build docs/ --out data/raft teacher.kind=openai teacher.base_url=http://localhost:8000/v1 teacher.model=Qwen/Qwen2.5-7B-Instruct
 raft build corpus.jsonl --out data/raft --questions questions.jsonl   # your own questions + gold doc ids
 raft build docs/ --out data/smoke teacher.kind=extractive mix.num_distractors=3
+raft build docs/ --out data/ray --ray ray_actors=2   # answers on Ray: the $RAY_ADDRESS cluster, else a local one
 """
 
 
@@ -20,6 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--questions", metavar="FILE", help="JSONL {id, question, answers, gold_ids}: skip question "
                    "generation (= build.questions_file)")
     p.add_argument("--index", metavar="DIR", help="reuse an existing index directory (= build.index_dir)")
+    p.add_argument("--ray", action="store_true", help="answer the questions through Ray Data with a pool of "
+                   "teacher actors (= build.ray=true; build.ray_actors sets the pool size): on the cluster named by "
+                   "$RAY_ADDRESS, else on a local Ray; same cache, checks and records as without --ray")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     add_config_arguments(p, "build")  # raft/cli.py parses intermixed: CORPUS, options and overrides in any order
 
@@ -37,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
         extra.append(f"index_dir={args.index}")
     if args.quiet:
         extra.append("progress=false")
+    if args.ray:
+        extra.append("ray=true")
     args.overrides = list(args.overrides) + extra
     cfg = load_command_config(args, BuildConfig, "build")
     if cfg is None:
@@ -58,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
     if cfg.teacher.kind != "extractive":  # a packaged name or .gguf becomes the converted directory
         cfg.teacher = cfg.teacher.model_copy(
             update={"model": resolve_model(cfg.teacher.model, log=console.print, absolute=False)})
+    if cfg.ray:  # as `raft index build --ray`: join $RAY_ADDRESS, else start a local Ray, quietly
+        from raft.commands.index import _init_ray
+
+        _init_ray()
     with OutputGuard(out, "raft build", remove_new_dir=False,
                      kept=f"the teacher cache in {out}/.cache is kept, so a rerun repeats no teacher call"):
         summary = Builder(cfg, out, corpus=corpus, console=console).run()

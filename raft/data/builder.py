@@ -120,10 +120,15 @@ class Builder:
         self.skipped: list[tuple[str, str]] = []  # corpus files the index build could not use
         self.missing_gold: Counter = Counter()  # gold doc ids of the questions file that the corpus lacks
         self.split_groups: Counter = Counter()  # with split.group_by: documents, groups, documents without the key
+        self.ray_stats: dict = {}  # with build.ray: where the answers ran
 
     # -- teacher calls through the cache -------------------------------------------------------------
+    def cache_key(self, kind: str, key_parts: dict) -> str:
+        """The teacher cache's key of one call (see raft/data/cache.py)."""
+        return cache_key(task=kind, teacher=self.teacher.signature(), prompts=TEACHER_PROMPT_HASH, **key_parts)
+
     async def _cached(self, kind: str, key_parts: dict, call) -> Completion:
-        key = cache_key(task=kind, teacher=self.teacher.signature(), prompts=TEACHER_PROMPT_HASH, **key_parts)
+        key = self.cache_key(kind, key_parts)
         hit = self.cache.get(key)
         if hit is not None:
             self.calls["cached"] += 1
@@ -177,17 +182,27 @@ class Builder:
         return items
 
     # -- answers --------------------------------------------------------------------------------------
-    async def answer(self, item: Item, texts: list[str]) -> bool:
+    def answer_parts(self, item: Item, texts: list[str], attempt: int) -> dict:
+        """What determines one answer call besides the teacher (its cache key parts)."""
+        return {"question": item.question, "oracle": texts, "mode": self.cfg.mode, "hint": item.hint,
+                "attempt": attempt}
+
+    def answer_seed(self, item: Item, attempt: int) -> int:
+        """The sampling seed of one answer call: from the build seed, the question's key and the attempt."""
+        return self._seed("a", item.key, attempt)
+
+    async def answer(self, item: Item, texts: list[str], teacher: ChatTeacher | None = None) -> bool:
         """Ask the teacher for a chain-of-thought answer to `item` from the oracle `texts`, retried up to
         max_attempts until its quotes check out; True when kept (item.cot and item.final_answer are set).
-        Needs `self.teacher` and `self.cache` (run() sets both up)."""
+        Needs `self.teacher` and `self.cache` (run() sets both up); `teacher` stands in for self.teacher's
+        calls (not its cache key), e.g. the replay of answers made on Ray (raft/data/distributed.py)."""
+        teacher = teacher or self.teacher
         reason = "no_attempt"
         for attempt in range(self.cfg.max_attempts):
-            parts = {"question": item.question, "oracle": texts, "mode": self.cfg.mode, "hint": item.hint,
-                     "attempt": attempt}
+            parts = self.answer_parts(item, texts, attempt)
             try:
-                c = await self._cached("answer", parts, lambda: self.teacher.answer(
-                    item.question, texts, self.cfg.mode, item.hint, self._seed("a", item.key, attempt)))
+                c = await self._cached("answer", parts, lambda: teacher.answer(
+                    item.question, texts, self.cfg.mode, item.hint, self.answer_seed(item, attempt)))
             except TeacherRequestError as e:
                 reason = f"teacher_{e.reason}"
                 self.attempt_fails[reason] += 1
@@ -286,9 +301,16 @@ class Builder:
 
     async def _gather_answers(self, items: list[Item], by_id, prog) -> list[Item]:
         task = prog.add("answers", len(items))
+        texts_of = {it.key: [by_id[o].text for o in it.oracle_ids] for it in items}
+        teacher = None
+        if self.cfg.ray:  # the calls run on Ray; the loop below replays them through the cache and the checks
+            from raft.data.distributed import answer_on_ray
+
+            # blocking on purpose: nothing else runs in this loop now, and the cache is used from this thread
+            teacher, self.ray_stats = answer_on_ray(self, items, texts_of)
 
         async def one(it: Item):
-            ok = await self.answer(it, [by_id[o].text for o in it.oracle_ids])
+            ok = await self.answer(it, texts_of[it.key], teacher)
             prog.advance(task)
             return ok
 
@@ -387,6 +409,7 @@ class Builder:
             "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped],
             "questions": {"source": "file" if self.cfg.questions_file else "teacher", "count": len(items),
                           **dict(self.q_stats)},
+            **({"ray": self.ray_stats} if self.ray_stats else {}),
             "answers": {"kept": len(kept), "dropped": sum(self.drops.values()),
                         "dropped_by_reason": dict(self.drops), "failed_attempts_by_reason": dict(self.attempt_fails),
                         "quotes_total": total_q, "quotes_verified": self.quotes["verified"],

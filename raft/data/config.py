@@ -149,7 +149,17 @@ class BuildConfig(Config):
     """How the corpus is indexed into OUT/index (the keys of `raft index build`, e.g. index.chunk_size=512);
     typed, so a bad key or value is reported with every other problem of the config."""
     max_attempts: int = Field(3, ge=1, le=10)
-    """Teacher answers per question until one passes the checks (quotes verified, answer tag present)."""
+    """Teacher answers per question until one passes the checks (answer tag present, quotes verified in the
+    oracle, one quote holding the final answer)."""
+    ray: bool = False
+    """Answer the questions through Ray Data (`raft build --ray`): a pool of `ray_actors` actors, each holding
+    a teacher, on the cluster named by $RAY_ADDRESS, else on a local Ray. Questions, splits, mixing and export
+    stay in this process; the teacher cache, the checks and the records are those of a build without Ray."""
+    ray_actors: int = Field(2, ge=1)
+    """Teacher actors in the Ray Data pool with ray=true; each sends up to teacher.concurrency requests at once
+    (with teacher.kind=vllm_offline each actor takes one GPU)."""
+    ray_batch_size: int = Field(64, ge=1)
+    """Questions per Ray Data batch with ray=true (one batch is answered concurrently by one actor)."""
     answer_hint: bool = True
     """With a questions file, tell the teacher the gold answer so it explains rather than guesses."""
     formats: list[Literal["raft", "chat", "completion", "eval"]] = ["raft", "chat", "completion", "eval"]

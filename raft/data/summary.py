@@ -15,6 +15,8 @@ def print_summary(s: dict, console) -> None:
         + (": " + ", ".join(f"{k}={v}" for k, v in sorted(a["dropped_by_reason"].items())) if a["dropped"] else ""),
         f"quotes      {a['quotes_verified']}/{a['quotes_total']} verified"
         + (f" ({rate:.1%})" if rate is not None else ""),
+        *([f"ray         answers by {r['actors']} actor(s) on {r['address']}: {r['questions_sent']} question(s) sent"
+           + ("" if r["questions_sent"] else " (all from the cache)")] if (r := s.get("ray")) else []),
         f"teacher     {calls['made']} calls, {calls['from_cache']} from cache, {calls['retries']} retries; "
         f"tokens {t['prompt']} prompt + {t['completion']} completion",
         f"records     {s['records']} " + " ".join(f"{k}={v}" for k, v in sorted(s["splits"].items()))
