@@ -113,3 +113,29 @@ def test_strategy_is_part_of_the_cache_key_and_needs_a_model():
     assert cot.signature() != step.signature() and step.kind == "openai"
     with pytest.raises(ConfigError, match="kind=extractive has no model"):
         load_config(BuildConfig, None, ["teacher.strategy=stepwise"])
+
+
+QUESTION_LABELS = {"question_not_a_question", "question_bad_length", "question_copies_passage",
+                   "question_vague_pronoun", "question_off_passage", "question_no_usable_sentence"}
+
+
+@pytest.mark.slow
+def test_stepwise_against_a_real_transformers_serve(tiny_engine, tmp_path):
+    """The few-shot conversations (system, example turns, the passage) go through a real `transformers serve`;
+    the random tiny model writes garbage, which the question filter rejects, each rejection counted."""
+    url, model = tiny_engine
+    cfg = _cfg(url, questions_per_chunk=2, max_chunks=3, max_attempts=1,
+               teacher={"kind": "openai", "strategy": "stepwise", "base_url": url, "model": model,
+                        "max_tokens": 24, "concurrency": 2, "timeout_s": 120, "max_retries": 0})
+    try:
+        s = Builder(cfg, tmp_path / "o", index=FakeIndex(make_chunks(6, 1))).run()
+    except EmptyDatasetError as e:
+        s = e.summary
+    calls = s["teacher_calls"]
+    assert calls["failed_requests"] == {} and calls["http_requests"] >= 3 and s["tokens"]["completion"] > 0
+    rejected = {k: v for k, v in calls["filtered"].items() if k.startswith("question_")}
+    assert set(rejected) <= QUESTION_LABELS
+    # every question reply was either kept or rejected with a reason
+    question_calls = calls["http_requests"] - sum(s["answers"]["failed_attempts_by_reason"].values()) \
+        - s["answers"]["kept"]
+    assert sum(rejected.values()) + s["questions"]["count"] == question_calls
