@@ -9,9 +9,10 @@ kept records of the last strategy, to be read by eye. Writes benchmarks/results/
     python benchmarks/teacher_quality.py --seeds 0,1                      # stepwise, 2 x 12 chunks x 2 questions
     python benchmarks/teacher_quality.py --strategies cot,stepwise --chunks 8
 
-On 2 shared CPU cores one generation takes seconds to tens of seconds, so keep the sample small: 12 chunks
-take 20-40 minutes. A build that keeps nothing is reported as such (raft build exits non-zero, its counts
-are still in the summary).
+Keep the sample small: on 2 CPU cores one sample of 12 chunks (about 60 requests) took under 3 minutes at
+load average 2, and most of an hour while other jobs held the cores. Teacher calls are cached per output
+directory, so a rerun repeats only the calls whose replies the checks rejected. A build that keeps nothing is
+reported as such (raft build exits non-zero and writes no summary; its counts are zero here).
 """
 
 from __future__ import annotations
