@@ -40,7 +40,7 @@ class Segment:
         self.store = Store(self.dir / meta["store"])
         self._dense: DenseIndex | None = None
         self._sparse: SparseSegment | None = None
-        self._load = threading.Lock()
+        self._load = threading.RLock()  # re-entrant: loading a partition's dense vectors reads `rows` (sparse)
         self.memo: dict = {}
         self.memo_lock = threading.Lock()
 

@@ -124,9 +124,9 @@ def test_store_refuses_non_finite_metadata_itself(tmp_path):
 
     st = Store(tmp_path / "s.sqlite", create=True)
     with pytest.raises(RetrievalError, match="finite"):
-        st.add_chunks([Chunk("c1", "d1", "text", metadata={"x": float("nan")})], ["h1"])
+        st.add_chunks([Chunk("c1", "d1", "text", metadata={"x": float("nan")})], ["h1"], [0])
     assert st.count() == 0
-    st.add_chunks([Chunk("c2", "d2", "text", metadata={"x": 1.5, "big": 10 ** 30})], ["h2"])
+    st.add_chunks([Chunk("c2", "d2", "text", metadata={"x": 1.5, "big": 10 ** 30})], ["h2"], [1])
     assert len(st.rows_matching(normalize_filter({"x": 1.5}))) == 1 and st.count() == 1
     st.close()
     with pytest.raises(sqlite3.ProgrammingError):

@@ -175,7 +175,8 @@ def test_a_crash_during_a_merge_leaves_the_last_committed_state(index_copy, poin
     assert _manifest(index_copy) == man0
     idx = RetrievalIndex.open(index_copy)  # every checksum verified
     assert (len(idx), sorted(idx.doc_ids()), [h.chunk.chunk_id for h in idx.search(QUESTION, k=5)]) == state
-    assert idx.merge(full=True) == 4  # the merge works after the crash and sweeps what it left
+    # the merge works after the crash (all the committed segments into one) and sweeps what it left
+    assert idx.merge(full=True) == len(man0["segments"]) > 1
     on_disk = {p.name for p in index_copy.iterdir() if p.name.startswith(("store.", "dense.", "sparse.", "tomb."))}
     assert on_disk == set(_manifest(index_copy)["files"])
     assert sorted(idx.doc_ids()) == state[1]

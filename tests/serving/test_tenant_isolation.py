@@ -11,7 +11,6 @@ import httpx
 import pytest
 
 from gateway_helpers import DOCS
-from retrieval.store import Store
 from serving.testing.memory_retriever import InMemoryRetriever
 
 KEYS = {"ka": "acme", "kg": "globex"}
@@ -98,14 +97,16 @@ def test_oversized_queries_do_not_slow_another_tenant(make_gateway, index_retrie
 def test_a_slow_search_of_one_tenant_does_not_hold_up_another(make_gateway, index_retriever, monkeypatch):
     """acme's searches are slow (a 3 s BM25 stands in for a heavy query on a big index); globex's
     searches run beside them instead of queueing behind them."""
-    bm25 = Store.bm25
+    import retrieval.index
 
-    def slow_for_acme(self, query, k, flt, restrict=None):
+    bm25 = retrieval.index.bm25_rows
+
+    def slow_for_acme(snap, queries, k, flt, part=None, check=None):
         if flt.get("tenant") == ["acme"]:
             time.sleep(3.0)
-        return bm25(self, query, k, flt, restrict)
+        return bm25(snap, queries, k, flt, part, check)
 
-    monkeypatch.setattr(Store, "bm25", slow_for_acme)
+    monkeypatch.setattr(retrieval.index, "bm25_rows", slow_for_acme)
     srv, _ = make_gateway(retriever=index_retriever, auth={"keys": KEYS}, retrieval={"timeout_s": 30})
 
     async def attack(c: httpx.AsyncClient) -> None:
