@@ -35,6 +35,7 @@ EXPECTED: list[tuple[str, tuple[str, str]]] = [
     (r"^python benchmarks/", ("skip", "benchmarks take minutes to hours; they are scripts, not tests")),
     (r"^(export|docker) ", ("skip", "the Docker images (docker/): needs a Docker daemon")),
     (r"^transformers serve ", ("skip", "starts a server that runs until stopped")),
+    (r"^python -m serving\.batched ", ("skip", "starts a server that runs until stopped")),
     # need a server, a GPU, a cluster or credentials: run, and they fail as documented
     (r"teacher\.base_url=http://(localhost|127\.0\.0\.1):800[01]/v1", ("error", "is unreachable")),
     (r"judge\.api_key=env:OPENAI_API_KEY", ("error", "the environment variable OPENAI_API_KEY is not set")),
