@@ -5,7 +5,8 @@
 Routes: GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/completions. One model per engine;
 a request may name it by any of its served names or by its path. `stream: true` is accepted and answered as
 one content chunk followed by `[DONE]`: the text is generated in a batch, so there is nothing to send earlier.
-`n` > 1, tools and logprobs are not supported (400), as in a minimal OpenAI server.
+`n` > 1 is a 400; `tools` and `logprobs` are ignored. A request without `temperature` is decoded greedily
+(OpenAI's default is 1.0): answers are then reproducible, which is what evaluation needs.
 """
 
 from __future__ import annotations
