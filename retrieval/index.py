@@ -121,6 +121,15 @@ class RetrievalIndex:
                     except sqlite3.DatabaseError as e:
                         raise RetrievalError(f"index {str(d)!r} is damaged: {d / meta['store']} is not a readable "
                                              f"SQLite store ({e}); {_rebuild_hint(d, man)}") from None
+                    segs.append(seg)
+                    # load its BM25 matrix and vectors now, not at the first search: a merge (here or in another
+                    # process) may sweep a merged-away segment's files while this snapshot still names them
+                    try:
+                        seg.sparse, seg.dense  # noqa: B018
+                    except (RuntimeError, OSError, ValueError) as e:
+                        raise RetrievalError(f"index {str(d)!r}: segment {meta['id']}'s files cannot be read ({e}); "
+                                             f"{_rebuild_hint(d, man)}") from None
+                    continue
                 segs.append(seg)
             dead = np.load(d / man["tombstones"]) if man.get("tombstones") else _EMPTY
         except BaseException:
@@ -317,17 +326,19 @@ class RetrievalIndex:
                 s.store.retire()
         return True
 
-    def refresh(self) -> bool:
+    def refresh(self, force: bool = False) -> bool:
         """Pick up a generation another process (or another index object) committed since this one was
         opened or last refreshed; True when one was installed. Costs one stat of the manifest when nothing
         changed, so a long-lived reader (the gateway, a Ray shard) may call it before every search; opens
-        only segments it has not seen. Never waits for a write of this object."""
+        only segments it has not seen. Never waits for a write of this object. `force` (a caller told that a
+        write was committed, e.g. a Ray shard after its writer returned): read the manifest even when its stat
+        looks unchanged (timestamps are coarse, inodes are reused), and wait for a refresh in progress."""
         try:
             st = (self.path / MANIFEST).stat()
         except OSError:
             return False
         sig = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if sig == self.__dict__.get("_manifest_sig") or not self._refresh_lock.acquire(blocking=False):
+        if (sig == self.__dict__.get("_manifest_sig") and not force) or not self._refresh_lock.acquire(blocking=force):
             return False
         try:
             man = read_manifest(self.path)

@@ -44,7 +44,7 @@ class ShardServer:
 
     def reload(self) -> int:
         """Follow the index's latest generation: only segments this shard has not seen are opened."""
-        self.idx.refresh()
+        self.idx.refresh(force=True)  # called after a committed write: never skip it
         self.generation = self.idx.manifest["generation"]
         return self.generation
 

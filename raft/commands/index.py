@@ -161,7 +161,7 @@ def _add(args) -> int:
 
     t0 = time.time()
     idx = RetrievalIndex.open(args.index)
-    # a write copies the store and the dense index into the next generation
+    # a write adds a small segment, but the merge it may start rewrites up to the whole index
     check_writable(args.index, "index", need_bytes=sum(f["bytes"] for f in idx.manifest["files"].values()))
     docs, skipped = [], []
     c = idx.config
@@ -179,8 +179,10 @@ def _add(args) -> int:
     replaced = [d.doc_id for d in docs if d.doc_id in present]
     with OutputGuard(args.index, "raft index add", remove_new_dir=False, tidy=lambda: _sweep_unfinished(args.index)):
         ids = idx.add_documents(docs)
+        total = len(idx)
+        idx.close()  # waits for a merge the write started: a process that exits mid-merge wastes it
     con.print(f"added {len(docs)} document(s) ({len(docs) - len(replaced)} new, {len(replaced)} replaced) as "
-              f"{len(ids)} chunk(s) to {args.index} in {time.time() - t0:.1f}s; index now holds {len(idx)} chunks")
+              f"{len(ids)} chunk(s) to {args.index} in {time.time() - t0:.1f}s; index now holds {total} chunks")
     return 0
 
 
@@ -200,8 +202,10 @@ def _delete(args) -> int:
                              "to the corpus root, or a JSONL record's id)")
     check_writable(args.index, "index", need_bytes=sum(f["bytes"] for f in idx.manifest["files"].values()))
     n = idx.delete_documents(args.ids)
+    remain = len(idx)
+    idx.close()  # waits for a merge the delete started (see _add)
     _console().print(f"deleted {n} chunk(s) of {len(set(args.ids))} document id(s) from {args.index}; "
-                     f"{len(idx)} chunks remain")
+                     f"{remain} chunks remain")
     return 0
 
 

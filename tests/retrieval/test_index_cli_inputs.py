@@ -22,8 +22,8 @@ def _overwrite_middle(path, n=64):
 @pytest.mark.parametrize("part", ["store", "faiss"])
 @pytest.mark.parametrize("verb", [["stats"], ["search", "{idx}", "largest island"]])
 def test_corruption_at_the_same_size_is_a_one_line_error(index_copy, capsys, part, verb):
-    man = read_manifest(index_copy)
-    name = man["store"] if part == "store" else man["faiss"]["files"][0]
+    seg = read_manifest(index_copy)["segments"][0]
+    name = seg["store"] if part == "store" else seg["dense"][0]
     _overwrite_middle(index_copy / name)
     args = ["index", verb[0], str(index_copy)] + verb[2:]
     assert main(args) == 2
@@ -36,8 +36,7 @@ def test_damage_found_without_checksums_is_named_too(index_copy):
     """verify=False (Ray shards, reloads): the store and FAISS files are still opened inside a clean error."""
     from retrieval.errors import RetrievalError
 
-    man = read_manifest(index_copy)
-    store = index_copy / man["store"]
+    store = index_copy / read_manifest(index_copy)["segments"][0]["store"]
     store.write_bytes(b"\x00" * store.stat().st_size)  # same size, not a database any more
     with pytest.raises(RetrievalError, match=r"is not a readable SQLite store.*rebuild it"):
         RetrievalIndex.open(index_copy, verify=False)

@@ -88,7 +88,7 @@ def test_a_damaged_index_is_named_before_the_engine_starts(tmp_path, small_real_
 
     idx = tmp_path / "idx"
     shutil.copytree(small_real_index, idx)
-    store = idx / read_manifest(idx)["store"]
+    store = idx / read_manifest(idx)["segments"][0]["store"]
     data = bytearray(store.read_bytes())
     data[len(data) // 2] ^= 0xFF
     store.write_bytes(bytes(data))
