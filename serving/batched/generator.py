@@ -27,10 +27,12 @@ class GenRequest:
     seed: Optional[int] = None
 
     def sampling_key(self) -> tuple:
-        """Requests that may share one generate() call: greedy with greedy, sampled with the same settings."""
+        """Requests that may share one generate() call: chat with chat and raw prompts with raw prompts (they are
+        tokenized differently), greedy with greedy, sampled with the same settings."""
+        kind = "chat" if self.messages is not None else "text"
         if self.temperature <= 0:
-            return ("greedy",)
-        return ("sample", round(self.temperature, 4), round(self.top_p, 4), self.seed)
+            return (kind, "greedy")
+        return (kind, "sample", round(self.temperature, 4), round(self.top_p, 4), self.seed)
 
 
 @dataclass

@@ -92,13 +92,14 @@ def test_different_sampling_settings_are_not_mixed():
 
     async def main():
         reqs = [GenRequest(prompt="a", temperature=t) for t in (0.0, 0.7, 0.0, 0.7, 0.0)]
+        reqs.append(GenRequest(messages=[{"role": "user", "content": "a"}]))  # chat: tokenized apart
         return await asyncio.gather(*[batcher.submit(r) for r in reqs])
 
     try:
-        assert len(asyncio.run(main())) == 5
+        assert len(asyncio.run(main())) == 6
     finally:
         batcher.close()
-    assert all(len(keys) == 1 for keys in seen) and len(seen) == 2
+    assert all(len(keys) == 1 for keys in seen) and len(seen) == 3
 
 
 def test_a_failing_batch_fails_its_requests_not_the_engine():
