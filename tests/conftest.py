@@ -74,30 +74,18 @@ def ray_local():
 def tiny_engine(tiny_model_dir, tmp_path_factory):
     """A real `transformers serve` running the tiny model on 127.0.0.1, shared by the tests that need an
     OpenAI-compatible engine. Yields (base_url ending in /v1, model name)."""
-    import subprocess
     import sys
 
-    from raft.netutil import NotHealthyError, free_port, wait_healthy
+    from engine_proc import running_engine
+
+    from raft.netutil import free_port
 
     port = free_port()
     log = tmp_path_factory.mktemp("tiny_engine") / "serve.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    with log.open("w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "transformers.cli.transformers", "serve", str(tiny_model_dir),
-                                 "--port", str(port), "--host", "127.0.0.1", "--device", "cpu"],
-                                stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=str(log.parent))
-    try:
-        try:
-            wait_healthy(f"http://127.0.0.1:{port}/health", timeout=180, proc=proc, interval=0.5)
-        except NotHealthyError as e:
-            pytest.fail(f"transformers serve: {e}\n{log.read_text()[-2000:]}")
-        yield f"http://127.0.0.1:{port}/v1", str(tiny_model_dir)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    argv = [sys.executable, "-m", "transformers.cli.transformers", "serve", str(tiny_model_dir), "--port", str(port),
+            "--host", "127.0.0.1", "--device", "cpu"]
+    with running_engine(argv, port, log, "transformers serve") as url:
+        yield f"{url}/v1", str(tiny_model_dir)
 
 
 @pytest.fixture(scope="session")

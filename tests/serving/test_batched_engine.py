@@ -5,8 +5,6 @@ and `raft eval` use (checked with the openai client against the real server proc
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import sys
 import threading
 import time
@@ -126,24 +124,16 @@ def test_max_batch_must_be_positive():
 
 @pytest.fixture(scope="module")
 def batched_server(tiny_model_dir, tmp_path_factory):
-    from raft.netutil import NotHealthyError, free_port, wait_healthy
+    from engine_proc import running_engine
+
+    from raft.netutil import free_port
 
     port = free_port()
     log = tmp_path_factory.mktemp("batched") / "engine.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    with log.open("w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "serving.batched", str(tiny_model_dir), "--port", str(port),
-                                 "--served-model-name", "tiny", "--max-batch", "4", "--batch-wait-ms", "50"],
-                                stdout=fh, stderr=subprocess.STDOUT, env=env)
-    try:
-        try:
-            wait_healthy(f"http://127.0.0.1:{port}/health", timeout=120, proc=proc, interval=0.3)
-        except NotHealthyError as e:
-            pytest.fail(f"batched engine: {e}\n{log.read_text()[-2000:]}")
-        yield f"http://127.0.0.1:{port}", str(tiny_model_dir)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    argv = [sys.executable, "-m", "serving.batched", str(tiny_model_dir), "--port", str(port),
+            "--served-model-name", "tiny", "--max-batch", "4", "--batch-wait-ms", "50"]
+    with running_engine(argv, port, log, "batched engine", timeout=120, interval=0.3) as url:
+        yield url, str(tiny_model_dir)
 
 
 def test_openai_client_chat_completion_and_models(batched_server):
