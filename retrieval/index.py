@@ -20,10 +20,10 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -47,6 +47,8 @@ from retrieval.types import Chunk, Document, Hit
 
 MODES = ("hybrid", "dense", "bm25")
 _EMPTY = np.zeros(0, dtype="int64")
+_OPEN_RETRIES = 10  # generations committed while one open()/refresh() runs; more means writers outpace any reader
+T = TypeVar("T")
 
 
 class RetrievalIndex:
@@ -94,18 +96,18 @@ class RetrievalIndex:
         `partition=(n, i)`: hold only the vectors of rows with row % n == i (a Ray shard actor)."""
         d = Path(index_dir)
         man = read_manifest(d)
-        if embedder is not None and canonical_name(embedder) != man["embedder"]["name"]:
-            raise RetrievalError(
-                f"index {str(d)!r} was built with embedder {man['embedder']['name']!r} "
-                f"(dim {man['embedder']['dim']}), not {embedder!r}: its vectors are meaningless to that model. "
-                f"Query with {man['embedder']['name']!r} or rebuild the index with the new embedder")
-        _check_files(d, man, verify)
-        cfg = IndexConfig(**man["config"])
-        if device is not None:
-            cfg = cfg.model_copy(update={"device": device})
-        idx = cls(d, Snapshot(man, (), _EMPTY), cfg, partition=partition, mmap=mmap)
-        idx._snap = idx._load(man, {})
-        return idx
+        check_embedder(d, man, embedder)
+
+        def attempt(man: dict) -> "RetrievalIndex":
+            _check_files(d, man, verify)
+            cfg = IndexConfig(**man["config"])
+            if device is not None:
+                cfg = cfg.model_copy(update={"device": device})
+            idx = cls(d, Snapshot(man, (), _EMPTY), cfg, partition=partition, mmap=mmap)
+            idx._snap = idx._load(man, {})
+            return idx
+
+        return _follow_commits(d, man, attempt)
 
     def _load(self, man: dict, have: dict[int, Segment]) -> Snapshot:
         """The snapshot a manifest names, reusing segments already open (`have`, by id)."""
@@ -291,10 +293,7 @@ class RetrievalIndex:
             with gate.hold():
                 parts.append(self.embedder.encode(piece))
         v = np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else self.embedder.encode([])
-        if v.shape[1] != self.dim:
-            raise RetrievalError(f"embedder {self.embedder_name!r} now yields dimension {v.shape[1]} but the index "
-                                 f"at {str(self.path)!r} holds dimension {self.dim}; rebuild the index")
-        return v
+        return check_dim(v, self.embedder_name, self.dim, self.path)
 
     # ---- snapshots ----------------------------------------------------------------------------
     def _current(self) -> Snapshot:
@@ -332,7 +331,9 @@ class RetrievalIndex:
         changed, so a long-lived reader (the gateway, a Ray shard) may call it before every search; opens
         only segments it has not seen. Never waits for a write of this object. `force` (a caller told that a
         write was committed, e.g. a Ray shard after its writer returned): read the manifest even when its stat
-        looks unchanged (timestamps are coarse, inodes are reused), and wait for a refresh in progress."""
+        looks unchanged (timestamps are coarse, inodes are reused), wait for a refresh in progress, and raise
+        what keeps the new generation from opening instead of staying on the old one.
+        Both follow a generation committed while the refresh runs (see _follow_commits)."""
         try:
             st = (self.path / MANIFEST).stat()
         except OSError:
@@ -341,12 +342,14 @@ class RetrievalIndex:
         if (sig == self.__dict__.get("_manifest_sig") and not force) or not self._refresh_lock.acquire(blocking=force):
             return False
         try:
-            man = read_manifest(self.path)
             cur = self._current()
-            if int(man.get("generation", 0)) <= cur.number:
+            have = {s.id: s for s in cur.segments}
+            snap = _follow_commits(self.path, read_manifest(self.path),
+                                   lambda man: self._load(man, have) if int(man.get("generation", 0)) > cur.number
+                                   else None)
+            if snap is None:
                 self._manifest_sig = sig
                 return False
-            snap = self._load(man, {s.id: s for s in cur.segments})
             if not self._install(snap):
                 for s in snap.segments:
                     if s not in cur.segments:
@@ -354,8 +357,10 @@ class RetrievalIndex:
                 return False
             self._manifest_sig = sig
             return True
-        except (RetrievalError, OSError):  # a manifest being replaced right now: the next call looks again
-            return False
+        except (RetrievalError, OSError):
+            if force:  # the caller was told a write is committed: staying on the old generation would hide it
+                raise
+            return False  # a manifest being replaced right now: the next call looks again
         finally:
             self._refresh_lock.release()
 
@@ -609,6 +614,38 @@ class RetrievalIndex:
 
 
 # ---- helpers ----------------------------------------------------------------------------------
+def check_embedder(d: str | Path, man: dict, embedder: str | None) -> None:
+    """The model a caller means to query with (None: the index's own) is the one the index was built with."""
+    if embedder is not None and canonical_name(embedder) != man["embedder"]["name"]:
+        raise RetrievalError(
+            f"index {str(d)!r} was built with embedder {man['embedder']['name']!r} "
+            f"(dim {man['embedder']['dim']}), not {embedder!r}: its vectors are meaningless to that model. "
+            f"Query with {man['embedder']['name']!r} or rebuild the index with the new embedder")
+
+
+def check_dim(v: np.ndarray, embedder_name: str, dim: int, d: str | Path) -> np.ndarray:
+    """`v`, once its width is the index's dimension (a model replaced under the same name is caught here)."""
+    if v.shape[1] != dim:
+        raise RetrievalError(f"embedder {embedder_name!r} now yields dimension {v.shape[1]} but the index "
+                             f"at {str(d)!r} holds dimension {dim}; rebuild the index")
+    return v
+
+
+def _follow_commits(d: Path, man: dict, attempt: Callable[[dict], T]) -> T:
+    """`attempt(man)`, again on the newer manifest when it fails because a writer (another process, or a
+    background merge) committed and swept the files of the generation just read before they were open: as
+    Lucene does. A failure while the manifest stays the same is real damage, and is raised."""
+    for _ in range(_OPEN_RETRIES - 1):
+        try:
+            return attempt(man)
+        except (RetrievalError, OSError):
+            newer = read_manifest(d)
+            if newer.get("generation") == man.get("generation"):
+                raise
+            man = newer
+    return attempt(man)
+
+
 def _check_files(d: Path, man: dict, verify: bool) -> None:
     """Every file the manifest names is there with its size (and, with `verify`, its checksum)."""
     rebuild = _rebuild_hint(d, man)

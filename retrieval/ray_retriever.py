@@ -95,19 +95,29 @@ def _limit_threads() -> int:
 
 
 class EmbedServer:
+    """Query embeddings with an index's embedder (wrapped as a Ray actor by RayRetriever). It reads the
+    manifest only (model, settings, dimension), never the segments: an embedder actor holds the model and
+    none of the index (at 1M chunks, 1.5 GB of vectors and the BM25 matrices per actor otherwise)."""
+
     def __init__(self, index_dir: str, embedder: str | None = None, backend: str = "auto"):
         threads = _limit_threads()
-        from retrieval.index import RetrievalIndex, read_manifest
+        from retrieval.config import IndexConfig
+        from retrieval.embedders import shared_embedder
+        from retrieval.index import check_embedder, read_manifest
 
         man = read_manifest(index_dir)
-        self.idx = RetrievalIndex.open(index_dir, embedder=embedder, verify=False)
-        self.dim = man["embedder"]["dim"]
+        check_embedder(index_dir, man, embedder)
+        cfg = IndexConfig(**man["config"])
+        self.index_dir, self.dim = index_dir, int(man["embedder"]["dim"])
+        self.embedder = shared_embedder(cfg.embedder, cfg.device, cfg.batch_size, cfg.max_seq_length)
         # ONNX Runtime where the model allows it: the same vectors, 2-3x faster per query on CPU
-        self._backend = self.idx.embedder.use_backend(backend, threads)
-        self.idx.embed(["warm up"])  # load the model now, not on the first user query
+        self._backend = self.embedder.use_backend(backend, threads)
+        self.embed(["warm up"])  # load the model now, not on the first user query
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        return self.idx.embed(texts)
+        from retrieval.index import check_dim
+
+        return check_dim(self.embedder.encode(list(texts)), self.embedder.name, self.dim, self.index_dir)
 
     def backend(self) -> str:
         return self._backend

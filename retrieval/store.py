@@ -5,6 +5,11 @@ the index's segments). A segment's store is written once and then only read; BM2
 Each thread reads through its own connection, so one thread's long query never makes another thread's
 search wait (SQLite serves many readers of one file at once). A thread may bound its queries with
 `deadline()`.
+
+A committed segment's store is opened read-only, and one connection is opened at once, while the file is surely
+there: a merge (in this process or another) may delete the file while a snapshot still searches the segment,
+and a thread that has no connection yet then reads through that first one (it keeps the deleted file open, as
+Lucene's readers do), where connecting by path would create an empty database in the file's place.
 """
 
 from __future__ import annotations
@@ -109,9 +114,16 @@ class Store:
         self._closed = False
         self._pins = 0  # searches reading this store now (see pin/retire)
         self._retired = False
+        self._create = create
+        self._first: sqlite3.Connection | None = None
         if create:
             self.con.executescript(SCHEMA)
             self.con.commit()
+        else:
+            try:
+                self._first = self.con
+            except sqlite3.OperationalError as e:  # swept by a merge since the manifest was read, or never there
+                raise RetrievalError(f"segment store {str(self.path)!r} cannot be opened ({e})") from None
 
     @property
     def con(self) -> sqlite3.Connection:
@@ -121,10 +133,25 @@ class Store:
             with self.lock:
                 if self._closed:
                     raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
-                con = sqlite3.connect(str(self.path), check_same_thread=False)
-                con.set_progress_handler(_past_deadline, _PROGRESS_STEPS)
-                self._cons.append(con)
+                try:
+                    con = self._connect()
+                except sqlite3.OperationalError:
+                    if self._first is None:
+                        raise
+                    # the file is gone (a merge swept it): the first connection still reads it. SQLite serialises
+                    # the threads that share it, and only a retired segment's last searches get here
+                    con = self._first
+                else:
+                    self._cons.append(con)
             self._local.con = con
+        return con
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._create:
+            con = sqlite3.connect(str(self.path), check_same_thread=False)
+        else:  # read-only, and never creates a file
+            con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+        con.set_progress_handler(_past_deadline, _PROGRESS_STEPS)
         return con
 
     def close(self) -> None:

@@ -188,3 +188,110 @@ def test_a_merged_away_segment_stays_readable_until_its_last_reader_ends_then_cl
     held = _open_store_files(index_copy.resolve())
     assert set(held) == current, held  # no merged-away segment held open
     idx.close()
+
+
+def test_a_thread_new_to_a_swept_segment_reads_it_through_the_open_connection(index_copy):
+    """A gateway's search thread that never read a segment meets it in a snapshot after a merge deleted its
+    files: it reads the rows (connecting by path would have created an empty database there: "no such
+    table: chunks"), and no file reappears where the merge deleted one."""
+    idx = RetrievalIndex.open(index_copy)
+    with idx.reading() as snap:
+        store = snap.segments[0].store
+        idx.add_documents([Document("late", "A late document about islands.")])
+        idx.merge(full=True)
+        assert not store.path.exists()
+        rows = snap.segments[0].rows[:3]
+        got: list = []
+        reader = threading.Thread(target=lambda: got.append(snap.get_rows(rows)))
+        reader.start()
+        reader.join(60)
+        assert len(got) == 1 and len(got[0]) == 3
+        assert not store.path.exists()
+    idx.close()
+
+
+def test_open_follows_a_commit_that_swept_the_generation_it_read(index_copy, monkeypatch):
+    """A background merge (or another process) commits and sweeps the files of the generation an open()
+    just read: the open reads the newer manifest and succeeds, instead of failing on a missing file."""
+    import retrieval.index as index_mod
+
+    writer = RetrievalIndex.open(index_copy)
+    writer.add_documents([Document("ferry", "The night ferry leaves at ten.", "Ferry")])
+    writer.wait_for_merges()
+    read = writer.manifest
+    assert len(read["segments"]) == 2
+    real_check, calls = index_mod._check_files, []
+
+    def check_after_a_commit(d, man, verify):
+        calls.append(man["generation"])
+        if len(calls) == 1:  # between reading the manifest and opening its files, a full merge lands
+            assert writer.merge(full=True) == 2
+            assert not any((index_copy / s["sparse"]).exists() for s in man["segments"])
+        real_check(d, man, verify)
+
+    monkeypatch.setattr(index_mod, "_check_files", check_after_a_commit)
+    idx = RetrievalIndex.open(index_copy)
+    assert calls == [read["generation"], read["generation"] + 1]
+    assert idx.manifest["generation"] == read["generation"] + 1 and len(idx.manifest["segments"]) == 1
+    assert "ferry" in idx.doc_ids() and len(idx) == len(writer)
+    assert idx.search(QUESTION, k=2)
+    idx.close()
+    writer.close()
+
+
+def test_open_reports_a_missing_file_when_no_writer_moved_on(index_copy):
+    idx = RetrievalIndex.open(index_copy)
+    idx.add_documents([Document("ferry", "The night ferry leaves at ten.", "Ferry")])
+    idx.close()
+    sparse = idx.manifest["segments"][-1]["sparse"]
+    (index_copy / sparse).unlink()
+    with pytest.raises(RetrievalError, match=f"{sparse} named by the manifest is missing"):
+        RetrievalIndex.open(index_copy)
+
+
+
+def test_refresh_follows_a_commit_that_swept_the_generation_it_read(index_copy, monkeypatch):
+    """A Ray shard refreshes after a delete while its writer's background merge commits and sweeps the
+    delete's tombstones and a segment: the refresh opens the merged generation instead of staying,
+    silently, on the generation before the delete, where the deleted document is still found."""
+    reader = RetrievalIndex.open(index_copy)
+    writer = RetrievalIndex.open(index_copy)
+    writer.add_documents([Document("ferry", "The night ferry leaves at ten.", "Ferry")])
+    writer.wait_for_merges()
+    gone = writer.doc_ids()[0]  # a document of the big segment: its tombstones leave the merge policy idle
+    assert writer.delete_documents([gone]) > 0
+    writer.wait_for_merges()
+    read = writer.manifest
+    assert len(read["segments"]) == 2 and read["tombstones"]
+    real_load, loaded = reader._load, []
+
+    def load_after_a_commit(man, have):
+        loaded.append(man["generation"])
+        if len(loaded) == 1:  # between reading the manifest and opening its files, a full merge lands
+            assert writer.merge(full=True) == 2
+            assert not (index_copy / read["tombstones"]).exists()
+        return real_load(man, have)
+
+    monkeypatch.setattr(reader, "_load", load_after_a_commit)
+    assert reader.refresh(force=True) is True
+    assert loaded == [read["generation"], read["generation"] + 1]
+    assert reader.manifest["generation"] == writer.manifest["generation"]
+    assert reader.chunks_for_doc(gone) == [] and reader.chunks_for_doc("ferry") and len(reader) == len(writer)
+    reader.close()
+    writer.close()
+
+
+def test_a_forced_refresh_reports_a_generation_it_cannot_open(index_copy):
+    """Damage (a file missing while no writer moves on) leaves a plain refresh() on the old generation, to
+    look again at the next call; a forced one, whose caller was told a write landed, raises it."""
+    reader = RetrievalIndex.open(index_copy)
+    writer = RetrievalIndex.open(index_copy)
+    writer.add_documents([Document("ferry", "The night ferry leaves at ten.", "Ferry")])
+    writer.close()
+    before = reader.manifest["generation"]
+    (index_copy / writer.manifest["segments"][-1]["sparse"]).unlink()
+    assert reader.refresh() is False and reader.manifest["generation"] == before
+    with pytest.raises((RetrievalError, OSError)):
+        reader.refresh(force=True)
+    assert reader.manifest["generation"] == before and reader.search(QUESTION, k=1)
+    reader.close()

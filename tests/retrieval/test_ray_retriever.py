@@ -1,7 +1,9 @@
 import asyncio
 
+import numpy as np
 import pytest
 
+from retrieval.errors import RetrievalError
 from retrieval.index import RetrievalIndex
 from retrieval.types import Document
 
@@ -68,6 +70,31 @@ def test_ray_data_build_matches_local_vectors(ray_local, tmp_path, tenant_docs, 
     b = local.search_vectors(q, k=3, filter={"doc_id": [d.doc_id for d in tenant_docs[:3]]})[0]
     assert [h.chunk.chunk_id for h in a] == [h.chunk.chunk_id for h in b]
     assert [round(h.score, 4) for h in a] == [round(h.score, 4) for h in b]
+
+
+def test_an_embedder_actor_holds_the_model_and_none_of_the_index(built_index):
+    """EmbedServer reads the manifest only: no store opened, no vectors loaded (at 1M chunks each embedder
+    actor would otherwise hold its own copy of the index), and its vectors are the index's."""
+    import os
+
+    from retrieval.ray_retriever import EmbedServer
+
+    def open_index_files() -> set[str]:
+        here = set()
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                here.add(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:
+                pass
+        return {f for f in here if f.startswith(str(built_index.resolve()) + "/")}
+
+    before = open_index_files()
+    e = EmbedServer(str(built_index), None, "torch")
+    assert open_index_files() == before and not hasattr(e, "idx")
+    local = RetrievalIndex.open(built_index)
+    assert np.allclose(e.embed(QUERIES), local.embed(QUERIES), atol=1e-5)
+    with pytest.raises(RetrievalError, match="was built with embedder"):
+        EmbedServer(str(built_index), "some-other-model", "torch")
 
 
 def test_a_shard_stops_at_its_time_budget(built_index):
