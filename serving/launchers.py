@@ -52,7 +52,7 @@ def transformers_command(cfg: ServeConfig) -> list[str]:
 def batched_command(cfg: ServeConfig) -> list[str]:
     e = cfg.engine
     return [sys.executable, "-m", "serving.batched", e.model, "--host", e.host, "--port", str(e.port),
-            "--device", e.device, "--max-batch", str(e.max_batch_size), *e.extra_args]
+            "--device", e.device, "--max-batch", str(e.max_batch_size), "--exit-with-parent", *e.extra_args]
 
 
 def engine_command(cfg: ServeConfig) -> Optional[list[str]]:

@@ -49,11 +49,12 @@ class ChatMessage(_Open):
     name: Optional[str] = None
 
 
-# OpenAI fields forwarded to the engine as they are (anything else unknown is logged and dropped).
+# OpenAI fields forwarded to the engine as they are, and `quote_guard` (raft's batched engine; vLLM ignores
+# it); anything else unknown is logged and dropped.
 SAMPLING_FIELDS = (
     "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "n", "seed", "presence_penalty",
     "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "user", "response_format",
-    "stream_options", "echo", "suffix", "best_of", "tools", "tool_choice", "parallel_tool_calls",
+    "stream_options", "echo", "suffix", "best_of", "tools", "tool_choice", "parallel_tool_calls", "quote_guard",
 )
 
 

@@ -7,6 +7,9 @@ a request may name it by any of its served names or by its path. `stream: true` 
 one content chunk followed by `[DONE]`: the text is generated in a batch, so there is nothing to send earlier.
 `n` > 1 is a 400; `tools` and `logprobs` are ignored. A request without `temperature` is decoded greedily
 (OpenAI's default is 1.0): answers are then reproducible, which is what evaluation needs.
+
+`--quote-guard` keeps every ##begin_quote## span of an answer inside the documents of its prompt
+(serving/batched/quote_guard.py); a request's extension field `quote_guard` (true or false) overrides it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import argparse
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -43,7 +48,7 @@ def _same_path(a: str, b: str) -> bool:
         return False
 
 
-def create_app(gen: BatchGenerator, batcher: MicroBatcher, names: list[str]) -> FastAPI:
+def create_app(gen: BatchGenerator, batcher: MicroBatcher, names: list[str], quote_guard: bool = False) -> FastAPI:
     app = FastAPI(title="raft batched engine")
     served = names or [gen.path]
 
@@ -75,6 +80,9 @@ def create_app(gen: BatchGenerator, batcher: MicroBatcher, names: list[str]) -> 
     def unsupported(req) -> Optional[JSONResponse]:
         if (req.n or 1) > 1:
             return _error(400, f"n={req.n}: this engine returns one choice per request; send n requests")
+        guard = (req.model_extra or {}).get("quote_guard")
+        if guard is not None and not isinstance(guard, bool):
+            return _error(400, f"quote_guard: {guard!r} is not a boolean; send true or false")
         return None
 
     async def run(req, gen_req: GenRequest, kind: str):
@@ -84,7 +92,11 @@ def create_app(gen: BatchGenerator, batcher: MicroBatcher, names: list[str]) -> 
             return _error(400, f"prompt plus max_tokens ({gen_req.max_tokens}) exceeds the model's context of "
                                f"{gen.max_len} tokens; shorten the prompt or lower max_tokens")
         t0 = time.time()
-        result = await batcher.submit(gen_req)
+        try:
+            result = await batcher.submit(gen_req)
+        except Exception as e:  # the batch this request was in failed: say why, and log it for the operator
+            log.error("generation failed for a batch", exc_info=e)
+            return _error(500, f"generation failed: {type(e).__name__}: {e}", "internal_error")
         body = _response(kind, req.model, result, int(t0))
         if not req.stream:
             return body
@@ -94,7 +106,7 @@ def create_app(gen: BatchGenerator, batcher: MicroBatcher, names: list[str]) -> 
     async def chat(req: ChatCompletionRequest):
         messages = [m.model_dump(exclude_none=True) for m in req.messages]
         max_tokens = req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_TOKENS
-        return await run(req, _gen_request(req, max_tokens, messages=messages), "chat")
+        return await run(req, _gen_request(req, max_tokens, quote_guard, messages=messages), "chat")
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest):
@@ -104,15 +116,17 @@ def create_app(gen: BatchGenerator, batcher: MicroBatcher, names: list[str]) -> 
             prompt = req.prompt[0]
         else:
             prompt = req.prompt
-        return await run(req, _gen_request(req, req.max_tokens or 16, prompt=prompt), "text")
+        return await run(req, _gen_request(req, req.max_tokens or 16, quote_guard, prompt=prompt), "text")
 
     return app
 
 
-def _gen_request(req, max_tokens: int, **what) -> GenRequest:
+def _gen_request(req, max_tokens: int, quote_guard: bool, **what) -> GenRequest:
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    guard = (req.model_extra or {}).get("quote_guard")
     return GenRequest(max_tokens=max_tokens, temperature=req.temperature or 0.0,
-                      top_p=1.0 if req.top_p is None else req.top_p, stop=stop, seed=req.seed, **what)
+                      top_p=1.0 if req.top_p is None else req.top_p, stop=stop, seed=req.seed,
+                      quote_guard=quote_guard if guard is None else bool(guard), **what)
 
 
 def _response(kind: str, model: str, r: GenResult, created: int) -> dict[str, Any]:
@@ -162,7 +176,32 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--served-model-name", action="append", default=[],
                    help="a name clients may use for the model (repeatable; default: the model argument)")
+    p.add_argument("--quote-guard", action="store_true",
+                   help="keep the quotes of answers inside the documents of their prompts (a request's "
+                   "`quote_guard` field overrides this default)")
+    p.add_argument("--exit-with-parent", action="store_true",
+                   help="shut down when the process that started this engine dies (raft serve and the "
+                   "quickstart pass it: a killed gateway must not leave a model in memory)")
     return p.parse_args(argv)
+
+
+def exit_with_parent(poll_s: float = 1.0, grace_s: float = 15.0) -> threading.Thread:
+    """Watch the parent: when it dies, this process is re-parented (its parent pid changes), and the engine
+    stops as on Ctrl-C (SIGINT: uvicorn drains and exits), then for good after `grace_s`. Polling, unlike
+    PR_SET_PDEATHSIG, does not fire when merely the thread that started the engine ends."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        log.warning("parent process %d is gone: shutting down", parent)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(grace_s)
+        os._exit(1)
+
+    t = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    t.start()
+    return t
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -173,13 +212,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
     if args.max_batch < 1:
         raise SystemExit(f"--max-batch must be at least 1, got {args.max_batch}")
+    if args.exit_with_parent:
+        exit_with_parent()  # from the start: a parent killed while the model loads leaves nothing either
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     path = resolve_model(args.model, log=log.info)
     gen = BatchGenerator(path, device=args.device, dtype=args.dtype, threads=args.threads)
     log.info("warm-up generation took %.1f s", warm_up(gen))
     batcher = MicroBatcher(gen.generate, max_batch=args.max_batch, max_wait_s=args.batch_wait_ms / 1000)
     names = args.served_model_name or [args.model]
-    app = create_app(gen, batcher, names + [n for n in (str(path),) if n not in names])
+    app = create_app(gen, batcher, names + [n for n in (str(path),) if n not in names], quote_guard=args.quote_guard)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=os.environ.get("RAFT_ENGINE_LOG", "warning"))
     finally:

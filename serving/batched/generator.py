@@ -8,6 +8,7 @@ engine exists: plain `model.generate` over a left-padded batch.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ class GenRequest:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: Optional[int] = None
+    quote_guard: bool = False
+    """Keep the quotes of the answer inside the prompt's documents (serving/batched/quote_guard.py)."""
 
     def sampling_key(self) -> tuple:
         """Requests that may share one generate() call: chat with chat and raw prompts with raw prompts (they are
@@ -65,6 +68,11 @@ class BatchGenerator:
         self.tokenizer.padding_side = "left"  # generation continues from the right edge of every row
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        # A fast tokenizer keeps its padding settings as state that every call rewrites, so two threads sharing
+        # one can pad a batch to ragged rows or raise "Already borrowed". `tokenizer` belongs to the thread that
+        # generates; the server's event loop counts prompt tokens with its own copy, one caller at a time.
+        self._counter = AutoTokenizer.from_pretrained(self.path)
+        self._counter_lock = threading.Lock()
         torch_dtype = {"auto": "auto", "fp32": torch.float32, "bf16": torch.bfloat16,
                        "fp16": torch.float16}[dtype]
         if device == "cpu" and dtype == "auto":
@@ -77,14 +85,16 @@ class BatchGenerator:
         if self.tokenizer.eos_token_id is not None:
             self.eos_ids.add(self.tokenizer.eos_token_id)
 
-    def render(self, req: GenRequest) -> str:
+    def render(self, req: GenRequest, tokenizer=None) -> str:
         if req.messages is not None:
             msgs = [{"role": m.get("role", "user"), "content": _content(m)} for m in req.messages]
-            return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            return (tokenizer or self.tokenizer).apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         return req.prompt or ""
 
     def count_prompt_tokens(self, req: GenRequest) -> int:
-        return len(self.tokenizer(self.render(req), add_special_tokens=req.messages is None)["input_ids"])
+        with self._counter_lock:
+            text = self.render(req, self._counter)
+            return len(self._counter(text, add_special_tokens=req.messages is None)["input_ids"])
 
     def generate(self, batch: Sequence[GenRequest]) -> list[GenResult]:
         """Complete every request of `batch` (all with the same `sampling_key`) in one `generate` call."""
@@ -106,6 +116,14 @@ class BatchGenerator:
                 torch.manual_seed(first.seed)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if any(r.quote_guard for r in batch):
+            from transformers import LogitsProcessorList
+
+            from serving.batched.quote_guard import QuoteGuard
+
+            guard = QuoteGuard(self.tokenizer, [t if r.quote_guard else None for r, t in zip(batch, texts)],
+                               enc["input_ids"].shape[1])
+            kwargs["logits_processor"] = LogitsProcessorList([guard])
         with torch.inference_mode():
             out = self.model.generate(**enc, **kwargs)
         new = out[:, enc["input_ids"].shape[1]:].tolist()

@@ -5,9 +5,11 @@ and `raft eval` use (checked with the openai client against the real server proc
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -54,6 +56,31 @@ def test_chat_messages_use_the_chat_template(gen):
     rendered = gen.render(req)
     assert "Where is Portivel?" in rendered and rendered != "Where is Portivel?"
     assert gen.generate([req])[0].prompt_tokens == gen.count_prompt_tokens(req)
+
+
+def test_counting_prompt_tokens_while_a_batch_is_tokenized(gen):
+    """The server's event loop counts prompt tokens while the worker thread pads a batch: a shared fast
+    tokenizer's padding state would make ragged rows ("Unable to create tensor") or "Already borrowed"."""
+    stop, errors = threading.Event(), []
+    long = GenRequest(prompt="Marenta harbour " * 1500)
+
+    def count():
+        while not stop.is_set():
+            try:
+                assert gen.count_prompt_tokens(long) > 1500
+            except Exception as e:  # collected: a thread's exception would otherwise vanish
+                errors.append(f"count: {type(e).__name__}: {e}")
+                return
+
+    t = threading.Thread(target=count)
+    t.start()
+    try:
+        for _ in range(150):
+            gen.generate([GenRequest(prompt=p, max_tokens=1) for p in PROMPTS])
+    finally:
+        stop.set()
+        t.join(60)
+    assert errors == []
 
 
 def test_concurrent_requests_share_batches():
@@ -176,6 +203,12 @@ def test_errors_say_what_to_do(batched_server):
     assert r.status_code == 400 and "send n requests" in r.json()["error"]["message"]
     r = httpx.post(url + "/v1/chat/completions", json={"model": "tiny", "messages": []})
     assert r.status_code == 400 and "messages" in r.json()["error"]["message"]
+    r = httpx.post(url + "/v1/chat/completions", json={"model": "tiny", "quote_guard": "yes",
+                                                       "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 400 and "quote_guard: 'yes' is not a boolean" in r.json()["error"]["message"]
+    r = httpx.post(url + "/v1/chat/completions", json={"model": "tiny", "quote_guard": True, "max_tokens": 3,
+                                                       "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 200
 
 
 def test_concurrent_http_requests_are_batched(batched_server):
@@ -184,11 +217,14 @@ def test_concurrent_http_requests_are_batched(batched_server):
     url, _ = batched_server
     before = httpx.get(url + "/health").json()
     results: list[int] = []
+    errors: list[str] = []
 
     def ask(i: int) -> None:
         r = httpx.post(url + "/v1/completions", json={"model": "tiny", "prompt": PROMPTS[i % 4], "max_tokens": 8},
                        timeout=60)
         results.append(r.status_code)
+        if r.status_code != 200:
+            errors.append(r.text)
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
     for t in threads:
@@ -196,6 +232,73 @@ def test_concurrent_http_requests_are_batched(batched_server):
     for t in threads:
         t.join()
     after = httpx.get(url + "/health").json()
-    assert results == [200] * 8
+    assert results == [200] * 8, errors
     assert after["requests"] - before["requests"] == 8
     assert after["batches"] - before["batches"] < 8  # at least two requests shared a forward pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return not Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc to see the engine's state")
+def test_exit_with_parent_stops_an_engine_whose_parent_was_killed(tiny_model_dir, tmp_path):
+    """`raft serve` starts the engine with --exit-with-parent: a gateway killed with SIGKILL (no cleanup runs)
+    must not leave the model in memory. Without the flag the orphan keeps serving (checked too)."""
+    import signal
+    import subprocess
+
+    from raft.netutil import free_port, wait_healthy
+
+    def orphan(flag: list[str]) -> int:
+        port = free_port()
+        parent = subprocess.Popen([sys.executable, "-c", (
+            "import subprocess, sys, time\n"
+            f"p = subprocess.Popen({[sys.executable, '-m', 'serving.batched', str(tiny_model_dir), '--port', str(port), *flag]!r},"
+            " stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)\n"
+            "print(p.pid, flush=True)\ntime.sleep(600)")], stdout=subprocess.PIPE, text=True)
+        engine = int(parent.stdout.readline())
+        wait_healthy(f"http://127.0.0.1:{port}/health", timeout=120, interval=0.3)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        return engine
+
+    watched, unwatched = orphan(["--exit-with-parent"]), orphan([])
+    try:
+        deadline = time.monotonic() + 30
+        while _alive(watched) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(watched), "the engine outlived its parent by 30 s"
+        assert _alive(unwatched)  # the flag, not the parent's death alone, stopped it
+    finally:
+        for pid in (watched, unwatched):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_a_failed_batch_answers_500_with_the_reason(gen):
+    """A batch that raises fails its own requests with the error's text (and the engine goes on serving)."""
+    from starlette.testclient import TestClient
+
+    from serving.batched.app import create_app
+
+    def generate(batch):
+        if any(r.prompt == "boom" for r in batch):
+            raise RuntimeError("Already borrowed")
+        return gen.generate(batch)
+
+    batcher = MicroBatcher(generate, max_batch=1, max_wait_s=0.0)
+    try:
+        with TestClient(create_app(gen, batcher, ["tiny"])) as client:
+            r = client.post("/v1/completions", json={"model": "tiny", "prompt": "boom", "max_tokens": 2})
+            assert r.status_code == 500
+            assert r.json()["error"]["message"] == "generation failed: RuntimeError: Already borrowed"
+            r = client.post("/v1/completions", json={"model": "tiny", "prompt": PROMPTS[0], "max_tokens": 2})
+            assert r.status_code == 200 and r.json()["choices"][0]["text"]
+    finally:
+        batcher.close()

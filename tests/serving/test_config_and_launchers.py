@@ -82,7 +82,8 @@ def test_batched_engine_command():
                                                  "max_batch_size": 16, "extra_args": ["--threads", "2"]},
                                       "retrieval": {"backend": "none"}})
     assert engine_command(cfg) == [sys.executable, "-m", "serving.batched", "/m/merged", "--host", "127.0.0.1",
-                                   "--port", "8003", "--device", "cpu", "--max-batch", "16", "--threads", "2"]
+                                   "--port", "8003", "--device", "cpu", "--max-batch", "16", "--exit-with-parent",
+                                   "--threads", "2"]
     with pytest.raises(ValueError, match="engine.model is required when engine.kind is 'batched'"):
         ServeConfig.model_validate({"engine": {"kind": "batched"}, "retrieval": {"backend": "none"}})
 

@@ -78,10 +78,12 @@ def test_retrieval_extension_field_controls_retrieval(make_gateway, fake_engine,
     assert [x["doc_id"] for x in r.model_extra["citations"]] == ["geo"]
     with caplog.at_level(logging.INFO, logger="raft.serve"):
         c.chat.completions.create(model="raft", messages=[{"role": "user", "content": "x"}],
-                                  extra_body={"frobnicate": 1, "seed": 3, "retrieval": {"bogus": 1}})
+                                  extra_body={"frobnicate": 1, "seed": 3, "quote_guard": False,
+                                              "retrieval": {"bogus": 1}})
     assert "frobnicate" in caplog.text and "retrieval.bogus" in caplog.text
     body = last_engine_body(fake_engine)
     assert "frobnicate" not in body and body["seed"] == 3  # known OpenAI field forwarded, unknown dropped
+    assert body["quote_guard"] is False  # and the batched engine's extension
     with pytest.raises(openai.BadRequestError):  # the extension itself is validated
         c.chat.completions.create(model="raft", messages=[{"role": "user", "content": "x"}],
                                   extra_body={"retrieval": {"top_k": 0}})
