@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 from pathlib import Path
 
 from raft.commands.common import add_config_arguments, load_command_config
@@ -12,7 +14,8 @@ HELP = "evaluate systems behind OpenAI-compatible endpoints: recall@k, EM/F1, qu
 EXAMPLE = """raft eval --config configs/eval_quickstart.yaml
 raft eval --data out/dataset/eval/test.jsonl --base-url http://127.0.0.1:8000/v1 --model raft --retrieval gateway
 raft eval --data questions.jsonl --base-url http://127.0.0.1:8001/v1 --model base --retrieval local --index idx
-raft eval -c configs/eval_quickstart.yaml sweep.distractors=[0,2,4,8] out=runs/eval_sweep"""
+raft eval -c configs/eval_quickstart.yaml sweep.distractors=[0,2,4,8] out=runs/eval_sweep
+raft eval -c configs/eval_quickstart.yaml sweep.distractors=[0,2,4,8] out=runs/eval_sweep --resume  # after a stop"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,6 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--index", metavar="DIR", help="local retrieval index (for --retrieval local)")
     g.add_argument("--limit", type=int, metavar="N", help="evaluate the first N questions only")
     g.add_argument("--out", metavar="DIR", help="report directory (sets eval.out)")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the answers an interrupted run left in OUT/predictions.partial.jsonl, or a "
+                   "finished run in OUT/predictions.jsonl (same systems, questions and generation settings; failed "
+                   "requests are asked again): adding a system or a sweep point asks only what is new")
 
 
 def _shortcut_overrides(args: argparse.Namespace) -> list[str]:
@@ -55,8 +62,8 @@ class PredictionStream:
     """Each scored answer appended to OUT/predictions.partial.jsonl as it comes back (the file is created
     with the first one), so a run that fails later, or is interrupted, keeps every answer it paid for."""
 
-    def __init__(self, path: Path):
-        self.path, self._f = path, None
+    def __init__(self, path: Path, append: bool = False):
+        self.path, self._f, self.mode = path, None, "a" if append else "w"
         self.failed: OSError | None = None  # a safety copy that cannot be written must not stop the run
 
     def write(self, row: dict) -> None:
@@ -65,7 +72,15 @@ class PredictionStream:
         try:
             if self._f is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._f = self.path.open("w", encoding="utf-8")
+                if self.mode == "a" and self.path.is_file() and self.path.stat().st_size:
+                    with self.path.open("rb") as f:
+                        f.seek(-1, os.SEEK_END)
+                        cut = f.read(1) != b"\n"  # a line cut short by the interruption stays on its own line
+                else:
+                    cut = False
+                self._f = self.path.open(self.mode, encoding="utf-8")
+                if cut:
+                    self._f.write("\n")
             self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
             self._f.flush()
         except OSError as e:
@@ -137,7 +152,22 @@ def run(args: argparse.Namespace) -> int:
     # a packaged model name or a .gguf file becomes the converted directory that `transformers serve` loads
     cfg.systems = [s.model_copy(update={"model": resolve_model(s.model, log=console.print, absolute=False)})
                    for s in cfg.systems]
-    stream = PredictionStream(Path(cfg.out) / "predictions.partial.jsonl")
+    partial = Path(cfg.out) / "predictions.partial.jsonl"
+    done: dict = {}
+    if args.resume:
+        from raft.eval.resume import load_done
+
+        finished = Path(cfg.out) / "predictions.jsonl"
+        if not partial.is_file() and finished.is_file():  # a finished run: its answers seed the new one
+            shutil.copyfile(finished, partial)
+        done, not_reused = load_done(partial, cfg)
+        console.print(f"resuming: {len(done)} answer(s) reused from {partial}"
+                      + (f", {not_reused} asked again (failed, or from other settings)" if not_reused else "")
+                      if partial.is_file() else f"--resume: no {partial}; every question is asked")
+    elif partial.is_file():
+        console.print(f"[yellow]{partial} (an interrupted run's answers) is replaced; pass --resume to reuse "
+                      "them[/]")
+    stream = PredictionStream(partial, append=bool(args.resume))
     console.print(f"[bold]raft eval[/]: {len(items)} questions from {cfg.data}; systems: "
                   + ", ".join(f"{s.name} ({s.retrieval})" for s in cfg.systems))
     with Progress(TextColumn("{task.description:<32}"), BarColumn(), MofNCompleteColumn(),
@@ -150,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
         def on_progress(label, n):
             progress.advance(tasks[label], n)
 
-        result = asyncio.run(evaluate(cfg, items, on_progress=on_progress, on_start=on_start, on_row=stream.write))
+        result = asyncio.run(evaluate(cfg, items, on_progress=on_progress, on_start=on_start, on_row=stream.write,
+                                      done=done))
     try:
         files = write_report(result, cfg.out, config=cfg.model_dump(mode="json"), data=cfg.data,
                              k_values=cfg.k_values)
@@ -163,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
     for line in best_lines(result.get("best") or {}):
         console.print(line, highlight=False)
     errors = sum(r["errors"] for r in result["runs"])
-    console.print(f"{len(result['runs'])} run(s), {len(result['predictions'])} answers, {errors} failed "
+    reused = f" ({result['reused_answers']} reused)" if result.get("reused_answers") else ""
+    console.print(f"{len(result['runs'])} run(s), {len(result['predictions'])} answers{reused}, {errors} failed "
                   f"request(s), {time.perf_counter() - start:.1f} s; report: {files['markdown']}")
     return 1 if result["predictions"] and errors == len(result["predictions"]) else 0

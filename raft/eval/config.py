@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -76,6 +76,19 @@ class SystemConfig(Config):
     price: PriceConfig | None = None
     """This system's token prices, replacing eval.price for it, e.g. {prompt_per_million: 0.15,
     completion_per_million: 0.6} for a hosted API (null = eval.price)."""
+    extra_body: dict[str, Any] | None = None
+    """Extra fields sent in every request body of this system, as the OpenAI client's `extra_body`: e.g.
+    {quote_guard: false} for raft's batched engine (through the gateway too), {top_k: 20} for vLLM. The
+    fields eval sets itself (model, messages, max_tokens, temperature, retrieval, stream) are refused."""
+
+    @field_validator("extra_body")
+    @classmethod
+    def _not_ours(cls, v):
+        taken = sorted(set(v or {}) & {"model", "messages", "max_tokens", "temperature", "retrieval", "stream"})
+        if taken:
+            raise ValueError(f"extra_body sets {', '.join(taken)}, which raft eval sets itself; use the system's "
+                             "retrieval/top_k settings and eval.max_tokens / eval.temperature instead")
+        return v
 
     @field_validator("retrieval", mode="before")
     @classmethod
@@ -95,7 +108,8 @@ class SweepConfig(Config):
     """Top-k values to sweep for every system with gateway/local retrieval (empty = no top-k sweep)."""
     distractors: list[int] = Field(default_factory=list)
     """Numbers of distractors shown next to the oracle, for records with known oracle and distractors
-    (empty = no distractor sweep). Missing distractors are drawn from other records' documents."""
+    (empty = no distractor sweep). Missing distractors are drawn from other records' documents. Points run
+    in the order given: put first the one that matters most, so a stopped run has it."""
     systems: list[str] = Field(default_factory=list)
     """Names of the systems to sweep (empty = all systems)."""
     only: bool = False
@@ -107,7 +121,7 @@ class SweepConfig(Config):
     def _non_negative(cls, v: list[int]) -> list[int]:
         if any(x < 0 for x in v):
             raise ValueError(f"values must be >= 0, got {v}")
-        return sorted(set(v))
+        return list(dict.fromkeys(v))  # run in the order given (the report shows them sorted), once each
 
 
 class JudgeConfig(Config):

@@ -141,8 +141,9 @@ def markdown(result: dict[str, Any], k_values: list[int], data: str) -> str:
                   [("system", "system"), ("retrieval", "retrieval"), ("model", "model")], cols)
     for sweep, title, what in (("top_k", "Robustness: top-k", "top-k"),
                                ("distractors", "Robustness: distractors shown with the oracle", "distractors")):
-        rows = [r for r in runs if r["sweep"] == sweep]
-        if rows:
+        order = {name: i for i, name in enumerate(dict.fromkeys(r["system"] for r in runs))}
+        rows = sorted((r for r in runs if r["sweep"] == sweep), key=lambda r: (order[r["system"]], r["value"]))
+        if rows:  # each system's points in ascending order, whatever order they ran in
             out += ["", f"## {title}", ""]
             out += _table(rows, [("system", "system"), ("value", what)], cols)
             out += ["", f"![{sweep}](sweep_{sweep}.png)"]

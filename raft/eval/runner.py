@@ -18,6 +18,7 @@ from raft.eval.judge import judge_score
 from raft.eval.metrics import (citation_scores, exact_match, looks_like_api, mean, percentile, quote_validity,
                                quoted_doc_ids, recall_at_k, reciprocal_rank, token_f1)
 from raft.eval.report import best_per_metric
+from raft.eval.resume import RowKey, answer_fingerprint
 from raft.prompt import ANSWER_TAG, build_messages, extract_answer
 
 
@@ -65,8 +66,12 @@ class Evaluator:
     """Holds endpoints, the optional local index and the judge for one `raft eval` invocation."""
 
     def __init__(self, cfg: EvalConfig, items: list[EvalItem], on_progress: Callable[[str, int], None] | None = None,
-                 on_row: Callable[[dict[str, Any]], None] | None = None):
+                 on_row: Callable[[dict[str, Any]], None] | None = None,
+                 done: dict[RowKey, dict[str, Any]] | None = None):
         self.cfg, self.items = cfg, items
+        self.done = done or {}  # rows of an interrupted run that `--resume` reuses instead of asking again
+        self.reused = 0
+        self.fingerprints = {s.name: answer_fingerprint(cfg, s) for s in cfg.systems}
         self.on_progress = on_progress or (lambda label, n: None)
         self.on_row = on_row or (lambda row: None)
         self.style = cfg.answer_style
@@ -132,6 +137,11 @@ class Evaluator:
     # -- one question -------------------------------------------------------------------------------
     async def score(self, spec: RunSpec, item: EvalItem, docs: list[dict] | None) -> dict[str, Any]:
         s, cfg = spec.system, self.cfg
+        old = self.done.get((s.name, spec.sweep, spec.value, str(item.id)))
+        if old is not None:  # already in the partial file: not written again, its cost at today's price
+            self.reused += 1
+            self.on_progress(spec.label, 1)
+            return {**old, "cost": s.price_of(cfg.price).cost(old.get("prompt_tokens"), old.get("completion_tokens"))}
         top_k = spec.value if spec.sweep == "top_k" else s.top_k
         extra = None
         if spec.sweep == "distractors" or s.retrieval in ("local", "record"):
@@ -145,6 +155,8 @@ class Evaluator:
                                    **({"rerank": True} if s.rerank else {})}}
         else:  # closed book: same prompt, no documents
             messages = build_messages(item.question, [])
+        if s.extra_body:
+            extra = {**s.extra_body, **(extra or {})}
         reply = await self.endpoints[s.name].chat(messages, max_tokens=cfg.max_tokens,
                                                   temperature=cfg.temperature, extra_body=extra)
         retrieved_docs = docs or []
@@ -154,6 +166,7 @@ class Evaluator:
         answer = extract_answer(reply.text)
         row: dict[str, Any] = {
             "system": s.name, "sweep": spec.sweep, "value": spec.value, "id": item.id,
+            "fingerprint": self.fingerprints[s.name],
             "question": item.question, "answers": item.answers, "prediction": answer, "raw": reply.text,
             "error": reply.error, "latency_s": round(reply.latency_s, 4),
             # as the endpoint reported them in `usage` (None when it did not), and what they cost at the
@@ -299,16 +312,18 @@ def _reuses_main(spec: RunSpec) -> bool:
 async def evaluate(cfg: EvalConfig, items: list[EvalItem],
                    on_progress: Callable[[str, int], None] | None = None,
                    on_start: Callable[[RunSpec, int], None] | None = None,
-                   on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                   on_row: Callable[[dict[str, Any]], None] | None = None,
+                   done: dict[RowKey, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Check endpoints, run every planned run, and return {"runs": [...], "predictions": [...], ...}.
     `on_row` gets each scored answer as it comes back (`raft eval` writes it out at once, so a failure
-    later loses none of them).
+    later loses none of them). `done` maps (system, sweep, value, question id) to rows an interrupted run
+    already scored (`raft eval --resume`): those questions are not asked again.
 
     Runs against different endpoints (the base model's engine, the gateway) go on at the same time; runs
     against one endpoint take turns, in plan order, so that its main run comes before its sweeps."""
     if not cfg.systems:
         raise RaftError("no systems to evaluate: list them under eval.systems, or pass --base-url and --model")
-    ev = Evaluator(cfg, items, on_progress, on_row)
+    ev = Evaluator(cfg, items, on_progress, on_row, done)
     start = time.perf_counter()
     try:
         listed = await ev.check_endpoints()
@@ -347,6 +362,6 @@ async def evaluate(cfg: EvalConfig, items: list[EvalItem],
     finally:
         await ev.close()
     return {"runs": runs, "best": best_per_metric(runs), "predictions": predictions, "answer_style": ev.style,
-            "n_items": len(items),
+            "n_items": len(items), "reused_answers": ev.reused,
             "models_listed": listed, "elapsed_s": round(time.perf_counter() - start, 2),
             "distractor_sweep_skipped": bool(cfg.sweep.distractors) and not have_oracles}

@@ -176,6 +176,26 @@ def test_endpoints_run_side_by_side_and_a_repeated_sweep_point_is_not_asked_agai
     assert overlap > 0.1
 
 
+def test_a_systems_extra_body_reaches_its_requests_only(tmp_path, server, dataset):
+    """`extra_body` (e.g. the batched engine's quote_guard) is sent with each request of its system, beside the
+    retrieval extension eval sets; fields eval sets itself are refused with what to use instead."""
+    cfg = {"eval": {"data": str(dataset / "eval" / "test.jsonl"), "out": str(tmp_path / "report"), "systems": [
+        {"name": "guarded", "base_url": server.base_url, "model": "reader", "retrieval": "gateway", "top_k": 3},
+        {"name": "free", "base_url": server.base_url, "model": "first-doc", "retrieval": "gateway", "top_k": 3,
+         "extra_body": {"quote_guard": False, "top_k": 20}}]}}
+    import yaml
+
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["eval", "--config", str(tmp_path / "eval.yaml")]) == 0
+    free = [r for r in server.requests if r["model"] == "first-doc"]
+    assert len(free) == 6 and all(r["quote_guard"] is False and r["top_k"] == 20 for r in free)
+    assert all(r["retrieval"]["enabled"] and r["retrieval"]["top_k"] == 3 for r in free)
+    assert not any("quote_guard" in r for r in server.requests if r["model"] == "reader")
+    with pytest.raises(ConfigError, match="extra_body sets max_tokens, retrieval, which raft eval sets itself"):
+        load_config(EvalConfig, None, ['systems=[{"name": "a", "model": "m", '
+                                       '"extra_body": {"retrieval": {}, "max_tokens": 9}}]'])
+
+
 def test_sweep_only_skips_the_main_runs(tmp_path, server, dataset):
     cfg_path = write_config(tmp_path, server, dataset, sweep={"distractors": [0, 2], "only": True})
     assert main(["eval", "--config", str(cfg_path)]) == 0
@@ -186,6 +206,20 @@ def test_sweep_only_skips_the_main_runs(tmp_path, server, dataset):
     assert "Robustness: distractors" in (tmp_path / "report" / "report.md").read_text()
     with pytest.raises(ConfigError, match="sweep.only=true runs only the sweeps"):
         load_config(EvalConfig, None, ["sweep.only=true"])
+
+
+def test_sweep_points_run_in_the_order_given_and_the_report_sorts_them(tmp_path, server, dataset):
+    """The point that matters most can go first (a stopped run then has it); the report reads in order."""
+    cfg_path = write_config(tmp_path, server, dataset, sweep={"distractors": [2, 0, 2], "only": True})
+    assert main(["eval", "--config", str(cfg_path)]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert [r["value"] for r in report["runs"] if r["system"] == report["runs"][0]["system"]] == [2, 0]
+    answers = [json.loads(x) for x in (tmp_path / "report" / "predictions.jsonl").read_text().splitlines()]
+    assert [a["value"] for a in answers[:6]] == [2] * 6  # asked first
+    md = (tmp_path / "report" / "report.md").read_text().split("Robustness: distractors")[1]
+    first = report["runs"][0]["system"]
+    rows = [ln for ln in md.splitlines() if ln.startswith(f"| {first} |")]
+    assert [ln.split("|")[2].strip() for ln in rows] == ["0", "2"]
 
 
 def test_convenience_flags_and_questions_file(tmp_path, server, capsys):
