@@ -279,6 +279,7 @@ class VLLMOfflineTeacher(ChatTeacher):
 
 _SENT_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])|\n+")
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'\-]*")
+_NUMBER = re.compile(r"[A-Za-z0-9'\-]*\d(?:[.,]?[A-Za-z0-9'\-])*")  # "9,000", "1.5", "3rd": whole, not "9"
 
 
 def sentences(text: str) -> list[str]:
@@ -293,10 +294,10 @@ def sentences(text: str) -> list[str]:
 
 def _blank_target(sentence: str) -> str | None:
     """The span a cloze question asks for: a number, else a capitalised word after the first, else the last word."""
+    num = _NUMBER.search(sentence)
+    if num:
+        return num.group()
     words = _WORD.findall(sentence)
-    nums = [w for w in words if any(ch.isdigit() for ch in w)]
-    if nums:
-        return nums[0]
     caps = [w for w in words[1:] if w[0].isupper() and len(w) > 2]
     if caps:
         return caps[0]
@@ -320,7 +321,7 @@ class ExtractiveTeacher(ChatTeacher):
         self.name = "extractive"
 
     def signature(self) -> dict[str, Any]:
-        return {"kind": self.kind, "version": 2}
+        return {"kind": self.kind, "version": 3}
 
     async def questions(self, chunk_text: str, n: int, mode: str, seed: int | None = None) -> Completion:
         lines = []

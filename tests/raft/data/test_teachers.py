@@ -139,6 +139,17 @@ def test_extractive_teacher_makes_verifiable_answers():
     assert "Portivel" in extract_quotes(hinted)[0] and hinted.rstrip().endswith("Portivel")
 
 
+@pytest.mark.parametrize(("sentence", "answer"), [("Portivel has 9,000 residents and two ports.", "9,000"),
+                                                  ("The Lune bridge is 1.5 km long and old.", "1.5"),
+                                                  ("The 3rd assembly of Veloria met there.", "3rd")])
+def test_extractive_teacher_blanks_a_whole_number(sentence, answer):
+    """A number with a separator or a suffix is one blank and one answer ("9,000", not "9" and ",000")."""
+    t = ExtractiveTeacher()
+    q = _run(t.questions(sentence, 1, "general")).text
+    assert q == "Fill in the blank: " + sentence.replace(answer, "_____", 1)
+    assert _run(t.answer(q, [sentence], "general")).text.rstrip().endswith(f"<ANSWER>: {answer}")
+
+
 def test_vllm_offline_batcher_serves_requests_that_arrive_mid_batch():
     """A request queued while a batch is generating must be answered (it once waited forever)."""
     import asyncio
