@@ -171,7 +171,7 @@ class Pipeline:
                 # the base model for the base and base+RAG systems, on the same batched engine raft serve uses
                 base = self.background("base-engine", [
                     sys.executable, "-m", "serving.batched", self.base_model_name, "--host", "127.0.0.1",
-                    "--port", str(self.base_port), "--device", "cpu", *self.engine_args])
+                    "--port", str(self.base_port), "--device", "cpu", "--exit-with-parent", *self.engine_args])
             self.wait_healthy("gateway", f"http://127.0.0.1:{self.gateway_port}/health", gw)
             if base is not None:
                 self.wait_healthy("base-engine", f"http://127.0.0.1:{self.base_port}/health", base)
@@ -254,6 +254,11 @@ def conclusion(report: dict) -> list[str]:
              f"model with the same retrieval answered {pct(raft['em'])} exactly (F1 {raft['f1'] or 0:.2f}), "
              f"tagged {pct(raft['answer_tag_rate'])} of its answers and quoted its evidence verbatim in "
              f"{pct(raft['quote_validity'])} of its quotes."]
+    free = _run(report, "RAFT+RAG unguarded")
+    if free:
+        lines.append(f"The engine's quote guard keeps quotes inside the retrieved passages; without it the RAFT model "
+                     f"alone quoted verbatim in {pct(free['quote_validity'])} of its quotes and answered "
+                     f"{pct(free['em'])} exactly (F1 {free['f1'] or 0:.2f}).")
     sweep = [r for r in report.get("runs", []) if r.get("system") == "RAFT+RAG" and r.get("sweep") == "top_k"]
     if sweep:
         lines.append("RAFT+RAG by number of retrieved passages: " + ", ".join(

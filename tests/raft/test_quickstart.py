@@ -51,13 +51,15 @@ def test_conclusion_says_what_the_table_shows():
     report = {"n_items": 40, "runs": [
         run("base", 0.0, 0.05, 0.0), run("base+RAG", 0.025, 0.21, 0.0), run("RAFT+RAG", 0.6, 0.72, 1.0, 0.9),
         run("RAFT+RAG top_k=5", 0.55, 0.7, 1.0, sweep="top_k", value=5),
-        run("RAFT+RAG top_k=1", 0.5, 0.6, 0.95, sweep="top_k", value=1)]}
+        run("RAFT+RAG top_k=1", 0.5, 0.6, 0.95, sweep="top_k", value=1),
+        run("RAFT+RAG unguarded", 0.58, 0.7, 1.0, 0.7)]}
     text = " ".join(conclusion(report))
     assert "On 40 held-out questions" in text
     assert "closed book, the base model answered 0% exactly (F1 0.05)" in text
     assert "answered 2% exactly (F1 0.21)" in text and "tag in 0% of its replies" in text
     assert "answered 60% exactly (F1 0.72)" in text and "verbatim in 90% of its quotes" in text
     assert "top-1 EM 0.50, top-5 EM 0.55" in text
+    assert "without it the RAFT model alone quoted verbatim in 70% of its quotes and answered 58% exactly" in text
     assert conclusion({"runs": []}) == []  # no eval (--no-eval): nothing to conclude
 
 
