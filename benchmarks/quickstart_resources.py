@@ -2,7 +2,7 @@
 
 Runs `raft quickstart` in a fresh output directory and samples, every `--interval` seconds, the resident
 memory (RSS) of every process it starts: the `raft` verbs, the Ray head and its workers, the serving
-gateway and both `transformers serve` engines. Reports the peak of the sum over all of them, the peak per
+gateway and both batched engines (the base model's and the RAFT model's). Reports the peak of the sum over all of them, the peak per
 step, each step's seconds (from the quickstart's own summary) and the load average before and after, so
 that a figure taken on a busy host can be told apart. Targets (the quickstart's promise): at most 12 minutes
 after the install on 2 idle cores, under 8 GB RSS in all. Writes benchmarks/results/quickstart_resources.{json,png}.

@@ -69,7 +69,8 @@ def create_app(gen: BatchGenerator, batcher: MicroBatcher, names: list[str], quo
         s = batcher.stats
         return {"status": "ok", "model": served[0], "requests": s.requests, "batches": s.batches,
                 "mean_batch": round(s.mean_batch, 2), "generated_tokens": s.generated_tokens,
-                "busy_s": round(s.busy_s, 2)}
+                "busy_s": round(s.busy_s, 2),
+                "threads": gen.threads.threads if getattr(gen, "threads", None) is not None else None}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -173,7 +174,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, default=8, help="most requests generated together")
     p.add_argument("--batch-wait-ms", type=float, default=20.0,
                    help="how long the first request of a batch waits for others to join")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=_threads, default=None,
+                   help="torch CPU threads, or 'auto': per batch, as many as the cores the last batch found free "
+                   "(two engines sharing a host then take one each while both are busy; default: torch's choice)")
     p.add_argument("--served-model-name", action="append", default=[],
                    help="a name clients may use for the model (repeatable; default: the model argument)")
     p.add_argument("--quote-guard", action="store_true",
@@ -183,6 +186,18 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="shut down when the process that started this engine dies (raft serve and the "
                    "quickstart pass it: a killed gateway must not leave a model in memory)")
     return p.parse_args(argv)
+
+
+def _threads(v: str) -> int | str:
+    if v == "auto":
+        return v
+    try:
+        n = int(v)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{v!r} is neither a positive number of threads nor 'auto'")
+    return n
 
 
 def exit_with_parent(poll_s: float = 1.0, grace_s: float = 15.0) -> threading.Thread:

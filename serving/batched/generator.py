@@ -57,12 +57,19 @@ class BatchGenerator:
     """A causal LM and its tokenizer, loaded once; `generate` completes a batch of requests in one call."""
 
     def __init__(self, model_path: str | Path, device: str = "cpu", dtype: str = "auto",
-                 threads: Optional[int] = None):
+                 threads: int | str | None = None):
+        """`threads`: torch CPU threads, "auto" (per batch, from the cores the last batch found free:
+        serving/batched/threads.py), or None (torch's choice)."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if threads:
-            torch.set_num_threads(threads)
+        self.threads = None
+        if threads == "auto":
+            from serving.batched.threads import AdaptiveThreads
+
+            self.threads = AdaptiveThreads()
+        elif threads:
+            torch.set_num_threads(int(threads))
         self.path = str(model_path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         self.tokenizer.padding_side = "left"  # generation continues from the right edge of every row
@@ -124,8 +131,14 @@ class BatchGenerator:
             guard = QuoteGuard(self.tokenizer, [t if r.quote_guard else None for r, t in zip(batch, texts)],
                                enc["input_ids"].shape[1])
             kwargs["logits_processor"] = LogitsProcessorList([guard])
-        with torch.inference_mode():
-            out = self.model.generate(**enc, **kwargs)
+        if self.threads is not None:
+            self.threads.before()
+        try:
+            with torch.inference_mode():
+                out = self.model.generate(**enc, **kwargs)
+        finally:
+            if self.threads is not None:
+                self.threads.after()
         new = out[:, enc["input_ids"].shape[1]:].tolist()
         return [self._finish(req, ids, n_prompt) for req, ids, n_prompt in zip(batch, new, prompt_lens)]
 

@@ -1,0 +1,94 @@
+"""`--threads auto`: the thread count a batched engine takes for its next batch from what its last batch
+got (its own CPU time and the host's idle time, in cores), and its wiring into the engine."""
+
+from __future__ import annotations
+
+import pytest
+
+from serving.batched.threads import AdaptiveThreads, host_idle_s, next_threads
+
+
+@pytest.fixture(autouse=True)
+def torch_threads():
+    """These tests set torch's thread count: the rest of the suite gets its own back."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("current, own, idle, want", [
+    (1, 1.0, 0.0, 1),    # another engine holds the other core: stay at one
+    (1, 1.0, 1.0, 2),    # the other core is idle: take it
+    (1, 1.0, 0.5, 1),    # half a core free is not worth a thread that waits at every barrier
+    (2, 1.95, 0.0, 2),   # alone with two threads: keep them
+    (2, 1.33, 0.0, 1),   # two threads getting 1.3 cores: someone else runs, drop to one
+    (2, 1.0, 0.0, 1),    # two engines with two threads each get one core each: both drop to one
+    (1, 1.0, 7.0, 4),    # never above the limit
+    (1, 0.1, 0.0, 1),    # never below one
+])
+def test_next_threads(current, own, idle, want):
+    assert next_threads(current, own, idle, limit=4) == want
+
+
+class Host:
+    """Wall, host-idle and process-CPU seconds that a test advances (the decision logic runs as it is)."""
+
+    def __init__(self):
+        self.t, self.idle, self.cpu = 0.0, 100.0, 10.0
+
+    def batch(self, wall: float, idle_cores: float, own_cores: float) -> None:
+        self.t, self.idle, self.cpu = self.t + wall, self.idle + idle_cores * wall, self.cpu + own_cores * wall
+
+    def threads(self, **kw) -> AdaptiveThreads:
+        return AdaptiveThreads(limit=2, idle_s=lambda: self.idle, cpu_s=lambda: self.cpu, now=lambda: self.t, **kw)
+
+
+def test_adaptive_threads_follow_what_each_batch_got():
+    import torch
+
+    host = Host()
+    t = host.threads()
+    assert t.before() == 1 and torch.get_num_threads() == 1  # the first batch takes one thread
+    host.batch(1.0, idle_cores=1.0, own_cores=1.0)  # ... and the other core stayed idle
+    assert t.after() == 2
+    assert t.before() == 2 and torch.get_num_threads() == 2
+    host.batch(1.0, idle_cores=0.0, own_cores=1.3)  # another engine started: two threads got 1.3 cores
+    assert t.after() == 1
+    t.before()
+    host.batch(0.1, idle_cores=2.0, own_cores=0.0)  # too short to tell: unchanged
+    assert t.after() == 1
+
+
+def test_without_proc_stat_the_count_stays():
+    host = Host()
+    t = AdaptiveThreads(limit=2, start=2, idle_s=lambda: None, cpu_s=lambda: host.cpu, now=lambda: host.t)
+    t.before()
+    host.batch(1.0, idle_cores=1.0, own_cores=0.5)
+    assert t.after() == 2
+
+
+def test_host_idle_is_read_from_proc_stat():
+    v = host_idle_s()
+    assert v is None or v > 0
+
+
+def test_threads_flag_takes_a_count_or_auto():
+    from serving.batched.app import parse_args
+
+    assert parse_args(["m", "--threads", "auto"]).threads == "auto"
+    assert parse_args(["m", "--threads", "2"]).threads == 2
+    for bad in ("0", "two"):
+        with pytest.raises(SystemExit):
+            parse_args(["m", "--threads", bad])
+
+
+def test_engine_generates_with_auto_threads(tiny_model_dir):
+    from serving.batched.generator import BatchGenerator, GenRequest
+
+    gen = BatchGenerator(tiny_model_dir, threads="auto")
+    out = gen.generate([GenRequest(prompt="The capital of Veloria is", max_tokens=4)])
+    assert out[0].completion_tokens > 0
+    assert 1 <= gen.threads.threads <= gen.threads.limit
+    assert gen.threads._mark is None  # after() ran
