@@ -29,7 +29,7 @@ def host_idle_s() -> Optional[float]:
         return None
 
 
-def next_threads(current: int, own_cores: float, idle_cores: float, limit: int) -> int:
+def next_threads(own_cores: float, idle_cores: float, limit: int) -> int:
     """Threads for the next batch: the cores this process used plus those left idle, between 1 and `limit`."""
     return max(1, min(limit, int(own_cores + idle_cores + _MARGIN)))
 
@@ -65,6 +65,6 @@ class AdaptiveThreads:
         self._mark = None
         wall, idle1 = self._now() - t0, self._idle_s()
         if wall >= _SHORT_S and idle0 is not None and idle1 is not None:
-            self.threads = next_threads(self.threads, (self._cpu_s() - cpu0) / wall, (idle1 - idle0) / wall,
+            self.threads = next_threads((self._cpu_s() - cpu0) / wall, (idle1 - idle0) / wall,
                                         self.limit)
         return self.threads
