@@ -38,6 +38,14 @@ def render_document(doc: Any) -> str:
     return f"<DOCUMENT>\n{head}{text}\n</DOCUMENT>\n"
 
 
+_DOCUMENT_RE = re.compile(r"<DOCUMENT>\n(?:Title: [^\n]*\n)?(.*?)\n</DOCUMENT>", re.DOTALL)
+
+
+def prompt_documents(prompt: str) -> list[str]:
+    """The texts of the documents `render_document` put into `prompt`, in order (titles left out)."""
+    return _DOCUMENT_RE.findall(prompt or "")
+
+
 def render_user(question: str, docs: Iterable[Any]) -> str:
     """The user turn: the documents in shown order, then the question (gorilla's `instruction`)."""
     return "".join(render_document(d) for d in docs) + f"Question: {question.strip()}"

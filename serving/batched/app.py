@@ -70,7 +70,7 @@ def create_app(gen: BatchGenerator, batcher: MicroBatcher, names: list[str], quo
         return {"status": "ok", "model": served[0], "requests": s.requests, "batches": s.batches,
                 "mean_batch": round(s.mean_batch, 2), "generated_tokens": s.generated_tokens,
                 "busy_s": round(s.busy_s, 2),
-                "threads": gen.threads.threads if getattr(gen, "threads", None) is not None else None}
+                "threads": gen.threads.threads if gen.threads is not None else None}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

@@ -23,17 +23,9 @@ from __future__ import annotations
 import re
 from typing import Optional, Sequence
 
-from raft.prompt import BEGIN_QUOTE, END_QUOTE, normalize_for_match
+from raft.prompt import BEGIN_QUOTE, END_QUOTE, normalize_for_match, prompt_documents
 
 _ODD_SPACE = re.compile(r"[^\S \n\t]")  # whitespace the citation check would read as a space, but a reader would not
-_DOC_RE = re.compile(r"<DOCUMENT>\n(?:Title: [^\n]*\n)?(.*?)\n</DOCUMENT>", re.DOTALL)
-
-
-def prompt_documents(prompt: str) -> list[str]:
-    """The documents' texts in a prompt rendered by raft.prompt (titles left out: a quote is of the text)."""
-    return _DOC_RE.findall(prompt or "")
-
-
 def open_quote(text: str) -> Optional[str]:
     """What follows the last ##begin_quote## of `text` when no ##end_quote## closed it; else None."""
     start = text.rfind(BEGIN_QUOTE)

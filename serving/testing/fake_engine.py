@@ -19,15 +19,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-_DOC = re.compile(r"<DOCUMENT>\n(?:Title: [^\n]*\n)?(.*?)\n</DOCUMENT>", re.DOTALL)
-
+from raft.prompt import prompt_documents
 
 def answer_for(text: str) -> str:
     """A RAFT-shaped answer quoting the first sentence of the first shown document."""
-    m = _DOC.search(text)
-    if not m:
+    docs = prompt_documents(text)
+    if not docs:
         return "I have no documents to quote.\n<ANSWER>: unknown"
-    sentence = re.split(r"(?<=[.!?])\s", m.group(1).strip(), maxsplit=1)[0]
+    sentence = re.split(r"(?<=[.!?])\s", docs[0].strip(), maxsplit=1)[0]
     return f"The document says ##begin_quote##{sentence}##end_quote##\n<ANSWER>: {sentence[:40]}"
 
 

@@ -7,7 +7,8 @@ import pytest
 
 from raft.prompt import BEGIN_QUOTE, END_QUOTE, build_messages, completion_prompt, normalize_for_match
 from serving.batched.generator import BatchGenerator, GenRequest
-from serving.batched.quote_guard import QuoteGuard, open_quote, prompt_documents
+from raft.prompt import prompt_documents
+from serving.batched.quote_guard import QuoteGuard, open_quote
 
 DOC = ("The Lune River flows for 38 kilometres across Marenta before reaching the sea at Portivel harbour. "
        "Fishing boats leave the harbour every morning before dawn.")
