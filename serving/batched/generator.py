@@ -123,14 +123,20 @@ class BatchGenerator:
                 torch.manual_seed(first.seed)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        processors = []
         if any(r.quote_guard for r in batch):
-            from transformers import LogitsProcessorList
-
             from serving.batched.quote_guard import QuoteGuard
 
-            guard = QuoteGuard(self.tokenizer, [t if r.quote_guard else None for r, t in zip(batch, texts)],
-                               enc["input_ids"].shape[1])
-            kwargs["logits_processor"] = LogitsProcessorList([guard])
+            processors.append(QuoteGuard(self.tokenizer, [t if r.quote_guard else None for r, t in zip(batch, texts)],
+                                         enc["input_ids"].shape[1]))
+        if self.threads is not None:
+            from serving.batched.threads import StepProbe
+
+            processors.append(StepProbe(self.threads))  # --threads auto decides again while the batch decodes
+        if processors:
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
         if self.threads is not None:
             self.threads.before()
         try:

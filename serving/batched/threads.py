@@ -7,6 +7,12 @@ rest of the machine idle. So after each batch the engine looks at what it got: t
 and the host's idle time over the batch, both in cores, and runs the next batch with about that many threads.
 A batch under contention (two threads getting 1.3 cores) drops to one thread; one thread next to an idle core
 takes it. The host's idle time is read from /proc/stat (Linux); elsewhere the thread count stays where it is.
+
+A batch is one `generate` call: tens of seconds of decoding on a CPU. Deciding only between batches let a bad
+start last a whole batch (the quickstart's RAFT engine began its first evaluation batch with the two threads
+its idle warm-up questions had earned, next to the base engine's thread, and that batch took 100 s instead of
+about 20). So the engine also calls `step()` at every decoding step, and the count is decided again once a
+window of `_WINDOW_S` has passed.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Callable, Optional
 
 _SHORT_S = 0.2  # batches shorter than this say too little (idle time is counted in 10 ms ticks)
 _MARGIN = 0.25  # take another thread only for at least 3/4 of an idle core
+_WINDOW_S = 1.0  # within a batch, decide again after this much wall time (a few decoding steps)
 
 
 def host_idle_s() -> Optional[float]:
@@ -58,13 +65,41 @@ class AdaptiveThreads:
         self._mark = (self._now(), self._idle_s(), self._cpu_s())
         return self.threads
 
-    def after(self) -> int:
-        if self._mark is None:
+    def step(self) -> int:
+        """Within a batch (at a decoding step): once `_WINDOW_S` has passed since the last decision, decide
+        again from that window and apply the count at once."""
+        if self._mark is None or self._now() - self._mark[0] < _WINDOW_S:
             return self.threads
-        t0, idle0, cpu0 = self._mark
+        self._decide()
+        import torch
+
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        self._mark = (self._now(), self._idle_s(), self._cpu_s())
+        return self.threads
+
+    def after(self) -> int:
+        self._decide()
         self._mark = None
+        return self.threads
+
+    def _decide(self) -> None:
+        if self._mark is None:
+            return
+        t0, idle0, cpu0 = self._mark
         wall, idle1 = self._now() - t0, self._idle_s()
         if wall >= _SHORT_S and idle0 is not None and idle1 is not None:
             self.threads = next_threads((self._cpu_s() - cpu0) / wall, (idle1 - idle0) / wall,
                                         self.limit)
-        return self.threads
+
+
+class StepProbe:
+    """A transformers logits processor that changes nothing: it calls `AdaptiveThreads.step()` at every
+    decoding step, in the thread that runs `generate`."""
+
+    def __init__(self, threads: AdaptiveThreads):
+        self.threads = threads
+
+    def __call__(self, input_ids, scores):
+        self.threads.step()
+        return scores

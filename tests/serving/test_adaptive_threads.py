@@ -60,6 +60,24 @@ def test_adaptive_threads_follow_what_each_batch_got():
     assert t.after() == 1
 
 
+def test_the_count_is_decided_again_within_a_long_batch():
+    """A batch is one generate call, tens of seconds on a CPU: a wrong start must not last all of it."""
+    import torch
+
+    host = Host()
+    t = host.threads(start=2)
+    assert t.before() == 2
+    host.batch(0.5, idle_cores=0.0, own_cores=1.0)
+    assert t.step() == 2  # under a second: too early to tell
+    host.batch(0.6, idle_cores=0.0, own_cores=1.1)  # two threads get about one core: another engine runs
+    assert t.step() == 1 and torch.get_num_threads() == 1  # applied at once, mid-batch
+    host.batch(1.0, idle_cores=1.0, own_cores=1.0)  # the other engine is done
+    assert t.step() == 2 and torch.get_num_threads() == 2
+    host.batch(0.1, idle_cores=0.0, own_cores=1.0)  # the tail: too short to say anything
+    assert t.after() == 2 and t._mark is None
+    assert t.step() == 2  # between batches, nothing to measure
+
+
 def test_without_proc_stat_the_count_stays():
     host = Host()
     t = AdaptiveThreads(limit=2, start=2, idle_s=lambda: None, cpu_s=lambda: host.cpu, now=lambda: host.t)
@@ -91,3 +109,8 @@ def test_engine_generates_with_auto_threads(tiny_model_dir):
     assert out[0].completion_tokens > 0
     assert 1 <= gen.threads.threads <= gen.threads.limit
     assert gen.threads._mark is None  # after() ran
+    steps = []
+    gen.threads.step = lambda: steps.append(1) or gen.threads.threads  # count the decoding-step calls
+    out = gen.generate([GenRequest(prompt="The capital of Veloria is", max_tokens=5)])
+    # step() ran once per generated token (an end-of-sequence token is generated but not returned)
+    assert out[0].completion_tokens <= len(steps) <= 5 and steps
