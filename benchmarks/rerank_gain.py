@@ -3,11 +3,15 @@
 For each set (a folder with corpus.jsonl + questions.jsonl) the questions are shuffled (seeded) and split by
 question text into a training part and a held-out part, so no question is on both sides. The training part
 becomes a RAFT dataset as a user makes one (`raft.build_dataset` with the set's questions and gold passages,
-the offline extractive teacher, distractors mined from the same index), `raft.train_reranker` fine-tunes the
-bundled all-MiniLM-L6-v2 on it, and every held-out question is searched (hybrid, the first `--candidates`
-hits) and reranked. recall@5 (any gold passage among the first 5 distinct documents) and MRR@10 (first gold
-passage) are defined as in benchmarks/retrieval_quality.py. The added latency is the rerank call alone, one
-query at a time as a served request makes it, on this machine's CPU.
+the offline extractive teacher, distractors mined from the same index), with `--val-frac` of its questions
+in a validation split. `raft.train_reranker` fine-tunes the bundled all-MiniLM-L6-v2 on the train split and
+chooses the fusion weight (reranker score vs search rank) on the validation split; then every held-out
+question is searched (hybrid, the first `--candidates` hits) and reranked with that weight. recall@5 (any gold
+passage among the first 5 distinct documents) and MRR@10 (first gold passage) are defined as in
+benchmarks/retrieval_quality.py; the reranker alone (weight 1) is reported beside them, and the same metrics
+counted on chunks, with the chunks of the gold documents that hold a gold answer as the targets (what the
+RAFT model must be shown). The added latency is the cross-encoder pass and the fusion, one query at a time
+as a served request makes it, on this machine's CPU.
 
     python benchmarks/rerank_gain.py [--data ../shared/data] [--sets gorilla_apibench ...]
 
@@ -61,6 +65,18 @@ def metrics(ranked_docs: list[list[str]], golds: list[set[str]]) -> dict[str, fl
     return {k: round(v, 4) for k, v in out.items()}
 
 
+def norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def answer_chunks(idx, q: dict) -> set[str]:
+    """The chunks of a question's gold documents that hold one of its answers (all their chunks when none
+    does, as for clapnq's long answers): what the RAFT model must be shown to quote the answer."""
+    chunks = [c for d in q["gold_ids"] for c in idx.chunks_for_doc(d)]
+    want = [norm(a) for a in q.get("answers") or [] if norm(a)]
+    return {c.chunk_id for c in chunks if any(a in norm(c.text) for a in want)} or {c.chunk_id for c in chunks}
+
+
 def docs(hits) -> list[str]:
     return list(dict.fromkeys(h.chunk.doc_id for h in hits))
 
@@ -71,8 +87,11 @@ def pct(xs: list[float], p: float) -> float:
 
 
 def run_set(folder: Path, work: Path, args) -> dict:
+    import numpy as np
+
     import raft
     from retrieval import IndexConfig, Reranker, RetrievalIndex
+    from retrieval.rerank import fuse_scores, pair_text
 
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -91,33 +110,49 @@ def run_set(folder: Path, work: Path, args) -> dict:
     build = raft.build_dataset(None, work / "dataset", {
         "index_dir": str(idx_dir), "questions_file": str(qfile), "teacher": {"kind": "extractive"},
         "progress": False, "seed": args.seed, "mix": {"num_distractors": args.distractors},
-        "split": {"train": 1.0, "validation": 0.0, "test": 0.0}})
+        "split": {"train": 1.0 - args.val_frac, "validation": args.val_frac, "test": 0.0}})
     build_s = time.perf_counter() - t0
     trained = raft.train_reranker(work / "dataset", work / "reranker", {
         "epochs": args.epochs, "max_length": args.max_length, "batch_size": args.batch_size, "lr": args.lr,
-        "seed": args.seed, "eval_split": None, "progress": False, "index_dir": str(idx_dir)})
+        "seed": args.seed, "progress": False, "index_dir": str(idx_dir), "candidates": args.candidates})
     reranker = Reranker(str(work / "reranker"), candidates=args.candidates).load()
+    weight = reranker.fusion_weight  # chosen by the trainer on its validation questions
 
     golds = [set(q["gold_ids"]) for q in held]
-    before, after, rerank_ms, search_ms = [], [], [], []
+    gold_chunks = [answer_chunks(idx, q) for q in held]
+    before, after, alone, rerank_ms, search_ms = [], [], [], [], []
+    c_before, c_after, c_alone = [], [], []
     reranker.rerank(held[0]["question"], idx.search(held[0]["question"], k=args.candidates), k=5)  # warm up
     for q in held:
         t = time.perf_counter()
         hits = idx.search(q["question"], k=args.candidates)
         search_ms.append((time.perf_counter() - t) * 1000)
         t = time.perf_counter()
-        rr = reranker.rerank(q["question"], hits, k=len(hits))
+        ce = reranker.score_pairs([(q["question"], pair_text(h.chunk)) for h in hits])  # the stage's cost
+        fused = fuse_scores(ce, weight)
         rerank_ms.append((time.perf_counter() - t) * 1000)
+        by_fused = [hits[i] for i in np.argsort(-fused, kind="stable")]
+        by_ce = [hits[i] for i in np.argsort(-fuse_scores(ce, 1.0), kind="stable")]
         before.append(docs(hits))
-        after.append(docs(rr))
+        after.append(docs(by_fused))
+        alone.append(docs(by_ce))
+        for lst, got in ((c_before, hits), (c_after, by_fused), (c_alone, by_ce)):
+            lst.append([h.chunk.chunk_id for h in got])
     # the same stage through the search API gives the same first hits
     q0 = held[0]["question"]
     via_search = [h.chunk.chunk_id for h in idx.search(q0, k=5, rerank=reranker)]
     assert via_search == [h.chunk.chunk_id for h in reranker.rerank(q0, idx.search(q0, k=args.candidates), 5)]
     idx.close()
-    hyb, rer = metrics(before, golds), metrics(after, golds)
+    hyb, rer, ce_alone = metrics(before, golds), metrics(after, golds), metrics(alone, golds)
+    fusion = trained["fusion"]
     return {
         "train_questions": len(train_q), "eval_questions": len(held), "train_records": build["records"],
+        "validation_questions": fusion.get("questions", 0), "fusion_weight": weight,
+        "validation_mrr@10": {k: (fusion.get(k) or {}).get("mrr@10") for k in ("search", "reranker_alone", "chosen")},
+        "reranker_alone": ce_alone,
+        # the same, counted on chunks: is the chunk that holds the answer among the first 5 chunks the model reads?
+        "answer_chunk": {"hybrid": metrics(c_before, gold_chunks), "hybrid+rerank": metrics(c_after, gold_chunks),
+                         "reranker_alone": metrics(c_alone, gold_chunks)},
         "train_pairs": trained["pairs"], "train_steps": trained["steps"],
         "train_seconds": trained["train_seconds"], "build_seconds": round(build_s, 1),
         "index_seconds": round(index_s, 1), "hybrid": hyb, "hybrid+rerank": rer,
@@ -170,11 +205,13 @@ def main() -> int:
     p.add_argument("--sets", nargs="*", default=SETS)
     p.add_argument("--out", default="runs/rerank_gain", help="work directory (indexes are reused from here)")
     p.add_argument("--train-frac", type=float, default=0.5, help="share of each set's questions trained on")
-    p.add_argument("--max-train", type=int, default=60, help="at most this many training questions per set")
-    p.add_argument("--max-eval", type=int, default=30, help="at most this many held-out questions per set")
+    p.add_argument("--max-train", type=int, default=600, help="at most this many training questions per set")
+    p.add_argument("--max-eval", type=int, default=100, help="at most this many held-out questions per set")
+    p.add_argument("--val-frac", type=float, default=0.2,
+                   help="share of the training questions kept for choosing the fusion weight (not trained on)")
     p.add_argument("--candidates", type=int, default=40, help="hybrid hits reranked per query")
     p.add_argument("--distractors", type=int, default=4, help="build.mix.num_distractors (negatives per question)")
-    p.add_argument("--epochs", type=float, default=1.5)
+    p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--max-length", type=int, default=128, help="tokens per (question, passage) pair")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-4)
@@ -198,7 +235,11 @@ def main() -> int:
         results[name] = run_set(data / name, out / name, args)
         r = results[name]
         print(f"{name}: recall@5 {r['hybrid']['recall@5']:.3f} -> {r['hybrid+rerank']['recall@5']:.3f}, "
-              f"MRR@10 {r['hybrid']['mrr@10']:.3f} -> {r['hybrid+rerank']['mrr@10']:.3f}, rerank p50 "
+              f"MRR@10 {r['hybrid']['mrr@10']:.3f} -> {r['hybrid+rerank']['mrr@10']:.3f} (weight "
+              f"{r['fusion_weight']:.1f}; reranker alone {r['reranker_alone']['recall@5']:.3f} / "
+              f"{r['reranker_alone']['mrr@10']:.3f}); answer chunk recall@5 "
+              f"{r['answer_chunk']['hybrid']['recall@5']:.3f} -> {r['answer_chunk']['hybrid+rerank']['recall@5']:.3f}, "
+              f"rerank p50 "
               f"{r['rerank_ms']['p50']:.0f} ms, trained {r['train_seconds']:.0f}s on {r['train_pairs']} pairs "
               f"({time.perf_counter() - ts:.0f}s for the set)", flush=True)
     load_after = os.getloadavg()
@@ -216,11 +257,14 @@ def main() -> int:
     (dest / "rerank_gain.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(results, dest / "rerank_gain.png", f"cross-encoder from all-MiniLM-L6-v2 trained by `raft rerank train` "
          f"(max_length {args.max_length}, {args.candidates} candidates), {os.cpu_count()} CPUs")
-    print("\n| set | recall@5 hybrid | + rerank | MRR@10 hybrid | + rerank | added p50 ms | train s |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| set | recall@5 hybrid | + rerank | MRR@10 hybrid | + rerank | answer chunk recall@5 hybrid | + rerank "
+          "| weight | added p50 ms | train s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for n, r in results.items():
+        ac = r["answer_chunk"]
         print(f"| {n} | {r['hybrid']['recall@5']:.3f} | {r['hybrid+rerank']['recall@5']:.3f} | "
-              f"{r['hybrid']['mrr@10']:.3f} | {r['hybrid+rerank']['mrr@10']:.3f} | {r['rerank_ms']['p50']:.0f} | "
+              f"{r['hybrid']['mrr@10']:.3f} | {r['hybrid+rerank']['mrr@10']:.3f} | {ac['hybrid']['recall@5']:.3f} | "
+              f"{ac['hybrid+rerank']['recall@5']:.3f} | {r['fusion_weight']:.1f} | {r['rerank_ms']['p50']:.0f} | "
               f"{r['train_seconds']:.0f} |")
     print(json.dumps(result["targets"], indent=1), f"\n{result['seconds']:.0f} s in all; written to {dest}")
     return 0

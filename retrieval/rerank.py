@@ -10,12 +10,17 @@ applied inside the search) and keeps the best k. It is off unless a model is nam
     reranker = Reranker("runs/reranker", candidates=40)      # written by `raft rerank train`
     hits = RetrievalIndex.open("idx").search("what is RAFT?", k=5, rerank=reranker)
 
-A reranked Hit's score is the cross-encoder's relevance (0..1 for a one-label model with its default
-sigmoid), not the fused score.
+The final order mixes the two stages: per query, weight x the cross-encoder's scores (min-max scaled over
+the candidates) + (1 - weight) x the search's rank (1 for its first hit down to 0 for its last). Weight 1 is
+the cross-encoder alone, 0 the search's order unchanged. `raft rerank train` chooses the weight on its
+validation questions and saves it in raft_rerank.json, which is the default here; so a reranker that ranks
+worse than the search on those questions leaves the search's order alone instead of replacing it.
+A reranked Hit's score is that mixed score (0..1).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import replace
@@ -48,6 +53,10 @@ class RerankConfig(_Config):
     """Truncate each (query, passage) pair to this many tokens (null: what the model was trained with)."""
     device: str | None = None
     """torch device ("cpu", "cuda", ...); null picks CUDA when present."""
+    weight: float | None = Field(None, ge=0, le=1)
+    """Share of the cross-encoder in the final order, the rest being the search's rank: 1 = the cross-encoder
+    alone, 0 = the search's order. null: the weight `raft rerank train` chose on its validation questions
+    (raft_rerank.json), else 1."""
 
 
 def pair_text(chunk: Chunk) -> str:
@@ -67,6 +76,27 @@ class _Loaded:
 
 _SHARED: dict[tuple, _Loaded] = {}
 _SHARED_LOCK = threading.Lock()
+
+
+def saved_weight(model: str) -> float | None:
+    """The fusion weight `raft rerank train` saved beside the model (raft_rerank.json), if any."""
+    meta = Path(_resolve(model)) / RERANK_META
+    try:
+        w = json.loads(meta.read_text(encoding="utf-8")).get("fusion", {}).get("weight")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(w) if isinstance(w, (int, float)) and 0 <= w <= 1 else None
+
+
+def fuse_scores(ce: np.ndarray, weight: float) -> np.ndarray:
+    """weight x min-max(ce) + (1 - weight) x the search's rank scaled 1..0 (`ce` is in search order)."""
+    n = len(ce)
+    if n == 0:
+        return np.zeros(0, dtype="float32")
+    rank = 1.0 - np.arange(n, dtype="float64") / max(1, n - 1)
+    span = float(ce.max() - ce.min())
+    scaled = (ce - ce.min()) / span if span > 0 else np.ones(n)
+    return (weight * scaled + (1.0 - weight) * rank).astype("float32")
 
 
 def _resolve(name: str) -> str:
@@ -122,15 +152,28 @@ class Reranker:
     use (or with `load()`), once per process for the same model, device and max_length."""
 
     def __init__(self, model: str, candidates: int = 40, *, batch_size: int = 64, max_length: int | None = None,
-                 device: str | None = None):
+                 device: str | None = None, weight: float | None = None):
         if not isinstance(candidates, int) or isinstance(candidates, bool) or candidates < 1:
             raise RetrievalError(f"rerank candidates must be a positive integer, got {candidates!r}")
+        if weight is not None and not (isinstance(weight, (int, float)) and 0 <= weight <= 1):
+            raise RetrievalError(f"rerank weight must be between 0 and 1 (1: the cross-encoder alone, 0: the "
+                                 f"search's order) or None (the trained one), got {weight!r}")
         self.model_name = model
         self.candidates = candidates
         self.batch_size = batch_size
         self.max_length = max_length
         self.device = device
+        self.weight = weight
         self._loaded: _Loaded | None = None
+        self._saved: float | None = None  # read with the model, as its weights are: once
+
+    @property
+    def fusion_weight(self) -> float:
+        """The weight in use: the one given, else the one saved by `raft rerank train`, else 1."""
+        if self.weight is not None:
+            return float(self.weight)
+        saved = self._saved if self._loaded is not None else saved_weight(self.model_name)
+        return 1.0 if saved is None else saved
 
     @classmethod
     def from_config(cls, cfg: RerankConfig | dict | None) -> "Reranker | None":
@@ -141,16 +184,17 @@ class Reranker:
         if not cfg.model:
             return None
         return cls(cfg.model, cfg.candidates, batch_size=cfg.batch_size, max_length=cfg.max_length,
-                   device=cfg.device)
+                   device=cfg.device, weight=cfg.weight)
 
     def config(self) -> RerankConfig:
         return RerankConfig(model=self.model_name, candidates=self.candidates, batch_size=self.batch_size,
-                            max_length=self.max_length, device=self.device)
+                            max_length=self.max_length, device=self.device, weight=self.weight)
 
     def load(self) -> "Reranker":
         """Load the model now (a server checks it at start, not on the first request)."""
         if self._loaded is None:
             self._loaded = load_cross_encoder(self.model_name, self.device, self.max_length)
+            self._saved = saved_weight(self.model_name)
         return self
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
@@ -178,11 +222,12 @@ class Reranker:
     def rank_texts(self, queries: Sequence[str], texts: Sequence[Sequence[str]],
                    k: int) -> list[list[tuple[int, float]]]:
         """Per query, (position in its texts, score) of its best k texts, best first: the stage on plain
-        passages (a Ray reranker actor gets texts, not Hits)."""
+        passages in the search's order (a Ray reranker actor gets texts, not Hits)."""
         scores = self.score_pairs([(q, t) for q, lst in zip(queries, texts) for t in lst])
+        weight = self.fusion_weight
         out, at = [], 0
         for lst in texts:
-            s = scores[at:at + len(lst)]
+            s = fuse_scores(scores[at:at + len(lst)], weight)
             at += len(lst)
             out.append([(int(i), float(s[i])) for i in np.argsort(-s, kind="stable")[:k]])
         return out

@@ -66,6 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(a `raft rerank train` output directory or a CrossEncoder name) and keep the best k")
     q.add_argument("--rerank-candidates", type=int, default=40, metavar="N",
                    help="hits re-scored per query with --rerank (default 40)")
+    q.add_argument("--rerank-weight", type=float, default=None, metavar="W",
+                   help="share of the reranker in the order with --rerank, 0..1 (1: its order alone, 0: the "
+                   "search's); default: the weight `raft rerank train` chose")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -280,7 +283,8 @@ def _search(args) -> int:
         from retrieval.rerank import Reranker
 
         # loaded before the index opens: a wrong model path fails at once, with its own message
-        reranker = Reranker(absolute(args.rerank, must_exist=True), args.rerank_candidates).load()
+        reranker = Reranker(absolute(args.rerank, must_exist=True), args.rerank_candidates,
+                            weight=args.rerank_weight).load()
     idx = RetrievalIndex.open(args.index)  # verify: checksums, so a damaged file is named, not a traceback
     width = max(40, shutil.get_terminal_size().columns)  # COLUMNS honoured; piped output gets 80
     for i in range(0, len(queries), max(1, args.batch_size)):

@@ -70,6 +70,16 @@ def _train(args) -> int:
     console.print(f"[green]done[/] in {s['seconds']:.0f}s ({s['train_seconds']:.0f}s training, {s['steps']} steps, "
                   f"final loss {s['train_loss']:.4f}) on {s['pairs']} pairs from {s['records']} records{score}; "
                   f"reranker written to {s['out']}")
+    fu = s["fusion"]
+    if fu.get("chosen"):
+        console.print(f"fusion weight {fu['weight']:.1f} (1: the reranker alone, 0: the search's order), chosen on "
+                      f"{fu['questions']} {fu['split']} questions: MRR@10 search {fu['search']['mrr@10']:.3f}, "
+                      f"reranker alone {fu['reranker_alone']['mrr@10']:.3f}, fused {fu['chosen']['mrr@10']:.3f}")
+        if fu["weight"] == 0.0:
+            console.print("[yellow]the reranker did not beat the search on those questions, so the stage keeps the "
+                          "search's order; train on more questions (or longer) before serving it[/]")
+    else:
+        console.print(f"fusion weight {fu['weight']:.1f} ({fu['reason']})")
     if s["positives_without_text"]:
         console.print(f"[yellow]{s['positives_without_text']} oracle chunk(s) were not shown by any record and not "
                       "in the dataset's index: those positives were skipped (index_dir=DIR names the index it was "

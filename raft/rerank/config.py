@@ -43,6 +43,13 @@ class RerankTrainConfig(Config):
     max_length: int = Field(256, ge=16)
     """Tokens of one (question, passage) pair; longer pairs are truncated (saved with the model, so the
     rerank stage reads pairs as training did). Shorter is faster to train and to serve."""
+    candidates: int = Field(40, ge=1, le=1000)
+    """Search hits per validation question when the fusion weight is chosen: what the served stage will
+    rerank (serve.retrieval.rerank.candidates)."""
+    weight: Optional[float] = Field(None, ge=0, le=1)
+    """Fusion weight saved with the model (1: the cross-encoder's order alone, 0: the search's order); null:
+    chosen on eval_split by searching the dataset's index (0, 0.1, ..., 1; best MRR@10 of the oracle), or 1
+    when there is no such split or index."""
     device: Optional[str] = None
     """torch device ("cpu", "cuda", ...); null picks CUDA when present."""
     seed: int = 0

@@ -21,6 +21,7 @@ from typing import Any
 
 from raft.errors import RaftError
 from raft.rerank.config import RerankTrainConfig
+from raft.rerank.fusion import tune_on_split
 from raft.rerank.pairs import eval_groups, make_pairs, read_records
 from retrieval.rerank import RERANK_META
 
@@ -130,6 +131,7 @@ def train_reranker(dataset: str | Path, out: str | Path, cfg: RerankTrainConfig,
         train_s = time.perf_counter() - t_train
         model.eval()
         eval_mrr = mrr(model, groups)
+        fusion = _fusion(model, dataset, manifest, cfg, bool(groups), console)
         final = scratch / "model"
         model.save_pretrained(str(final))
         summary = {
@@ -139,6 +141,7 @@ def train_reranker(dataset: str | Path, out: str | Path, cfg: RerankTrainConfig,
             "train_seconds": round(train_s, 1), "max_length": cfg.max_length,
             "eval": {"split": cfg.eval_split if groups else None, "questions": len(groups),
                      "mrr": round(eval_mrr, 4) if eval_mrr is not None else None},
+            "fusion": fusion,
             "config": cfg.model_dump(mode="json"), "versions": _versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -148,6 +151,22 @@ def train_reranker(dataset: str | Path, out: str | Path, cfg: RerankTrainConfig,
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return summary
+
+
+def _fusion(model, dataset: Path, manifest: dict, cfg: RerankTrainConfig, have_split: bool,
+            console) -> dict[str, Any]:
+    """The fusion weight saved with the model: the configured one, else one chosen on the eval split."""
+    if cfg.weight is not None:
+        return {"weight": cfg.weight, "reason": "configured"}
+    if not have_split:
+        return {"weight": 1.0, "reason": f"no {cfg.eval_split!r} split to choose it on: the cross-encoder alone"}
+    if console is not None:
+        console.print(f"choosing the fusion weight on the {cfg.eval_split} questions ({cfg.candidates} search hits "
+                      "each)")
+    got = tune_on_split(model, dataset, cfg.eval_split, manifest, cfg.index_dir, cfg.candidates)
+    if got["weight"] is None:
+        return {"weight": 1.0, "reason": got["reason"] + ": the cross-encoder alone"}
+    return got
 
 
 def _versions() -> dict[str, str]:

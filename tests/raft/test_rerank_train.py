@@ -65,6 +65,46 @@ def test_errors_name_the_problem(dataset, tmp_path, capsys):
     assert rc == 2 and "needs a DATASET_DIR" in capsys.readouterr().err
 
 
+def test_choose_weight_prefers_what_ranks_the_oracle_best():
+    import numpy as np
+
+    from raft.rerank.fusion import choose_weight
+
+    ids = [["a", "b", "c", "d"], ["e", "f", "g", "h"]]
+    golds = [{"c"}, {"h"}]  # the search ranks each oracle low
+    good = [np.array([0.1, 0.2, 0.9, 0.0]), np.array([0.0, 0.1, 0.2, 0.8])]  # the model finds both
+    got = choose_weight(good, ids, golds)
+    assert got["weight"] > 0.5 and got["chosen"]["mrr@10"] == 1.0
+    assert got["search"] == {"recall@5": 1.0, "mrr@10": round((1 / 3 + 1 / 4) / 2, 4)}
+    bad = [np.array([0.9, 0.8, 0.0, 0.7]), np.array([0.9, 0.8, 0.7, 0.0])]  # the model ranks them last
+    flipped = [["c", "a", "b", "d"], ["h", "e", "f", "g"]]  # ... and the search ranks them first
+    got = choose_weight([b[[2, 0, 1, 3]] for b in bad], flipped, golds)
+    assert got["weight"] == 0.0 and got["chosen"] == got["search"] and got["reranker_alone"]["mrr@10"] < 1.0
+    # a tie between weights goes to the lowest: the search's order, unless the model earns its place
+    assert choose_weight([np.zeros(4), np.zeros(4)], ids, golds)["weight"] == 0.0
+
+
+def test_tune_on_split_searches_the_dataset_index(dataset, tiny_cross_encoder):
+    from sentence_transformers import CrossEncoder
+
+    from raft.rerank.fusion import GRID, ranking_metrics, tune_on_split
+    from raft.rerank.pairs import read_manifest
+    from retrieval.index import RetrievalIndex
+
+    manifest = read_manifest(dataset)
+    got = tune_on_split(CrossEncoder(str(tiny_cross_encoder)), dataset, "validation", manifest, None, 8)
+    recs = _records(dataset, "validation")
+    assert got["questions"] == len(recs) > 0 and got["candidates"] == 8 and got["weight"] in GRID
+    idx = RetrievalIndex.open(dataset / "index")
+    try:  # weight 0 is the plain search, measured on the oracle chunks
+        orders = [[h.chunk.chunk_id for h in idx.search(r["question"], k=8)] for r in recs]
+    finally:
+        idx.close()
+    assert got["search"] == ranking_metrics(orders, [set(r["oracle_ids"]) for r in recs])
+    assert got["chosen"]["mrr@10"] >= max(got["search"]["mrr@10"], got["reranker_alone"]["mrr@10"])
+    assert tune_on_split(None, dataset, "validation", manifest, str(dataset / "nowhere"), 8)["weight"] is None
+
+
 @pytest.mark.slow
 def test_train_a_few_steps_then_load_and_rerank(dataset, tmp_path, capsys):
     from retrieval.index import RetrievalIndex
@@ -79,6 +119,10 @@ def test_train_a_few_steps_then_load_and_rerank(dataset, tmp_path, capsys):
     meta = json.loads((out / RERANK_META).read_text())
     assert meta["dataset_fingerprint"] == json.loads((dataset / "manifest.json").read_text())["fingerprint"]
     assert meta["base_model"] == "all-MiniLM-L6-v2" and meta["steps"] == 2 and meta["max_length"] == 64
+    fusion = meta["fusion"]  # chosen on the validation split, and what the stage uses by default
+    assert fusion["split"] == "validation" and fusion["questions"] > 0 and 0.0 <= fusion["weight"] <= 1.0
+    assert f"fusion weight {fusion['weight']:.1f}" in printed
+    assert Reranker(str(out)).fusion_weight == fusion["weight"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no scratch left behind
 
     r = Reranker(str(out), candidates=6)
@@ -93,6 +137,7 @@ def test_train_a_few_steps_then_load_and_rerank(dataset, tmp_path, capsys):
         idx.close()
     # a rerun replaces the earlier reranker in place
     assert main(["rerank", "train", str(dataset), "--out", str(out), "max_steps=1", "batch_size=8", "max_length=64",
-                 "progress=false", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["steps"] == 1
+                 "progress=false", "weight=1", "--json"]) == 0
+    rerun = json.loads(capsys.readouterr().out)
+    assert rerun["steps"] == 1 and rerun["fusion"] == {"weight": 1.0, "reason": "configured"}
     assert json.loads((out / RERANK_META).read_text())["steps"] == 1

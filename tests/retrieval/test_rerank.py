@@ -9,7 +9,7 @@ import pytest
 
 from retrieval.errors import RetrievalError
 from retrieval.index import RetrievalIndex
-from retrieval.rerank import RerankConfig, Reranker, pair_text
+from retrieval.rerank import RERANK_META, RerankConfig, Reranker, fuse_scores, pair_text
 
 QUERIES = ["Which island is the largest in the Veloria chain?", "What does Veloria export?",
            "Who governs the islands?"]
@@ -27,8 +27,9 @@ def _ids(hits):
 
 
 def _model_order(reranker, query, hits, k):
-    """What reranking must return: the candidates sorted by the model's own scores (ties: search order)."""
-    s = reranker.score_pairs([(query, pair_text(h.chunk)) for h in hits])
+    """What reranking must return: the candidates sorted by the model's scores mixed with the search's rank
+    (ties: search order)."""
+    s = fuse_scores(reranker.score_pairs([(query, pair_text(h.chunk)) for h in hits]), reranker.fusion_weight)
     order = np.argsort(-s, kind="stable")[:k]
     return [hits[i].chunk.chunk_id for i in order], [float(s[i]) for i in order]
 
@@ -70,6 +71,37 @@ def test_filters_and_tenants_apply_before_rerank(index, tiny_cross_encoder, tena
             m = dict(meta[h.chunk.doc_id], doc_id=h.chunk.doc_id)
             assert all(v in m[key] if isinstance(m[key], list) else m[key] == v for key, v in flt.items()), h
     assert index.search(QUERIES[0], k=3, filter={"tenant": "nobody"}, rerank=r) == []
+
+
+def test_fusion_weight_mixes_the_model_with_the_search_rank(index, tiny_cross_encoder, tmp_path):
+    """Weight 1 is the model's order, 0 the search's order unchanged, and None reads the weight that
+    `raft rerank train` saved beside the model."""
+    import json
+    import shutil
+
+    assert list(fuse_scores(np.array([0.2, 0.9, 0.5]), 1.0)) == pytest.approx([0.0, 1.0, 3 / 7])
+    assert list(fuse_scores(np.array([0.2, 0.9, 0.5]), 0.0)) == pytest.approx([1.0, 0.5, 0.0])
+    assert list(fuse_scores(np.array([0.2, 0.9, 0.5]), 0.5)) == pytest.approx([0.5, 0.75, 3 / 14])
+    alone = Reranker(str(tiny_cross_encoder), candidates=12)
+    assert alone.fusion_weight == 1.0  # a model without raft_rerank.json: the cross-encoder alone
+    for q in QUERIES:
+        assert _ids(index.search(q, k=6, rerank=Reranker(str(tiny_cross_encoder), 12, weight=0.0))) == \
+            _ids(index.search(q, k=6))
+    assert any(_ids(index.search(q, k=6, rerank=alone)) != _ids(index.search(q, k=6)) for q in QUERIES)
+    saved = tmp_path / "saved"
+    shutil.copytree(tiny_cross_encoder, saved)
+    (saved / RERANK_META).write_text(json.dumps({"fusion": {"weight": 0.0}}))
+    trained = Reranker(str(saved), candidates=12)
+    assert trained.fusion_weight == 0.0
+    assert all(_ids(index.search(q, k=6, rerank=trained)) == _ids(index.search(q, k=6)) for q in QUERIES)
+    assert Reranker(str(saved), candidates=12, weight=0.3).fusion_weight == 0.3  # an explicit weight wins
+    half = Reranker(str(tiny_cross_encoder), candidates=12, weight=0.5)
+    for q in QUERIES:
+        assert _ids(index.search(q, k=6, rerank=half)) == _model_order(half, q, index.search(q, k=12), 6)[0]
+    with pytest.raises(RetrievalError, match="rerank weight must be between 0 and 1 .* got 1.5"):
+        Reranker(str(tiny_cross_encoder), weight=1.5)
+    with pytest.raises(Exception, match="weight"):
+        RerankConfig(model="x", weight=-0.1)
 
 
 def test_reranker_config_and_errors(tmp_path, embedder_path, tiny_cross_encoder):
@@ -142,3 +174,10 @@ def test_index_search_cli_reranks(built_index, index, tiny_cross_encoder, capsys
     assert main(["index", "search", str(built_index), q, "--rerank", str(tiny_cross_encoder),
                  "--rerank-candidates", "0"]) == 2
     assert "--rerank-candidates must be a positive integer, got 0" in capsys.readouterr().err
+    # weight 0: the search's own order
+    assert main(["index", "search", str(built_index), q, "-k", "3", "--rerank", str(tiny_cross_encoder),
+                 "--rerank-weight", "0", "--json"]) == 0
+    assert [r["chunk_id"] for r in json.loads(capsys.readouterr().out)["results"]] == _ids(index.search(q, k=3))
+    assert main(["index", "search", str(built_index), q, "--rerank", str(tiny_cross_encoder),
+                 "--rerank-weight", "2"]) == 2
+    assert "rerank weight must be between 0 and 1" in capsys.readouterr().err

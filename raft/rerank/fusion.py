@@ -1,0 +1,74 @@
+"""Choose how much the trained cross-encoder is trusted against the search it reranks.
+
+The rerank stage orders a search's candidates by weight x the cross-encoder's score + (1 - weight) x the
+search's rank (retrieval.rerank.fuse_scores). After training, `raft rerank train` searches the index for each
+validation question, as the served stage will, scores the first `candidates` hits once, and picks the weight
+of a grid (0, 0.1, ..., 1) that ranks the question's oracle chunks best (MRR@10; a tie goes to the lower
+weight, closer to the search). Weight 0 is the search's own order: a reranker that learned little is then
+harmless instead of replacing a good order with a poor one. The choice and the figures behind it go into
+raft_rerank.json, and the stage uses that weight unless one is configured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raft.rerank.pairs import read_records
+from retrieval.rerank import fuse_scores, pair_text
+
+GRID = tuple(round(i / 10, 1) for i in range(11))
+
+
+def ranking_metrics(orders: list[list[str]], golds: list[set[str]]) -> dict[str, float]:
+    """recall@5 (a gold id among the first 5) and MRR@10 (first gold id) over the queries."""
+    n = max(1, len(golds))
+    rec = sum(bool(set(o[:5]) & g) for o, g in zip(orders, golds)) / n
+    mrr = sum(next((1 / i for i, c in enumerate(o[:10], 1) if c in g), 0.0) for o, g in zip(orders, golds)) / n
+    return {"recall@5": round(rec, 4), "mrr@10": round(mrr, 4)}
+
+
+def choose_weight(ce_scores: list[np.ndarray], ids: list[list[str]], golds: list[set[str]],
+                  grid: tuple[float, ...] = GRID) -> dict[str, Any]:
+    """The grid weight with the best MRR@10 (ties: the lowest), with the metrics at 0, at 1 and at it.
+    `ce_scores[i]` scores `ids[i]`, the i-th query's candidates in the search's order."""
+    by_weight = {}
+    for w in grid:
+        orders = [[c[j] for j in np.argsort(-fuse_scores(s, w), kind="stable")] for s, c in zip(ce_scores, ids)]
+        by_weight[w] = ranking_metrics(orders, golds)
+    best = max(grid, key=lambda w: (by_weight[w]["mrr@10"], by_weight[w]["recall@5"], -w))
+    return {"weight": best, "search": by_weight[0.0] if 0.0 in by_weight else None,
+            "reranker_alone": by_weight.get(1.0), "chosen": by_weight[best],
+            "mrr@10_by_weight": {str(w): m["mrr@10"] for w, m in by_weight.items()}}
+
+
+def tune_on_split(model, dataset: Path, split: str, manifest: dict, index_dir: str | None, candidates: int,
+                  batch_size: int = 64) -> dict[str, Any]:
+    """Search `split`'s questions in the dataset's index, score the first `candidates` hits with `model` (a
+    sentence-transformers CrossEncoder) and choose the weight. Returns {"weight": None, "reason": ...} when
+    there is nothing to tune on."""
+    from retrieval.index import RetrievalIndex
+
+    index = Path(index_dir) if index_dir else dataset / "index"
+    if not (index / "manifest.json").is_file():
+        return {"weight": None, "reason": f"no index at {index} to search (set index_dir)"}
+    recs = [r for r in read_records(dataset, split, manifest) if r.get("oracle_ids")]
+    if not recs:
+        return {"weight": None, "reason": f"split {split!r} has no question with an oracle"}
+    idx = RetrievalIndex.open(index, verify=False)
+    try:
+        hits = idx.search_batch([r["question"] for r in recs], k=candidates)
+    finally:
+        idx.close()
+    pairs = [(r["question"], pair_text(h.chunk)) for r, lst in zip(recs, hits) for h in lst]
+    flat = np.asarray(model.predict(pairs, batch_size=batch_size, show_progress_bar=False)).reshape(-1) \
+        if pairs else np.zeros(0)
+    scores, at = [], 0
+    for lst in hits:
+        scores.append(flat[at:at + len(lst)].astype("float64"))
+        at += len(lst)
+    out = choose_weight(scores, [[h.chunk.chunk_id for h in lst] for lst in hits],
+                        [set(r["oracle_ids"]) for r in recs])
+    return {**out, "split": split, "questions": len(recs), "candidates": candidates}
