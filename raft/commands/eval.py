@@ -96,11 +96,10 @@ class PredictionStream:
 
 def summary_table(result: dict, k: int):
     """The terminal's table, one row per run, within 100 columns (two-line headers). A column no run has a
-    value for is left out: recall for systems that do not retrieve, cost where no price is set."""
+    value for is left out: recall for systems that do not retrieve, cost where no price is set, errors when
+    no request failed (the line under the table counts failed requests)."""
     from rich import box
     from rich.table import Table
-
-    from raft.eval.report import fmt_metric
 
     runs = result["runs"]
     cols = [("em", "EM"), ("f1", "F1"), (f"recall@{k}", f"recall\n@{k}"), ("quote_validity", "quote\nvalid"),
@@ -111,10 +110,27 @@ def summary_table(result: dict, k: int):
     table.add_column("system", min_width=12, overflow="fold")
     for _, header in cols:
         table.add_column(header, justify="right", no_wrap=True)
-    table.add_column("errors", justify="right", no_wrap=True)
+    errors = any(r.get("errors") for r in runs)
+    if errors:
+        table.add_column("errors", justify="right", no_wrap=True)
     for r in runs:
-        table.add_row(r["label"], *(fmt_metric(key, r.get(key)) for key, _ in cols), str(r["errors"]))
+        table.add_row(r["label"], *(_short(key, r.get(key)) for key, _ in cols),
+                      *([str(r["errors"])] if errors else []))
     return table
+
+
+def _short(key: str, v) -> str:
+    """A figure as the terminal shows it: seconds to 0.1 and whole tokens, so that the system names fit on one
+    line at 80 columns (report.md keeps every figure at full precision)."""
+    from raft.eval.report import fmt_metric
+
+    if v is None:
+        return fmt_metric(key, v)
+    if key in ("latency_p50_s", "latency_p95_s"):
+        return f"{v:.1f}"
+    if key in ("prompt_tokens", "completion_tokens"):
+        return f"{v:.0f}"
+    return fmt_metric(key, v)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -205,8 +205,19 @@ def test_console_table_fits_100_columns_with_whole_headers():
     for header in ("EM", "F1", "recall", "@10", "quote", "valid", "p50", "p95", "prompt", "compl.", "tokens",
                    "cost /", "correct", "errors"):
         assert header in text, header
-    for value in ("12.345", "123.456", "12345.6", "1234.5", "1.234e-05", "1000"):
+    # seconds to 0.1 and whole tokens on the terminal (report.md keeps full precision)
+    for value in ("12.3", "123.5", "12346", "1234", "1.234e-05", "1000"):
         assert value in text, value
+    assert "12.345" not in text and "12345.6" not in text
+    # at 80 columns, with no failed request (no errors column), each run's name fits on its line
+    for r in runs:
+        r["errors"] = 0
+    narrow = [{**r, "label": f"RAFT+RAG top_k={i}", "price": None, "cost_per_correct": None, "latency_p95_s": 100.7,
+               "prompt_tokens": 479.4, "completion_tokens": 46.0} for i, r in enumerate(runs)]
+    console = Console(width=80, record=True, file=open("/dev/null", "w"))
+    console.print(summary_table({"runs": narrow}, 5))
+    text = console.export_text()
+    assert "errors" not in text and all(f"RAFT+RAG top_k={i}  " in text for i in range(len(narrow)))
     # no price anywhere: no cost column
     for r in runs:
         r["price"], r["cost_per_correct"] = None, None
