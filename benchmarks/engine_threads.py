@@ -7,7 +7,7 @@ This replays that shape with one model served twice: engine A first answers a fe
 questions), then A gets `--requests` and B half as many, all at once at `--concurrency` each. The same
 requests go to both configurations; the figure is the wall time until both engines are done, and its ratio.
 
-    python benchmarks/engine_threads.py                       # 16 + 8 requests, 64 new tokens each
+    python benchmarks/engine_threads.py                       # 32 + 16 requests, 64 new tokens each
     python benchmarks/engine_threads.py --requests 8 --max-tokens 32
 
 Writes benchmarks/results/engine_threads.json.
@@ -91,7 +91,7 @@ def run_config(threads: str, path: str, args, logs: Path) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--requests", type=int, default=16, help="engine A's share (engine B gets half as many)")
+    ap.add_argument("--requests", type=int, default=32, help="engine A's share (engine B gets half as many)")
     ap.add_argument("--demo", type=int, default=3, help="requests engine A answers alone first")
     ap.add_argument("--concurrency", type=int, default=8, help="requests in flight per engine (= --max-batch)")
     ap.add_argument("--max-tokens", type=int, default=64)

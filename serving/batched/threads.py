@@ -12,10 +12,7 @@ A batch is one `generate` call: tens of seconds of decoding on a CPU. Deciding o
 start last a whole batch (the quickstart's RAFT engine began its first evaluation batch with the two threads
 its idle warm-up questions had earned, next to the base engine's thread, and that batch took 100 s instead of
 about 20). So the engine also calls `step()` at every decoding step, and the count is decided again once a
-window of `_WINDOW_S` has passed. A batch's prompt is read in one forward pass, which no step interrupts: after
-the engine sat idle for `_STALE_S` the count it decided before says nothing about the host now (two engines
-that both earned two threads alone would read their next prompts with four threads on two cores), so such a
-batch starts again from `start` threads and takes more at its first decision.
+window of `_WINDOW_S` has passed.
 """
 
 from __future__ import annotations
@@ -28,7 +25,6 @@ from typing import Callable, Optional
 _SHORT_S = 0.2  # batches shorter than this say too little (idle time is counted in 10 ms ticks)
 _MARGIN = 0.25  # take another thread only for at least 3/4 of an idle core
 _WINDOW_S = 1.0  # within a batch, decide again after this much wall time (a few decoding steps)
-_STALE_S = 2.0  # a count decided longer ago than this, the engine idle since, says nothing about now
 
 
 def host_idle_s() -> Optional[float]:
@@ -59,15 +55,11 @@ class AdaptiveThreads:
         self.limit = max(1, limit)
         self.threads = max(1, min(start, self.limit))
         self._idle_s, self._cpu_s, self._now = idle_s, cpu_s, now
-        self.start = self.threads
         self._mark: Optional[tuple[float, Optional[float], float]] = None
-        self._ended: Optional[float] = None  # when the last batch ended
 
     def before(self) -> int:
         import torch
 
-        if self._ended is not None and self._now() - self._ended > _STALE_S:
-            self.threads = self.start
         if torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
         self._mark = (self._now(), self._idle_s(), self._cpu_s())
@@ -89,7 +81,6 @@ class AdaptiveThreads:
     def after(self) -> int:
         self._decide()
         self._mark = None
-        self._ended = self._now()
         return self.threads
 
     def _decide(self) -> None:

@@ -78,24 +78,6 @@ def test_the_count_is_decided_again_within_a_long_batch():
     assert t.step() == 2  # between batches, nothing to measure
 
 
-def test_after_an_idle_spell_a_batch_starts_from_one_thread():
-    """A prompt is read in one forward pass that no step interrupts: a count earned before an idle spell must
-    not be carried into it (two engines that each earned two threads alone would read with four on two cores)."""
-    host = Host()
-    t = host.threads()
-    t.before()
-    host.batch(1.0, idle_cores=1.0, own_cores=1.0)
-    assert t.after() == 2
-    host.batch(0.5, idle_cores=2.0, own_cores=0.0)  # a short pause between batches: the count holds
-    assert t.before() == 2
-    host.batch(1.0, idle_cores=0.0, own_cores=1.95)
-    assert t.after() == 2
-    host.batch(5.0, idle_cores=2.0, own_cores=0.0)  # idle for seconds: start again from one thread ...
-    assert t.before() == 1
-    host.batch(1.0, idle_cores=1.0, own_cores=1.0)  # ... and take the free core at the first decision
-    assert t.step() == 2
-
-
 def test_without_proc_stat_the_count_stays():
     host = Host()
     t = AdaptiveThreads(limit=2, start=2, idle_s=lambda: None, cpu_s=lambda: host.cpu, now=lambda: host.t)
