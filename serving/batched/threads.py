@@ -71,12 +71,7 @@ class AdaptiveThreads:
         if self._mark is None or self._now() - self._mark[0] < _WINDOW_S:
             return self.threads
         self._decide()
-        import torch
-
-        if torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
-        self._mark = (self._now(), self._idle_s(), self._cpu_s())
-        return self.threads
+        return self.before()  # apply the count and open the next window, as at a batch's start
 
     def after(self) -> int:
         self._decide()
