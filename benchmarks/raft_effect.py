@@ -33,6 +33,9 @@ Ablations on the same OUT after the full run: `--raft-steps 100` retrains only t
 about as many examples as DSF sees in 40) and asks only its questions, at 4 distractors; base and DSF answers are
 reused. It writes OUT/raft_effect_raft100.{json,png} and leaves raft_effect.json as it was. `--raft-steps 100
 --dsf-steps 100` then retrains only DSF (the control: both arms as long), into raft_effect_raft100_dsf100.*.
+Any other RAFT-arm setting away from Table 1 (`--p-oracle`, `--train-distractors`, `--targets`) is an ablation
+too, named for every changed setting (e.g. raft_effect_raft100_dsf100_p100.* for P = 1.0); give it its own
+--out, since it builds the RAFT training set again.
 
 Writes OUT/raft_effect.{json,png} (and copies them to benchmarks/results/); `raft eval`'s own report is in
 OUT/eval/. Targets at 4 distractors: RAFT+RAG >= DSF+RAG + 10 points F1, >= base+RAG + 20 points F1, with
@@ -411,9 +414,29 @@ def main() -> int:
     return write_results(args, out, sweep, at, timings, t0, load_before)
 
 
+DEFAULT_RAFT_MIX = {"p_oracle": 0.8, "train_distractors": 4, "targets": "all-linear"}
+
+
+def ablation_stem(args: argparse.Namespace) -> str | None:
+    """The result files' stem of an ablation (a trained arm with other steps than --steps, or a RAFT mix or LoRA
+    target other than the Table-1 defaults; evaluated at the targets' point only), None for the main run.
+    Every changed setting is in the name, so one ablation never overwrites another's results."""
+    parts = []
+    if args.raft_steps not in (None, args.steps) or args.dsf_steps not in (None, args.steps):
+        parts.append(f"raft{args.raft_steps or args.steps}")
+        if args.dsf_steps not in (None, args.steps):
+            parts.append(f"dsf{args.dsf_steps}")
+    if args.p_oracle != DEFAULT_RAFT_MIX["p_oracle"]:
+        parts.append(f"p{round(args.p_oracle * 100)}")
+    if args.train_distractors != DEFAULT_RAFT_MIX["train_distractors"]:
+        parts.append(f"d{args.train_distractors}")
+    if args.targets != DEFAULT_RAFT_MIX["targets"]:
+        parts.append(args.targets.replace("_proj", "").replace(",", ""))
+    return "_".join(["raft_effect", *parts]) if parts else None
+
+
 def _ablation(args: argparse.Namespace) -> bool:
-    """Whether a trained arm gets other steps than --steps (evaluated at the targets' point only)."""
-    return any(n not in (None, args.steps) for n in (args.raft_steps, args.dsf_steps))
+    return ablation_stem(args) is not None
 
 
 def write_results(args: argparse.Namespace, out: Path, sweep: list[int], at: str, timings: dict | None,
@@ -455,13 +478,12 @@ def write_results(args: argparse.Namespace, out: Path, sweep: list[int], at: str
         total = result["seconds"] + sum(timings[x] for x in RESUMED)
         # an eval that resumed ran in more than one sitting, and the earlier ones are not timed here
         result["targets"]["within_60_min"] = total <= 3600 if not report.get("reused_answers") else None
-    stem = ("raft_effect" + f"_raft{args.raft_steps or args.steps}"
-            + (f"_dsf{args.dsf_steps}" if args.dsf_steps not in (None, args.steps) else "")) if ablation else "raft_effect"
+    stem = ablation_stem(args) or "raft_effect"
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
     plot(by_n, out / f"{stem}.png", f"SmolLM2-135M-Instruct on {args.test_set} "
          f"({result['test_questions']} held-out questions)"
-         + (f"; RAFT trained {args.raft_steps or args.steps} steps, DSF {args.dsf_steps or args.steps}"
-            if ablation else ""))
+         + (f"; RAFT trained {args.raft_steps or args.steps} steps (P={args.p_oracle}, {args.train_distractors} "
+            f"distractors, LoRA {args.targets}), DSF {args.dsf_steps or args.steps}" if ablation else ""))
     print("\n" + table(by_n, sweep) + "\n\n" + cost_table(by_n, sweep))
     print(json.dumps(result["targets"], indent=1),
           f"\n{result['seconds']:.0f} s in all" if result["seconds"] is not None else

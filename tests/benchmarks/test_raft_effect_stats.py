@@ -157,3 +157,21 @@ def test_summarize_writes_the_results_of_a_stopped_eval(tmp_path):
     assert "| 0 | 6 | " in proc.stdout and "| 4 |" not in proc.stdout and "a stopped eval" in proc.stdout
     assert "left out: 4 distractors, 3 question(s)" in proc.stdout
     assert (out / "raft_effect.png").stat().st_size > 0
+
+
+def test_every_changed_setting_names_its_own_ablation_files(bench):
+    """An ablation's results must never overwrite the main run's or another ablation's."""
+    import argparse
+
+    def args(**kw):
+        base = {"steps": 40, "raft_steps": None, "dsf_steps": None, "p_oracle": 0.8, "train_distractors": 4,
+                "targets": "all-linear"}
+        return argparse.Namespace(**{**base, **kw})
+
+    assert bench.ablation_stem(args()) is None
+    assert bench.ablation_stem(args(raft_steps=40)) is None  # the same as --steps: the main run
+    assert bench.ablation_stem(args(raft_steps=100)) == "raft_effect_raft100"
+    assert bench.ablation_stem(args(raft_steps=100, dsf_steps=100)) == "raft_effect_raft100_dsf100"
+    assert bench.ablation_stem(args(raft_steps=100, dsf_steps=100, p_oracle=1.0)) == "raft_effect_raft100_dsf100_p100"
+    assert bench.ablation_stem(args(targets="q_proj,v_proj")) == "raft_effect_qv"
+    assert bench.ablation_stem(args(train_distractors=2)) == "raft_effect_d2"
