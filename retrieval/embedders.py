@@ -76,6 +76,12 @@ def shared_embedder(name: str, device: str | None = None, batch_size: int = 64,
         return _SHARED[key]
 
 
+def embedder_for(cfg) -> "Embedder":
+    """The shared Embedder an index's config (an IndexConfig: embedder, device, batch_size, max_seq_length)
+    names."""
+    return shared_embedder(cfg.embedder, cfg.device, cfg.batch_size, cfg.max_seq_length)
+
+
 class Embedder:
     """A sentence-transformers model, loaded on first use."""
 

@@ -31,7 +31,7 @@ from retrieval.config import IndexConfig
 from retrieval.dense import DenseIndex, choose_type
 from retrieval.embed_gate import EMBED_SLICE_CHARS, LockedCache, embed_gate, slices
 from retrieval.embedders import (Embedder, EmbeddingCache, canonical_name, content_hash, embed_with_cache,
-                                 shared_embedder)
+                                 embedder_for)
 from retrieval.errors import RetrievalError
 from retrieval.filters import normalize_filter
 from retrieval.fusion import fuse
@@ -171,7 +171,7 @@ class RetrievalIndex:
             why = "; ".join(f"{p}: {r}" for p, r in skipped[:5])
             raise RetrievalError(f"corpus {where!r} has no usable documents" + (f" (skipped: {why})" if why else
                                  "") + "; give .txt/.md/.html/.pdf/.json/.jsonl files with text")
-        embedder = shared_embedder(cfg.embedder, cfg.device, cfg.batch_size, cfg.max_seq_length)
+        embedder = embedder_for(cfg)
         # the loaded model's tokenizer when there is one; else the tokenizer alone (--ray: no model here)
         tok = embedder.tokenizer if embedder._model is not None else load_tokenizer(cfg.embedder)
         chunks = chunk_documents(docs, tok, cfg.chunk_size, cfg.chunk_overlap)
@@ -265,8 +265,7 @@ class RetrievalIndex:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            self._embedder = shared_embedder(self.config.embedder, self.config.device, self.config.batch_size,
-                                             self.config.max_seq_length)
+            self._embedder = embedder_for(self.config)
         return self._embedder
 
     @property

@@ -102,14 +102,14 @@ class EmbedServer:
     def __init__(self, index_dir: str, embedder: str | None = None, backend: str = "auto"):
         threads = _limit_threads()
         from retrieval.config import IndexConfig
-        from retrieval.embedders import shared_embedder
+        from retrieval.embedders import embedder_for
         from retrieval.index import check_embedder, read_manifest
 
         man = read_manifest(index_dir)
         check_embedder(index_dir, man, embedder)
         cfg = IndexConfig(**man["config"])
         self.index_dir, self.dim = index_dir, int(man["embedder"]["dim"])
-        self.embedder = shared_embedder(cfg.embedder, cfg.device, cfg.batch_size, cfg.max_seq_length)
+        self.embedder = embedder_for(cfg)
         # ONNX Runtime where the model allows it: the same vectors, 2-3x faster per query on CPU
         self._backend = self.embedder.use_backend(backend, threads)
         self.embed(["warm up"])  # load the model now, not on the first user query
