@@ -232,7 +232,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     path = resolve_model(args.model, log=log.info)
     gen = BatchGenerator(path, device=args.device, dtype=args.dtype, threads=args.threads)
-    log.info("warm-up generation took %.1f s", warm_up(gen))
+    log.info("warm-up generation took %.1f s", warm_up(gen, quote_guard=args.quote_guard))
     batcher = MicroBatcher(gen.generate, max_batch=args.max_batch, max_wait_s=args.batch_wait_ms / 1000)
     names = args.served_model_name or [args.model]
     app = create_app(gen, batcher, names + [n for n in (str(path),) if n not in names], quote_guard=args.quote_guard)

@@ -165,8 +165,14 @@ class BatchGenerator:
                          finish_reason=reason)
 
 
-def warm_up(gen: BatchGenerator) -> float:
-    """One short generation, so the first real request does not pay for lazy initialisation; seconds taken."""
+def warm_up(gen: BatchGenerator, quote_guard: bool = False) -> float:
+    """One short generation, so the first real request does not pay for lazy initialisation; seconds taken.
+    With `quote_guard` the guard's token table is built here too (one decode per vocabulary entry, about half a
+    second for SmolLM2), not on the first guarded request."""
     t0 = time.perf_counter()
     gen.generate([GenRequest(prompt="Hello", max_tokens=2)])
+    if quote_guard:
+        from serving.batched.quote_guard import piece_table
+
+        piece_table(gen.tokenizer)
     return time.perf_counter() - t0

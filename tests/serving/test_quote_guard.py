@@ -104,3 +104,16 @@ def test_a_request_field_overrides_the_engines_quote_guard(engine_default, field
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
     req = ChatCompletionRequest(**body, **({} if field is None else {"quote_guard": field}))
     assert _gen_request(req, 8, engine_default, messages=body["messages"]).quote_guard is want
+
+
+def test_an_engine_started_with_the_guard_builds_its_token_table_at_warm_up(tiny_model_dir):
+    """Not on the first guarded request: that request would wait for one decode per vocabulary entry."""
+    from serving.batched.generator import warm_up
+
+    plain = BatchGenerator(tiny_model_dir)
+    warm_up(plain)
+    assert getattr(plain.tokenizer, "_raft_quote_pieces", None) is None
+    guarded = BatchGenerator(tiny_model_dir)
+    warm_up(guarded, quote_guard=True)
+    pieces = getattr(guarded.tokenizer, "_raft_quote_pieces", None)
+    assert pieces is not None and len(pieces) == len(guarded.tokenizer)
