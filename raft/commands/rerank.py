@@ -75,6 +75,10 @@ def _train(args) -> int:
         console.print(f"fusion weight {fu['weight']:.1f} (1: the reranker alone, 0: the search's order), chosen on "
                       f"{fu['questions']} {fu['split']} questions: MRR@10 search {fu['search']['mrr@10']:.3f}, "
                       f"reranker alone {fu['reranker_alone']['mrr@10']:.3f}, fused {fu['chosen']['mrr@10']:.3f}")
+        if ns := fu.get("not_significant"):
+            console.print(f"[yellow]weight {ns['weight']:.1f} scored MRR@10 {ns['mrr@10']:.3f}, but its gain over the "
+                          f"search is within the noise of {ns['questions']} questions (95% lower bound "
+                          f"{ns['gain_lower_bound']:+.3f}), so it was not taken[/]")
         if fu["weight"] == 0.0:
             console.print("[yellow]the reranker did not beat the search on those questions, so the stage keeps the "
                           "search's order; train on more questions (or longer) before serving it[/]")

@@ -48,8 +48,9 @@ class RerankTrainConfig(Config):
     rerank (serve.retrieval.rerank.candidates)."""
     weight: Optional[float] = Field(None, ge=0, le=1)
     """Fusion weight saved with the model (1: the cross-encoder's order alone, 0: the search's order); null:
-    chosen on eval_split by searching the dataset's index (0, 0.1, ..., 1; best MRR@10 of the oracle), or 1
-    when there is no such split or index."""
+    chosen on eval_split by searching the dataset's index (0, 0.1, ..., 1; best MRR@10 of the oracle among the
+    weights whose gain over the search has a 95% lower bound above 0, else 0), or 1 when there is no such split
+    or index."""
     device: Optional[str] = None
     """torch device ("cpu", "cuda", ...); null picks CUDA when present."""
     seed: int = 0

@@ -5,7 +5,10 @@ search's rank (retrieval.rerank.fuse_scores). After training, `raft rerank train
 validation question, as the served stage will, scores the first `candidates` hits once, and picks the weight
 of a grid (0, 0.1, ..., 1) that ranks the question's oracle chunks best (MRR@10; a tie goes to the lower
 weight, closer to the search). Weight 0 is the search's own order: a reranker that learned little is then
-harmless instead of replacing a good order with a poor one. The choice and the figures behind it go into
+harmless instead of replacing a good order with a poor one. A weight above 0 is only taken when its gain over
+the search is more than noise: the lower end of a one-sided 95% paired bootstrap interval of the MRR@10 gain,
+over the validation questions, must be above 0. One question of ten ranked better is not enough evidence to
+reorder every query served. The choice and the figures behind it go into
 raft_rerank.json, and the stage uses that weight unless one is configured.
 """
 
@@ -30,18 +33,42 @@ def ranking_metrics(orders: list[list[str]], golds: list[set[str]]) -> dict[str,
     return {"recall@5": round(rec, 4), "mrr@10": round(mrr, 4)}
 
 
+def _reciprocal_ranks(orders: list[list[str]], golds: list[set[str]]) -> np.ndarray:
+    return np.array([next((1 / i for i, c in enumerate(o[:10], 1) if c in g), 0.0) for o, g in zip(orders, golds)])
+
+
+def gain_lower_bound(gain: np.ndarray, resamples: int = 2000, seed: int = 0) -> float:
+    """The 5th percentile of the mean of `gain` (one value per question) over paired bootstrap resamples: the
+    lower end of a one-sided 95% interval."""
+    if gain.size == 0:
+        return 0.0
+    rows = np.random.default_rng(seed).integers(0, gain.size, size=(resamples, gain.size))
+    return float(np.quantile(gain[rows].mean(axis=1), 0.05))
+
+
 def choose_weight(ce_scores: list[np.ndarray], ids: list[list[str]], golds: list[set[str]],
                   grid: tuple[float, ...] = GRID) -> dict[str, Any]:
-    """The grid weight with the best MRR@10 (ties: the lowest), with the metrics at 0, at 1 and at it.
-    `ce_scores[i]` scores `ids[i]`, the i-th query's candidates in the search's order."""
-    by_weight = {}
+    """Of the grid weights whose MRR@10 gain over the search (weight 0) has a 95% lower bound above 0, the one
+    with the best MRR@10 (ties: the lowest); weight 0 when none has. Returns it with the metrics at 0, at 1 and
+    at it. `ce_scores[i]` scores `ids[i]`, the i-th query's candidates in the search's order."""
+    by_weight, rr = {}, {}
     for w in grid:
         orders = [[c[j] for j in np.argsort(-fuse_scores(s, w), kind="stable")] for s, c in zip(ce_scores, ids)]
         by_weight[w] = ranking_metrics(orders, golds)
-    best = max(grid, key=lambda w: (by_weight[w]["mrr@10"], by_weight[w]["recall@5"], -w))
-    return {"weight": best, "search": by_weight[0.0] if 0.0 in by_weight else None,
-            "reranker_alone": by_weight.get(1.0), "chosen": by_weight[best],
-            "mrr@10_by_weight": {str(w): m["mrr@10"] for w, m in by_weight.items()}}
+        rr[w] = _reciprocal_ranks(orders, golds)
+    base = rr.get(0.0, np.zeros(len(golds)))
+    lower = {w: round(gain_lower_bound(rr[w] - base), 4) for w in grid if w != 0.0}
+    earned = [w for w in grid if w == 0.0 or lower[w] > 0]
+    best = max(earned, key=lambda w: (by_weight[w]["mrr@10"], by_weight[w]["recall@5"], -w)) if earned else 0.0
+    top = max(grid, key=lambda w: (by_weight[w]["mrr@10"], by_weight[w]["recall@5"], -w))
+    out = {"weight": best, "search": by_weight[0.0] if 0.0 in by_weight else None,
+           "reranker_alone": by_weight.get(1.0), "chosen": by_weight[best],
+           "mrr@10_by_weight": {str(w): m["mrr@10"] for w, m in by_weight.items()},
+           "mrr@10_gain_lower_bound": {str(w): b for w, b in lower.items()}}
+    if top != best:  # the best-scoring weight's lead over the search is within the noise of these questions
+        out["not_significant"] = {"weight": top, "mrr@10": by_weight[top]["mrr@10"], "gain_lower_bound": lower[top],
+                                  "questions": len(golds)}
+    return out
 
 
 def tune_on_split(model, dataset: Path, split: str, manifest: dict, index_dir: str | None, candidates: int,

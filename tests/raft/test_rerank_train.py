@@ -84,6 +84,25 @@ def test_choose_weight_prefers_what_ranks_the_oracle_best():
     assert choose_weight([np.zeros(4), np.zeros(4)], ids, golds)["weight"] == 0.0
 
 
+def test_a_weight_whose_gain_is_noise_is_not_taken():
+    """One question of ten ranked better is not evidence; the same gain on every question is."""
+    import numpy as np
+
+    from raft.rerank.fusion import choose_weight
+
+    ids = [[f"q{i}-{j}" for j in range(4)] for i in range(10)]
+    golds = [{f"q{i}-0"} for i in range(10)]  # the search ranks every oracle first ...
+    golds[0] = {"q0-1"}  # ... but one, which the model lifts
+    scores = [np.array([0.0, 1.0, 0.0, 0.0]) if i == 0 else np.array([1.0, 0.0, 0.0, 0.0]) for i in range(10)]
+    got = choose_weight(scores, ids, golds)
+    assert got["weight"] == 0.0 and got["chosen"] == got["search"]
+    assert got["not_significant"]["mrr@10"] == 1.0 and got["not_significant"]["questions"] == 10
+    assert got["mrr@10_gain_lower_bound"][str(got["not_significant"]["weight"])] <= 0
+    golds = [{f"q{i}-1"} for i in range(10)]  # the search ranks every oracle second; the model lifts them all
+    got = choose_weight([np.array([0.0, 1.0, 0.0, 0.0])] * 10, ids, golds)
+    assert got["weight"] > 0 and got["chosen"]["mrr@10"] == 1.0 and "not_significant" not in got
+
+
 def test_tune_on_split_searches_the_dataset_index(dataset, tiny_cross_encoder):
     from sentence_transformers import CrossEncoder
 
@@ -101,7 +120,10 @@ def test_tune_on_split_searches_the_dataset_index(dataset, tiny_cross_encoder):
     finally:
         idx.close()
     assert got["search"] == ranking_metrics(orders, [set(r["oracle_ids"]) for r in recs])
-    assert got["chosen"]["mrr@10"] >= max(got["search"]["mrr@10"], got["reranker_alone"]["mrr@10"])
+    assert got["chosen"]["mrr@10"] >= got["search"]["mrr@10"]
+    assert got["chosen"]["mrr@10"] == got["mrr@10_by_weight"][str(got["weight"])]
+    if got["weight"] > 0:  # a weight above 0 is taken only with a gain over the search beyond the noise
+        assert got["mrr@10_gain_lower_bound"][str(got["weight"])] > 0
     assert tune_on_split(None, dataset, "validation", manifest, str(dataset / "nowhere"), 8)["weight"] is None
 
 
