@@ -19,7 +19,6 @@ architecture built from the config without the GGUF quantization entry, and that
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from raft.errors import RaftError
+from retrieval.generations import sha256_file
 
 SOURCE_FILE = "raft_source.json"  # written into every converted directory: where it came from
 
@@ -78,14 +78,6 @@ def packaged_gguf(name: str) -> Path:
     return path
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -118,7 +110,7 @@ def convert_gguf(path: Path, cache: Path | None = None, log: Callable[[str], Non
     import fcntl
 
     path = Path(path).resolve()
-    digest = file_sha256(path)
+    digest = sha256_file(path)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem)[:80]
     cache = Path(cache) if cache is not None else cache_dir()
     dest = cache / f"{stem}-{digest[:16]}"

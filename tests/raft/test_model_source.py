@@ -6,6 +6,7 @@ conversion is checked exactly (same logits, same tokens, same chat template) wit
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -43,7 +44,7 @@ def test_gguf_converts_to_the_same_model_tokenizer_and_template(tiny_gguf, tiny_
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
     assert "quantization_config" not in json.loads((out / "config.json").read_text())
     source = json.loads((out / model_source.SOURCE_FILE).read_text())
-    assert source["sha256"] == model_source.file_sha256(tiny_gguf)
+    assert source["sha256"] == hashlib.sha256(tiny_gguf.read_bytes()).hexdigest()
 
     ref_tok, tok = AutoTokenizer.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(out)
     text = "The capital of Veloria is Portivel. <ANSWER>: Portivel ##begin_quote##x##end_quote##"
