@@ -8,8 +8,8 @@ weight, closer to the search). Weight 0 is the search's own order: a reranker th
 harmless instead of replacing a good order with a poor one. A weight above 0 is only taken when its gain over
 the search is more than noise: the lower end of a one-sided 95% paired bootstrap interval of the MRR@10 gain,
 over the validation questions, must be above 0. One question of ten ranked better is not enough evidence to
-reorder every query served. The choice and the figures behind it go into
-raft_rerank.json, and the stage uses that weight unless one is configured.
+reorder every query served. The choice and the figures behind it go into raft_rerank.json, and the stage uses
+that weight unless one is configured.
 """
 
 from __future__ import annotations
