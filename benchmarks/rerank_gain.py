@@ -33,6 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from raft.eval.metrics import ranking_metrics  # noqa: E402
+
 SETS = ["gorilla_apibench", "hotpotqa_hippo", "hotpotqa_amor_dev", "musique_hippo", "clapnq"]
 TARGET_SETS = ("gorilla_apibench", "musique_hippo")  # +5 points recall@5 wanted on these (issue 18)
 
@@ -56,13 +58,7 @@ def split_questions(qs: list[dict], train_frac: float, max_train: int, max_eval:
 
 
 def metrics(ranked_docs: list[list[str]], golds: list[set[str]]) -> dict[str, float]:
-    n = max(1, len(golds))
-    out = {"recall@5": sum(bool(set(r[:5]) & g) for r, g in zip(ranked_docs, golds)) / n}
-    mrr = 0.0
-    for r, g in zip(ranked_docs, golds):
-        mrr += next((1 / i for i, d in enumerate(r[:10], 1) if d in g), 0.0)
-    out["mrr@10"] = mrr / n
-    return {k: round(v, 4) for k, v in out.items()}
+    return {k: round(v, 4) for k, v in ranking_metrics(ranked_docs, golds).items()}
 
 
 def norm(text: str) -> str:

@@ -22,24 +22,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from raft.eval.metrics import ranking_metrics  # noqa: E402
+
 REFERENCE = {"gorilla_apibench": {"dense": 0.185, "bm25": 0.249}, "hotpotqa_hippo": {"dense": 0.97, "bm25": 0.98}}
 WEIGHTS = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 def metrics(ranked_docs: list[list[str]], golds: list[set[str]]) -> dict[str, float]:
-    out = {}
-    n = max(1, len(golds))
-    for k in (1, 5, 10):
-        out[f"recall@{k}"] = sum(bool(set(r[:k]) & g) for r, g in zip(ranked_docs, golds)) / n
-    out["full_recall@5"] = sum(len(set(r[:5]) & g) / len(g) for r, g in zip(ranked_docs, golds)) / n
-    mrr = 0.0
-    for r, g in zip(ranked_docs, golds):
-        for i, d in enumerate(r[:10], 1):
-            if d in g:
-                mrr += 1 / i
-                break
-    out["mrr@10"] = mrr / n
-    return out
+    return ranking_metrics(ranked_docs, golds, hit_ks=(1, 5, 10), full_recall_ks=(5,))
 
 
 def run_set(folder: Path, work: Path, ncand: int, cfg_overrides: dict) -> dict:

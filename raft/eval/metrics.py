@@ -117,15 +117,42 @@ def recall_at_k(retrieved: Sequence[str], gold: Iterable[str], k: int) -> float 
     return len(gold & set(_unique(retrieved)[:k])) / len(gold)
 
 
-def reciprocal_rank(retrieved: Sequence[str], gold: Iterable[str]) -> float | None:
-    """1/rank of the first gold id among the distinct retrieved ids (0 if none); None without gold."""
+def hit_at_k(retrieved: Sequence[str], gold: Iterable[str], k: int) -> float | None:
+    """1.0 if any gold id is among the first k distinct retrieved ids, else 0.0; None without gold ids. (The
+    retrieval benchmarks' "recall@k": a question counts as found when one of its gold passages is.)"""
     gold = set(gold)
     if not gold:
         return None
-    for rank, i in enumerate(_unique(retrieved), 1):
+    return float(bool(gold & set(_unique(retrieved)[:k])))
+
+
+def reciprocal_rank(retrieved: Sequence[str], gold: Iterable[str], cutoff: int | None = None) -> float | None:
+    """1/rank of the first gold id among the distinct retrieved ids (0 if none, or if it ranks below `cutoff`);
+    None without gold."""
+    gold = set(gold)
+    if not gold:
+        return None
+    for rank, i in enumerate(_unique(retrieved)[:cutoff], 1):
         if i in gold:
             return 1.0 / rank
     return 0.0
+
+
+def ranking_metrics(orders: Sequence[Sequence[str]], golds: Sequence[Iterable[str]], hit_ks: Iterable[int] = (5,),
+                    full_recall_ks: Iterable[int] = (), mrr_cutoff: int = 10) -> dict[str, float]:
+    """Means over queries of hit_at_k ("recall@k"), recall_at_k ("full_recall@k") and reciprocal_rank cut at
+    `mrr_cutoff` ("mrr@10"), for the ranked ids `orders[i]` of query i against its gold ids `golds[i]`. A query
+    without gold ids counts as a miss: every query asked is in the denominator."""
+    golds = [set(g) for g in golds]
+    n = max(1, len(golds))
+
+    def mean(values) -> float:
+        return sum(v or 0.0 for v in values) / n
+
+    out = {f"recall@{k}": mean(hit_at_k(o, g, k) for o, g in zip(orders, golds)) for k in hit_ks}
+    out |= {f"full_recall@{k}": mean(recall_at_k(o, g, k) for o, g in zip(orders, golds)) for k in full_recall_ks}
+    out[f"mrr@{mrr_cutoff}"] = mean(reciprocal_rank(o, g, mrr_cutoff) for o, g in zip(orders, golds))
+    return out
 
 
 def quote_validity(answer: str, docs: Sequence[Mapping[str, Any]]) -> tuple[int, int]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from raft.eval import metrics as eval_metrics
 from raft.rerank.pairs import read_records
 from retrieval.rerank import fuse_scores, pair_text
 
@@ -26,15 +27,12 @@ GRID = tuple(round(i / 10, 1) for i in range(11))
 
 
 def ranking_metrics(orders: list[list[str]], golds: list[set[str]]) -> dict[str, float]:
-    """recall@5 (a gold id among the first 5) and MRR@10 (first gold id) over the queries."""
-    n = max(1, len(golds))
-    rec = sum(bool(set(o[:5]) & g) for o, g in zip(orders, golds)) / n
-    mrr = sum(next((1 / i for i, c in enumerate(o[:10], 1) if c in g), 0.0) for o, g in zip(orders, golds)) / n
-    return {"recall@5": round(rec, 4), "mrr@10": round(mrr, 4)}
+    """recall@5 (a gold id among the first 5) and MRR@10 (first gold id) over the queries, to 4 decimals."""
+    return {k: round(v, 4) for k, v in eval_metrics.ranking_metrics(orders, golds).items()}
 
 
 def _reciprocal_ranks(orders: list[list[str]], golds: list[set[str]]) -> np.ndarray:
-    return np.array([next((1 / i for i, c in enumerate(o[:10], 1) if c in g), 0.0) for o, g in zip(orders, golds)])
+    return np.array([eval_metrics.reciprocal_rank(o, g, cutoff=10) or 0.0 for o, g in zip(orders, golds)])
 
 
 def gain_lower_bound(gain: np.ndarray, resamples: int = 2000, seed: int = 0) -> float:

@@ -1,8 +1,8 @@
 import pytest
 
 from raft.eval.metrics import (citation_scores, exact_match, looks_like_api, mean, normalize_answer,
-                               normalize_api_call, parse_judge_score, quote_validity, quoted_doc_ids,
-                               recall_at_k, reciprocal_rank, token_f1)
+                               hit_at_k, normalize_api_call, parse_judge_score, quote_validity,
+                               quoted_doc_ids, ranking_metrics, recall_at_k, reciprocal_rank, token_f1)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -70,6 +70,30 @@ def test_recall_at_k(retrieved, gold, k, expected):
 ])
 def test_reciprocal_rank(retrieved, gold, expected):
     assert reciprocal_rank(retrieved, gold) == expected
+
+
+@pytest.mark.parametrize("retrieved, gold, k, expected", [
+    (["a", "b", "c"], ["b", "z"], 1, 0.0),
+    (["a", "b", "c"], ["b", "z"], 2, 1.0),   # one gold id found is a hit, unlike recall_at_k's 0.5
+    (["a", "a", "b"], ["b"], 2, 1.0),
+    (["a"], [], 1, None),
+])
+def test_hit_at_k(retrieved, gold, k, expected):
+    assert hit_at_k(retrieved, gold, k) == expected
+
+
+def test_reciprocal_rank_cutoff():
+    assert reciprocal_rank(["x", "y", "g"], ["g"], cutoff=3) == pytest.approx(1 / 3)
+    assert reciprocal_rank(["x", "y", "g"], ["g"], cutoff=2) == 0.0
+
+
+def test_ranking_metrics_means_over_every_query_asked():
+    orders = [["g1", "x"], [f"x{i}" for i in range(5)] + ["g2"], ["y"]]
+    golds = [{"g1", "h"}, {"g2"}, set()]   # the third query has no gold: a miss in the denominator
+    m = ranking_metrics(orders, golds, hit_ks=(1, 10), full_recall_ks=(5,), mrr_cutoff=10)
+    assert m == pytest.approx({"recall@1": 1 / 3, "recall@10": 2 / 3, "full_recall@5": 0.5 / 3,
+                               "mrr@10": (1 + 1 / 6) / 3})
+    assert ranking_metrics(orders, golds, mrr_cutoff=5)["mrr@5"] == pytest.approx(1 / 3)
 
 
 def test_quotes_and_citations():
