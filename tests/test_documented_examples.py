@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_pdf import text_pdf
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = ["geography", "history", "economy", "culture", "transport", "sport", "science", "wildlife"]
@@ -100,21 +101,6 @@ def _params():
 
 
 # ---- the scratch directory --------------------------------------------------------------------------
-def _text_pdf(text: str) -> bytes:
-    """A one-page PDF showing `text` (Helvetica), with a correct xref table."""
-    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
-    objs = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-            b"/Resources << /Font << /F1 5 0 R >> >> >>",
-            b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
-            b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
-    out, offsets = bytearray(b"%PDF-1.4\n"), []
-    for i, o in enumerate(objs, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % i + o + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1) + b"".join(b"%010d 00000 n \n" % o for o in offsets)
-    return bytes(out + b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref))
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +134,7 @@ def scratch(tmp_path_factory, tiny_model_dir):
         {"id": "torchhub:12", "title": "hub.load", "text": "torch.hub.load(repo, model) loads a model."}) + "\n")
     (work / "new_docs").mkdir()
     (work / "new_docs" / "a.md").write_text("# Lighthouse\n\nThe Hask lighthouse was rebuilt in stone.\n")
-    (work / "new_docs" / "b.pdf").write_bytes(_text_pdf("The salt museum opened in the old customs house."))
+    (work / "new_docs" / "b.pdf").write_bytes(text_pdf("The salt museum opened in the old customs house."))
     hotpot = root / "shared" / "data" / "hotpotqa_hippo"  # ../shared/data/... from the work directory
     hotpot.mkdir(parents=True)
     shutil.copy(work / "corpus.jsonl", hotpot / "corpus.jsonl")

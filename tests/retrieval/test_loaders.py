@@ -1,26 +1,7 @@
 import json
 
 from retrieval.loaders import load_corpus
-
-
-def _pdf_bytes(text: str) -> bytes:
-    """A minimal one-page PDF with `text` (hand-written objects, correct xref offsets)."""
-    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
-    objs = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-            b"/Resources << /Font << /F1 5 0 R >> >> >>",
-            b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
-            b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for i, o in enumerate(objs, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % i + o + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
-    out += b"".join(b"%010d 00000 n \n" % off for off in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
-    return bytes(out)
+from tiny_pdf import text_pdf
 
 
 def test_every_format_loads_and_bad_files_are_skipped_with_reasons(tmp_path):
@@ -31,7 +12,7 @@ def test_every_format_loads_and_bad_files_are_skipped_with_reasons(tmp_path):
     (root / "b.txt").write_text("plain text")
     (root / "sub" / "c.html").write_text("<html><head><title>Page</title><script>var x=1;</script></head>"
                                           "<body><p>Hello html</p><p>Second</p></body></html>")
-    (root / "d.pdf").write_bytes(_pdf_bytes("Hello from a PDF"))
+    (root / "d.pdf").write_bytes(text_pdf("Hello from a PDF"))
     (root / "e.jsonl").write_text(json.dumps({"id": "r1", "title": "T1", "text": "one", "tenant": "x"}) + "\n"
                                   + "{bad json\n" + json.dumps({"id": "r2", "text": ""}) + "\n")
     (root / "f.json").write_text(json.dumps([{"id": "j1", "text": "json one"}]))
