@@ -51,6 +51,7 @@ import random
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -301,7 +302,7 @@ def plot(by_n: dict, path: Path, title: str) -> None:
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.suptitle(title)
+    fig.suptitle(textwrap.fill(title, 100))  # an ablation's title names every setting: wrap, not crop
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -439,6 +440,15 @@ def _ablation(args: argparse.Namespace) -> bool:
     return ablation_stem(args) is not None
 
 
+def plot_title(args: argparse.Namespace, test_questions: int) -> str:
+    """The PNG's title: the test set and, for an ablation, how each trained arm was trained."""
+    title = f"SmolLM2-135M-Instruct on {args.test_set} ({test_questions} held-out questions)"
+    if _ablation(args):
+        title += (f"; RAFT trained {args.raft_steps or args.steps} steps (P={args.p_oracle}, {args.train_distractors} "
+                  f"distractors, LoRA {args.targets}), DSF {args.dsf_steps or args.steps} steps")
+    return title
+
+
 def write_results(args: argparse.Namespace, out: Path, sweep: list[int], at: str, timings: dict | None,
                   started: float | None, load_before: tuple) -> int:
     """raft_effect.{json,png} and the tables, from OUT/eval. `timings`/`started` are None with --summarize:
@@ -480,10 +490,7 @@ def write_results(args: argparse.Namespace, out: Path, sweep: list[int], at: str
         result["targets"]["within_60_min"] = total <= 3600 if not report.get("reused_answers") else None
     stem = ablation_stem(args) or "raft_effect"
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
-    plot(by_n, out / f"{stem}.png", f"SmolLM2-135M-Instruct on {args.test_set} "
-         f"({result['test_questions']} held-out questions)"
-         + (f"; RAFT trained {args.raft_steps or args.steps} steps (P={args.p_oracle}, {args.train_distractors} "
-            f"distractors, LoRA {args.targets}), DSF {args.dsf_steps or args.steps}" if ablation else ""))
+    plot(by_n, out / f"{stem}.png", plot_title(args, result["test_questions"]))
     print("\n" + table(by_n, sweep) + "\n\n" + cost_table(by_n, sweep))
     print(json.dumps(result["targets"], indent=1),
           f"\n{result['seconds']:.0f} s in all" if result["seconds"] is not None else

@@ -175,3 +175,7 @@ def test_every_changed_setting_names_its_own_ablation_files(bench):
     assert bench.ablation_stem(args(raft_steps=100, dsf_steps=100, p_oracle=1.0)) == "raft_effect_raft100_dsf100_p100"
     assert bench.ablation_stem(args(targets="q_proj,v_proj")) == "raft_effect_qv"
     assert bench.ablation_stem(args(train_distractors=2)) == "raft_effect_d2"
+    # the PNG's title says how each arm of an ablation was trained, and the main run's does not pretend to be one
+    title = bench.plot_title(args(raft_steps=280, dsf_steps=100, test_set="hotpotqa_amor_dev"), 99)
+    assert "RAFT trained 280 steps (P=0.8, 4 distractors, LoRA all-linear), DSF 100 steps" in title
+    assert "trained" not in bench.plot_title(args(test_set="hotpotqa_amor_dev"), 99)
