@@ -140,9 +140,9 @@ def reciprocal_rank(retrieved: Sequence[str], gold: Iterable[str], cutoff: int |
 
 def ranking_metrics(orders: Sequence[Sequence[str]], golds: Sequence[Iterable[str]], hit_ks: Iterable[int] = (5,),
                     full_recall_ks: Iterable[int] = (), mrr_cutoff: int = 10) -> dict[str, float]:
-    """Means over queries of hit_at_k ("recall@k"), recall_at_k ("full_recall@k") and reciprocal_rank cut at
-    `mrr_cutoff` ("mrr@10"), for the ranked ids `orders[i]` of query i against its gold ids `golds[i]`. A query
-    without gold ids counts as a miss: every query asked is in the denominator."""
+    """Means over queries of hit_at_k (key "recall@k"), recall_at_k ("full_recall@k") and reciprocal_rank cut at
+    `mrr_cutoff` ("mrr@{mrr_cutoff}"), for the ranked ids `orders[i]` of query i against its gold ids `golds[i]`.
+    A query without gold ids counts as a miss: every query asked is in the denominator."""
     golds = [set(g) for g in golds]
     n = max(1, len(golds))
 
