@@ -1,10 +1,10 @@
 """Rerank gain on the shared QA sets: hybrid search vs hybrid + a cross-encoder trained by `raft rerank train`.
 
 For each set (a folder with corpus.jsonl + questions.jsonl) the questions are shuffled (seeded) and split by
-question text into a training part and a held-out part, so no question is on both sides. The training part
-becomes a RAFT dataset as a user makes one (`raft.build_dataset` with the set's questions and gold passages,
-the offline extractive teacher, distractors mined from the same index), with `--val-frac` of its questions
-in a validation split. `raft.train_reranker` fine-tunes the bundled all-MiniLM-L6-v2 on the train split and
+question text into a held-out part (up to --max-eval questions) and a training part (every other question, up
+to --max-train), so no question is on both sides. The training part becomes a RAFT dataset as a user makes one
+(`raft.build_dataset` with the set's questions and gold passages, the offline extractive teacher, distractors
+mined from the same index), with `--val-frac` of its questions in a validation split. `raft.train_reranker` fine-tunes the bundled all-MiniLM-L6-v2 on the train split and
 chooses the fusion weight (reranker score vs search rank) on the validation split; then every held-out
 question is searched (hybrid, the first `--candidates` hits) and reranked with that weight. recall@5 (any gold
 passage among the first 5 distinct documents) and MRR@10 (first gold passage) are defined as in
@@ -44,15 +44,24 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def split_questions(qs: list[dict], train_frac: float, max_train: int, max_eval: int, seed: int):
-    """(train, held-out): by question text (the same text twice lands on one side), shuffled with `seed`."""
+    """(train, held-out): by question text (the same text twice lands on one side), shuffled with `seed`.
+    The held-out questions are the first `max_eval` after the first `train_frac` of the groups; every group
+    after them is trained on too (up to `max_train` questions in all), so a large set's questions are not
+    left unused. A group cut by the held-out boundary is on neither side."""
     by_text: dict[str, list[dict]] = {}
     for q in qs:
         by_text.setdefault(" ".join(q["question"].lower().split()), []).append(q)
     groups = list(by_text.values())
     random.Random(seed).shuffle(groups)
     cut = round(len(groups) * train_frac)
-    train = [q for g in groups[:cut] for q in g][:max_train]
-    held = [q for g in groups[cut:] for q in g][:max_eval]
+    held: list[dict] = []
+    rest = cut
+    while rest < len(groups) and len(held) < max_eval:
+        held += groups[rest]
+        rest += 1
+    if len(held) > max_eval:  # the last held-out group was cut: its other questions are trained on by no one
+        held = held[:max_eval]
+    train = ([q for g in groups[:cut] for q in g] + [q for g in groups[rest:] for q in g])[:max_train]
     assert not {q["question"] for q in train} & {q["question"] for q in held}
     return train, held
 
@@ -201,7 +210,8 @@ def main() -> int:
     p.add_argument("--sets", nargs="*", default=SETS)
     p.add_argument("--out", default="runs/rerank_gain", help="work directory (indexes are reused from here)")
     p.add_argument("--train-frac", type=float, default=0.5, help="share of each set's questions trained on")
-    p.add_argument("--max-train", type=int, default=600, help="at most this many training questions per set")
+    p.add_argument("--max-train", type=int, default=1000,
+                   help="at most this many training questions per set (every question not held out, up to this)")
     p.add_argument("--max-eval", type=int, default=100, help="at most this many held-out questions per set")
     p.add_argument("--val-frac", type=float, default=0.2,
                    help="share of the training questions kept for choosing the fusion weight (not trained on)")
@@ -235,8 +245,7 @@ def main() -> int:
               f"{r['fusion_weight']:.1f}; reranker alone {r['reranker_alone']['recall@5']:.3f} / "
               f"{r['reranker_alone']['mrr@10']:.3f}); answer chunk recall@5 "
               f"{r['answer_chunk']['hybrid']['recall@5']:.3f} -> {r['answer_chunk']['hybrid+rerank']['recall@5']:.3f}, "
-              f"rerank p50 "
-              f"{r['rerank_ms']['p50']:.0f} ms, trained {r['train_seconds']:.0f}s on {r['train_pairs']} pairs "
+              f"rerank p50 {r['rerank_ms']['p50']:.0f} ms, trained {r['train_seconds']:.0f}s on {r['train_pairs']} pairs "
               f"({time.perf_counter() - ts:.0f}s for the set)", flush=True)
     load_after = os.getloadavg()
     result = {
