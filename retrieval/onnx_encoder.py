@@ -74,6 +74,9 @@ def export(transformer: Any, path: Path) -> None:
 
     model = transformer.auto_model.eval()
     sample = transformer.tokenizer(["an example query for tracing"], return_tensors="pt")
+    # eval(): the exporter traces in eval mode, then restores the wrapper's mode on every submodule; a fresh
+    # wrapper is in train mode, which would leave dropout on in the caller's PyTorch model
+    wrapped = Wrapped(model).eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
     os.close(fd)
@@ -81,7 +84,7 @@ def export(transformer: Any, path: Path) -> None:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about shape-dependent branches: expected here
             # the TorchScript exporter: no onnxscript dependency, and dynamic batch/sequence axes
-            torch.onnx.export(Wrapped(model), (sample["input_ids"], sample["attention_mask"]), tmp,
+            torch.onnx.export(wrapped, (sample["input_ids"], sample["attention_mask"]), tmp,
                               input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
                               dynamic_axes={n: {0: "batch", 1: "seq"} for n in
                                             ("input_ids", "attention_mask", "last_hidden_state")},

@@ -37,6 +37,8 @@ def test_onnx_vectors_match_torch_and_the_export_is_reused(embedder_path, cache)
     OnnxEncoder(emb.model, emb.path, threads=1)  # a second process/encoder reuses the file
     assert exported[0].stat().st_mtime_ns == mtime
 
+    # the export leaves the PyTorch model in eval mode: dropout stays off for whoever calls it directly
+    assert not emb.model[0].auto_model.training
     assert emb.use_backend("torch") == "torch"
     assert np.array_equal(emb.encode(TEXTS), torch_vecs)
 
