@@ -4,7 +4,6 @@ predictions must be right."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,11 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("raft_effect", REPO / "benchmarks" / "raft_effect.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def bench(load_benchmark):
+    return load_benchmark("raft_effect")
 
 
 def _rows(scores: dict[str, list[float]], n: int) -> list[dict]:

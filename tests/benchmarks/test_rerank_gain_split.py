@@ -3,20 +3,11 @@ by the seed and `train_frac`, and every question not held out available for trai
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("rerank_gain", REPO / "benchmarks" / "rerank_gain.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def bench(load_benchmark):
+    return load_benchmark("rerank_gain")
 
 
 def _questions(n_texts: int, dup_every: int = 7) -> list[dict]:
