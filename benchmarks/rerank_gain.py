@@ -118,8 +118,8 @@ def run_set(folder: Path, work: Path, args) -> dict:
         "split": {"train": 1.0 - args.val_frac, "validation": args.val_frac, "test": 0.0}})
     build_s = time.perf_counter() - t0
     trained = raft.train_reranker(work / "dataset", work / "reranker", {
-        "epochs": args.epochs, "max_length": args.max_length, "batch_size": args.batch_size, "lr": args.lr,
-        "seed": args.seed, "progress": False, "index_dir": str(idx_dir), "candidates": args.candidates})
+        "epochs": args.epochs, "max_length": args.max_length, "layers": args.layers, "batch_size": args.batch_size,
+        "lr": args.lr, "seed": args.seed, "progress": False, "index_dir": str(idx_dir), "candidates": args.candidates})
     reranker = Reranker(str(work / "reranker"), candidates=args.candidates).load()
     weight = reranker.fusion_weight  # chosen by the trainer on its validation questions
 
@@ -219,6 +219,9 @@ def main() -> int:
     p.add_argument("--distractors", type=int, default=4, help="build.mix.num_distractors (negatives per question)")
     p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--max-length", type=int, default=128, help="tokens per (question, passage) pair")
+    p.add_argument("--layers", type=int, default=None,
+                   help="keep the base model's first N layers (rerank.layers; the latency lever): results go to "
+                        "rerank_gain_lN.json/.png")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: one per CPU core)")
@@ -259,9 +262,11 @@ def main() -> int:
     }
     dest = (REPO / args.results) if args.results else out
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / "rerank_gain.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(results, dest / "rerank_gain.png", f"cross-encoder from all-MiniLM-L6-v2 trained by `raft rerank train` "
-         f"(max_length {args.max_length}, {args.candidates} candidates), {os.cpu_count()} CPUs")
+    stem = "rerank_gain" + (f"_l{args.layers}" if args.layers else "")
+    (dest / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    layers = f"its first {args.layers} layers of " if args.layers else ""
+    plot(results, dest / f"{stem}.png", f"cross-encoder from {layers}all-MiniLM-L6-v2 trained by `raft rerank "
+         f"train` (max_length {args.max_length}, {args.candidates} candidates), {os.cpu_count()} CPUs")
     print("\n| set | recall@5 hybrid | + rerank | MRR@10 hybrid | + rerank | answer chunk recall@5 hybrid | + rerank "
           "| weight | added p50 ms | train s |")
     print("|---|---|---|---|---|---|---|---|---|---|")

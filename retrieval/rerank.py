@@ -122,13 +122,28 @@ def _check_is_cross_encoder(path: str) -> None:
                              "from it with `raft rerank train DATASET --out DIR`")
 
 
+def _stamp(path: str) -> tuple:
+    """What changes when a model directory is replaced (a rerun of `raft rerank train` into the same --out), so
+    that the next load reads the new model instead of the one cached for that path."""
+    for name in (RERANK_META, "config.json"):
+        try:
+            st = (Path(path) / name).stat()
+        except OSError:
+            continue
+        return st.st_ino, st.st_mtime_ns
+    return ()
+
+
 def load_cross_encoder(model: str, device: str | None = None, max_length: int | None = None) -> _Loaded:
-    """The CrossEncoder for (model, device, max_length), loaded once per process."""
+    """The CrossEncoder for (model, device, max_length), loaded once per process (again once its directory
+    was replaced)."""
     path = _resolve(model)
-    key = (path, device, max_length)
+    key = (path, device, max_length, _stamp(path))
     with _SHARED_LOCK:
         got = _SHARED.get(key)
         if got is None:
+            for old in [k for k in _SHARED if k[:3] == key[:3]]:  # the replaced model: free its memory
+                del _SHARED[old]
             _check_is_cross_encoder(path)
             from sentence_transformers import CrossEncoder
 

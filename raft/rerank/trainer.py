@@ -50,14 +50,32 @@ def _load_base(cfg: RerankTrainConfig):
     level = st_log.level
     st_log.setLevel(logging.ERROR)
     try:
-        return CrossEncoder(resolve_embedder(cfg.base_model), num_labels=1, max_length=cfg.max_length,
-                            device=cfg.device)
+        model = CrossEncoder(resolve_embedder(cfg.base_model), num_labels=1, max_length=cfg.max_length,
+                             device=cfg.device)
     except Exception as e:
         raise RaftError(f"cannot load base_model {cfg.base_model!r}: {str(e).strip().splitlines()[0][:300]}; "
                         "name a local model directory or the bundled all-MiniLM-L6-v2") from None
     finally:
         hf_logging.set_verbosity(verbosity)
         st_log.setLevel(level)
+    if cfg.layers is not None:
+        keep_layers(model.model, cfg.layers, cfg.base_model)
+    return model
+
+
+def keep_layers(hf_model, n: int, name: str) -> None:
+    """Cut a BERT-style encoder (MiniLM, BERT, RoBERTa, XLM-R, ELECTRA) to its first `n` layers, in place and
+    in its config, so the saved model loads with `n` layers."""
+    encoder = getattr(getattr(hf_model, "base_model", None), "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    if layers is None:
+        raise RaftError(f"layers={n}: base_model {name!r} ({type(hf_model).__name__}) has no encoder.layer list "
+                        "to cut; use a BERT-style encoder such as the bundled all-MiniLM-L6-v2, or layers=null")
+    if n > len(layers):
+        raise RaftError(f"layers={n}, but base_model {name!r} has {len(layers)}; give at most {len(layers)}, or "
+                        "null to keep them all")
+    encoder.layer = layers[:n]
+    hf_model.config.num_hidden_layers = n
 
 
 def mrr(model, groups: list[tuple[str, list[str], list[bool]]], batch_size: int = 64) -> float | None:
@@ -104,7 +122,8 @@ def train_reranker(dataset: str | Path, out: str | Path, cfg: RerankTrainConfig,
         read_records(dataset, cfg.eval_split, manifest)  # a split named on purpose that is missing: say so
     st = pairs.stats
     if console is not None:
-        console.print(f"training a reranker from {cfg.base_model} on {st['records']} question(s) of "
+        base = cfg.base_model + (f" (its first {cfg.layers} layers)" if cfg.layers else "")
+        console.print(f"training a reranker from {base} on {st['records']} question(s) of "
                       f"{dataset} ({', '.join(cfg.splits)}): {st['positives']} positive and {st['negatives']} "
                       f"negative pairs")
     model = _load_base(cfg)
@@ -136,7 +155,8 @@ def train_reranker(dataset: str | Path, out: str | Path, cfg: RerankTrainConfig,
         model.save_pretrained(str(final))
         summary = {
             "out": str(out), "dataset": str(dataset.resolve()), "dataset_fingerprint": manifest.get("fingerprint"),
-            "base_model": cfg.base_model, "splits": cfg.splits, **st, "pos_weight": round(pos_weight, 4),
+            "base_model": cfg.base_model, "layers": int(model.model.config.num_hidden_layers), "splits": cfg.splits,
+            **st, "pos_weight": round(pos_weight, 4),
             "steps": int(result.global_step), "train_loss": round(float(result.training_loss), 5),
             "train_seconds": round(train_s, 1), "max_length": cfg.max_length,
             "eval": {"split": cfg.eval_split if groups else None, "questions": len(groups),

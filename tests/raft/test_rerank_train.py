@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import raft
 from raft.cli import main
 from raft.errors import RaftError
 from raft.rerank.pairs import make_pairs, shown_chunks
+from raft.rerank.trainer import keep_layers
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +55,16 @@ def test_errors_name_the_problem(dataset, tmp_path, capsys):
     assert make_pairs(dataset, ["train"], None, 0, str(dataset / "index"))[0].stats == \
         make_pairs(dataset, ["train"], None, 0)[0].stats
     # every config problem at once, each naming its key
-    rc = main(["rerank", "train", str(dataset), "--out", str(tmp_path / "m"), "epochs=0", "lr=fast", "nope=1"])
+    rc = main(["rerank", "train", str(dataset), "--out", str(tmp_path / "m"), "epochs=0", "lr=fast", "nope=1",
+               "layers=0"])
     err = capsys.readouterr().err
-    assert rc == 2 and "3 problem(s)" in err and "epochs" in err and "lr" in err and "nope: unknown key" in err
+    assert rc == 2 and "4 problem(s)" in err and "epochs" in err and "lr" in err and "nope: unknown key" in err
+    assert "layers" in err
+    # more layers than the base model has, or a model without a BERT-style layer list: said before training
+    rc = main(["rerank", "train", str(dataset), "--out", str(tmp_path / "m"), "layers=7"])
+    assert rc != 0 and "layers=7, but base_model 'all-MiniLM-L6-v2' has 6; give at most 6" in capsys.readouterr().err
+    with pytest.raises(RaftError, match="has no encoder.layer list to cut"):
+        keep_layers(torch.nn.Linear(2, 2), 1, "linear")
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")
     rc = main(["rerank", "train", str(dataset), "--out", str(tmp_path / "taken")])
@@ -157,9 +166,14 @@ def test_train_a_few_steps_then_load_and_rerank(dataset, tmp_path, capsys):
         assert all(0.0 <= h.score <= 1.0 for h in hits) and hits == sorted(hits, key=lambda h: -h.score)
     finally:
         idx.close()
-    # a rerun replaces the earlier reranker in place
+    assert meta["layers"] == 6
+    # a rerun replaces the earlier reranker in place; layers=2 keeps the base model's first two layers only
     assert main(["rerank", "train", str(dataset), "--out", str(out), "max_steps=1", "batch_size=8", "max_length=64",
-                 "progress=false", "weight=1", "--json"]) == 0
+                 "progress=false", "weight=1", "layers=2", "--json"]) == 0
     rerun = json.loads(capsys.readouterr().out)
     assert rerun["steps"] == 1 and rerun["fusion"] == {"weight": 1.0, "reason": "configured"}
+    assert rerun["layers"] == 2 and json.loads((out / "config.json").read_text())["num_hidden_layers"] == 2
     assert json.loads((out / RERANK_META).read_text())["steps"] == 1
+    cut = Reranker(str(out)).load()  # loads as a two-layer model and scores
+    assert len(cut._loaded.model.model.base_model.encoder.layer) == 2
+    assert cut.score_pairs([("Which island is the largest?", "Veloria's largest island is Hask.")]).shape == (1,)
