@@ -18,9 +18,9 @@ class RerankTrainConfig(Config):
     "all-MiniLM-L6-v2" is the bundled copy (no download); any local path or hub name also works."""
     layers: Optional[int] = Field(None, ge=1)
     """Keep only the base model's first N transformer layers before training; null: all of them (the bundled
-    MiniLM has 6). A pair's cost is proportional to its layers, so this is the latency lever beside max_length
-    (2 layers: about a third of the time); fewer layers also rank less well: measure both with
-    benchmarks/rerank_gain.py --layers N."""
+    MiniLM has 6). A pair's cost grows with its layers, so this is the latency lever beside max_length (2 layers
+    score about 2.5 times as fast at 128 tokens); fewer layers may also rank less well: measure both with
+    benchmarks/rerank_latency.py and benchmarks/rerank_gain.py --layers N."""
     splits: list[str] = ["train"]
     """Dataset splits whose records become training pairs (the test split is kept for `raft eval`)."""
     eval_split: Optional[str] = "validation"
