@@ -91,6 +91,14 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
+def host_load(before: tuple[float, ...], after: tuple[float, ...]) -> dict:
+    """The load averages around a timed run: latencies are wall-clock on a shared machine, and a load above the
+    core count means other jobs ran."""
+    return {"load_average_before": [round(x, 2) for x in before],
+            "load_average_after": [round(x, 2) for x in after],
+            "other_load_during_run": max(before[0], after[0]) > (os.cpu_count() or 1)}
+
+
 def run_set(folder: Path, work: Path, args) -> dict:
     import numpy as np
 
@@ -254,11 +262,7 @@ def main() -> int:
     result = {
         "sets": results, "targets": targets(results), "seconds": round(time.perf_counter() - t0, 1),
         "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in load_after],
-        # latencies are wall-clock on a shared machine: a load above the core count means other jobs ran
-        "other_load_during_run": max(load_before[0], load_after[0]) > (os.cpu_count() or 1),
-        "args": vars(args),
+        **host_load(load_before, load_after), "args": vars(args),
     }
     dest = (REPO / args.results) if args.results else out
     dest.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from rerank_gain import host_load, pct  # noqa: E402
 
 
 def passages(n: int, words: int = 160) -> list[str]:
@@ -82,19 +85,11 @@ def main() -> int:
                 r.score_pairs(pairs)
                 ms[c].append((time.perf_counter() - t) * 1000)
     load_after = os.getloadavg()
-    rows = []
-    for (n, m), xs in ms.items():
-        p50 = statistics.median(xs)
-        full = statistics.median(ms[(max(depths), m)])
-        rows.append({"layers": n, "max_length": m, "p50_ms": round(p50, 1),
-                     "p90_ms": round(sorted(xs)[int(0.9 * (len(xs) - 1))], 1),
-                     f"speedup_vs_{max(depths)}_layers": round(full / p50, 2)})
+    p50 = {c: statistics.median(xs) for c, xs in ms.items()}
+    rows = [{"layers": n, "max_length": m, "p50_ms": round(p50[(n, m)], 1), "p90_ms": round(pct(ms[(n, m)], 90), 1),
+             f"speedup_vs_{max(depths)}_layers": round(p50[(max(depths), m)] / p50[(n, m)], 2)} for n, m in ms]
     result = {"rows": rows, "candidates": args.candidates, "queries": args.queries, "cpus": os.cpu_count(),
-              "torch_threads": torch.get_num_threads(),
-              "load_average_before": [round(x, 2) for x in load_before],
-              "load_average_after": [round(x, 2) for x in load_after],
-              "other_load_during_run": max(load_before[0], load_after[0]) > (os.cpu_count() or 1),
-              "args": vars(args)}
+              "torch_threads": torch.get_num_threads(), **host_load(load_before, load_after), "args": vars(args)}
     print(f"\n{args.candidates} candidates per query, {args.queries} queries, {os.cpu_count()} CPUs\n")
     print(f"| layers | max_length | p50 ms | p90 ms | speed-up vs {max(depths)} layers |\n|---|---|---|---|---|")
     for r in rows:
