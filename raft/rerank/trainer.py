@@ -114,6 +114,7 @@ def train_reranker(dataset: str | Path, out: str | Path, cfg: RerankTrainConfig,
     t0 = time.perf_counter()
     dataset, out = Path(dataset), Path(out)
     check_out(out)
+    model = _load_base(cfg)  # first: a bad base_model or layers value is said before the pairs are read
     pairs, manifest = make_pairs(dataset, cfg.splits, cfg.negatives, cfg.seed, cfg.index_dir)
     groups = []
     if cfg.eval_split and cfg.eval_split in manifest.get("splits", []) and cfg.eval_split not in cfg.splits:
@@ -126,7 +127,6 @@ def train_reranker(dataset: str | Path, out: str | Path, cfg: RerankTrainConfig,
         console.print(f"training a reranker from {base} on {st['records']} question(s) of "
                       f"{dataset} ({', '.join(cfg.splits)}): {st['positives']} positive and {st['negatives']} "
                       f"negative pairs")
-    model = _load_base(cfg)
     pos_weight = cfg.pos_weight or st["negatives"] / st["positives"]
     loss = BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(pos_weight))
     data = Dataset.from_dict({"query": pairs.queries, "passage": pairs.passages, "label": pairs.labels})

@@ -44,7 +44,7 @@ def test_pairs_are_oracles_and_shown_distractors(dataset):
     assert make_pairs(dataset, ["train"], 1, 0)[0].stats["negatives"] == len(recs)  # negatives=1: one each
 
 
-def test_errors_name_the_problem(dataset, tmp_path, capsys):
+def test_errors_name_the_problem(dataset, tmp_path, capsys, monkeypatch):
     with pytest.raises(RaftError, match="no manifest.json"):
         make_pairs(tmp_path, ["train"], None, 0)
     with pytest.raises(RaftError, match="no 'dev' split .*its splits: train, validation"):
@@ -60,8 +60,14 @@ def test_errors_name_the_problem(dataset, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "4 problem(s)" in err and "epochs" in err and "lr" in err and "nope: unknown key" in err
     assert "layers" in err
-    # more layers than the base model has, or a model without a BERT-style layer list: said before training
-    rc = main(["rerank", "train", str(dataset), "--out", str(tmp_path / "m"), "layers=7"])
+    # more layers than the base model has, or a model without a BERT-style layer list: said before the pairs
+    # are read (on a large dataset that takes a while)
+    def no_pairs(*a, **k):
+        raise AssertionError("pairs read before the base model was checked")
+
+    with monkeypatch.context() as m:
+        m.setattr("raft.rerank.trainer.make_pairs", no_pairs)
+        rc = main(["rerank", "train", str(dataset), "--out", str(tmp_path / "m"), "layers=7"])
     assert rc != 0 and "layers=7, but base_model 'all-MiniLM-L6-v2' has 6; give at most 6" in capsys.readouterr().err
     with pytest.raises(RaftError, match="has no encoder.layer list to cut"):
         keep_layers(torch.nn.Linear(2, 2), 1, "linear")
