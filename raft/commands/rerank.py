@@ -89,5 +89,6 @@ def _train(args) -> int:
                       "in the dataset's index: those positives were skipped (index_dir=DIR names the index it was "
                       "built from)[/]")
     console.print(f"use it: raft index search INDEX QUERY --rerank {args.out}  |  serve: "
-                  f"retrieval.rerank.model={args.out}  |  eval: rerank.model={args.out}")
+                  f"retrieval.rerank.model={args.out}  |  eval: rerank.model={args.out} with rerank: true on a "
+                  "system")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from raft.config import Config
 
@@ -24,8 +24,9 @@ class RerankTrainConfig(Config):
     splits: list[str] = ["train"]
     """Dataset splits whose records become training pairs (the test split is kept for `raft eval`)."""
     eval_split: Optional[str] = "validation"
-    """Split on which the trained model is measured (MRR of the oracle among each record's shown chunks);
-    skipped when the dataset has no such split; null: never."""
+    """Split on which the trained model is measured (MRR of the oracle among each record's shown chunks) and
+    the fusion weight is chosen; skipped when the dataset has no such split; null: never. It must not be one of
+    `splits`: a weight chosen on questions the model trained on would trust it blindly."""
     index_dir: Optional[str] = None
     """Index the dataset was built from (build.index_dir), where the text of an oracle that no record shows
     is found; null: DATASET/index, which `raft build` writes unless it reused an index."""
@@ -69,3 +70,12 @@ class RerankTrainConfig(Config):
         if not v:
             raise ValueError("name at least one split, e.g. [train]")
         return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _held_out(self) -> "RerankTrainConfig":
+        if self.eval_split is not None and self.eval_split in self.splits:
+            raise ValueError(
+                f"eval_split {self.eval_split!r} is also in splits {self.splits}: the model would be measured, and "
+                "its fusion weight chosen, on questions it trained on; drop it from splits, or set eval_split=null "
+                "and weight=W (0..1) to train on every split")
+        return self

@@ -22,7 +22,7 @@ from typing import Any
 from raft.errors import RaftError
 from raft.rerank.config import RerankTrainConfig
 from raft.rerank.fusion import tune_on_split
-from raft.rerank.pairs import eval_groups, make_pairs, read_records
+from raft.rerank.pairs import eval_groups, make_pairs, read_manifest, read_records
 from retrieval.rerank import RERANK_META
 
 
@@ -114,10 +114,11 @@ def train_reranker(dataset: str | Path, out: str | Path, cfg: RerankTrainConfig,
     t0 = time.perf_counter()
     dataset, out = Path(dataset), Path(out)
     check_out(out)
-    model = _load_base(cfg)  # first: a bad base_model or layers value is said before the pairs are read
+    read_manifest(dataset)  # a wrong DATASET_DIR is said before the model loads
+    model = _load_base(cfg)  # a bad base_model or layers value is said before the pairs are read
     pairs, manifest = make_pairs(dataset, cfg.splits, cfg.negatives, cfg.seed, cfg.index_dir)
     groups = []
-    if cfg.eval_split and cfg.eval_split in manifest.get("splits", []) and cfg.eval_split not in cfg.splits:
+    if cfg.eval_split and cfg.eval_split in manifest.get("splits", []):  # never a trained split (config check)
         groups = eval_groups(dataset, cfg.eval_split, manifest)
     elif cfg.eval_split and cfg.eval_split not in manifest.get("splits", []) and cfg.eval_split != "validation":
         read_records(dataset, cfg.eval_split, manifest)  # a split named on purpose that is missing: say so

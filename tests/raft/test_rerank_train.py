@@ -11,6 +11,7 @@ import torch
 import raft
 from raft.cli import main
 from raft.errors import RaftError
+from raft.rerank.config import RerankTrainConfig
 from raft.rerank.pairs import make_pairs, shown_chunks
 from raft.rerank.trainer import keep_layers
 
@@ -62,13 +63,22 @@ def test_errors_name_the_problem(dataset, tmp_path, capsys, monkeypatch):
     assert "layers" in err
     # more layers than the base model has, or a model without a BERT-style layer list: said before the pairs
     # are read (on a large dataset that takes a while)
-    def no_pairs(*a, **k):
-        raise AssertionError("pairs read before the base model was checked")
+    def not_reached(*a, **k):
+        raise AssertionError("reached before the earlier check failed")
 
     with monkeypatch.context() as m:
-        m.setattr("raft.rerank.trainer.make_pairs", no_pairs)
+        m.setattr("raft.rerank.trainer.make_pairs", not_reached)
         rc = main(["rerank", "train", str(dataset), "--out", str(tmp_path / "m"), "layers=7"])
     assert rc != 0 and "layers=7, but base_model 'all-MiniLM-L6-v2' has 6; give at most 6" in capsys.readouterr().err
+    # the fusion weight is never chosen on questions the model trained on
+    rc = main(["rerank", "train", str(dataset), "--out", str(tmp_path / "m"), "splits=[train,validation]"])
+    assert rc == 2 and "eval_split 'validation' is also in splits ['train', 'validation']" in capsys.readouterr().err
+    assert RerankTrainConfig(splits=["train", "validation"], eval_split=None, weight=0.5).eval_split is None
+    # a wrong DATASET_DIR is said before the base model loads
+    with monkeypatch.context() as m:
+        m.setattr("raft.rerank.trainer._load_base", not_reached)
+        rc = main(["rerank", "train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m")])
+    assert rc != 0 and "nowhere' does not exist" in capsys.readouterr().err
     with pytest.raises(RaftError, match="has no encoder.layer list to cut"):
         keep_layers(torch.nn.Linear(2, 2), 1, "linear")
     (tmp_path / "taken").mkdir()
