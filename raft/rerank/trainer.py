@@ -46,6 +46,9 @@ def _load_base(cfg: RerankTrainConfig):
     # are what this command is for, not warnings for its user
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    # per-tensor "Loading weights" / "Writing model shards" bars are noise here, as in the rerank stage and the
+    # embedder (retrieval/); the training bar (progress=true) is tqdm's own and stays
+    hf_logging.disable_progress_bar()
     st_log = logging.getLogger("sentence_transformers.base.model")
     level = st_log.level
     st_log.setLevel(logging.ERROR)
@@ -76,6 +79,21 @@ def keep_layers(hf_model, n: int, name: str) -> None:
                         "null to keep them all")
     encoder.layer = layers[:n]
     hf_model.config.num_hidden_layers = n
+
+
+def _quiet_metrics(trainer, progress: bool) -> None:
+    """The trainer prints its final metrics as a raw dict (under the progress bar, or alone without one); the
+    summary line says the same better. Keep the step bar, drop the dict."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    if progress:
+        class BarOnly(ProgressCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                pass
+
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(BarOnly)
 
 
 def mrr(model, groups: list[tuple[str, list[str], list[bool]]], batch_size: int = 64) -> float | None:
@@ -142,10 +160,7 @@ def train_reranker(dataset: str | Path, out: str | Path, cfg: RerankTrainConfig,
             disable_tqdm=not cfg.progress, use_cpu=(cfg.device == "cpu"), dataloader_num_workers=0,
             dataloader_pin_memory=torch.cuda.is_available() and cfg.device != "cpu")
         trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss)
-        if not cfg.progress:  # without a progress bar the trainer prints its final metrics dict instead
-            from transformers.trainer_callback import PrinterCallback
-
-            trainer.remove_callback(PrinterCallback)
+        _quiet_metrics(trainer, cfg.progress)
         t_train = time.perf_counter()
         result = trainer.train()
         train_s = time.perf_counter() - t_train

@@ -163,6 +163,7 @@ def test_train_a_few_steps_then_load_and_rerank(dataset, tmp_path, capsys):
     printed = capsys.readouterr().err
     assert rc == 0, printed
     assert "reranker written to" in printed and "validation MRR" in printed
+    assert "Loading weights" not in printed and "train_runtime" not in printed  # no per-tensor bars, no raw dict
     meta = json.loads((out / RERANK_META).read_text())
     assert meta["dataset_fingerprint"] == json.loads((dataset / "manifest.json").read_text())["fingerprint"]
     assert meta["base_model"] == "all-MiniLM-L6-v2" and meta["steps"] == 2 and meta["max_length"] == 64
@@ -185,8 +186,10 @@ def test_train_a_few_steps_then_load_and_rerank(dataset, tmp_path, capsys):
     assert meta["layers"] == 6
     # a rerun replaces the earlier reranker in place; layers=2 keeps the base model's first two layers only
     assert main(["rerank", "train", str(dataset), "--out", str(out), "max_steps=1", "batch_size=8", "max_length=64",
-                 "progress=false", "weight=1", "layers=2", "--json"]) == 0
-    rerun = json.loads(capsys.readouterr().out)
+                 "weight=1", "layers=2", "--json"]) == 0
+    got = capsys.readouterr()
+    rerun = json.loads(got.out)
+    assert "1/1" in got.err and "train_runtime" not in got.err  # the step bar (progress=true) without the raw dict
     assert rerun["steps"] == 1 and rerun["fusion"] == {"weight": 1.0, "reason": "configured"}
     assert rerun["layers"] == 2 and json.loads((out / "config.json").read_text())["num_hidden_layers"] == 2
     assert json.loads((out / RERANK_META).read_text())["steps"] == 1
