@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
         extra.append("progress=false")
     if args.ray:
         extra.append("ray=true")
-    args.overrides = list(args.overrides) + extra
+    # flags first, so an explicit override of the same key wins (docs/configuration.md, as in raft eval)
+    args.overrides = extra + list(args.overrides)
     cfg = load_command_config(args, BuildConfig, "build")
     if cfg is None:
         return 0

@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     b = sub.add_parser("build", help="load, chunk, embed and index a corpus (a file or a directory)",
+                       description="Load, chunk, embed and index a corpus (a file or a directory) in --out DIR.",
                        epilog="example:\n  raft index build docs/ --out idx chunk_size=256\n",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     b.add_argument("corpus", metavar="CORPUS", nargs="?",
@@ -33,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a = sub.add_parser("add", help="add (or replace) documents in an existing index",
                        epilog="example:\n  raft index add idx new.md more_docs/\n",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    a.add_argument("index", metavar="DIR")
+    a.add_argument("index", metavar="DIR", help="index directory (what `raft index build` wrote)")
     a.add_argument("files", metavar="FILES", nargs="+", help="files or directories; a file under the corpus "
                    "root the index was built from gets the id that build gave it (its path relative to that root), "
                    "so an edited file replaces its old version; a file elsewhere gets its name (a directory: "
@@ -42,29 +43,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = sub.add_parser("delete", help="delete documents (all their chunks) by document id",
                        epilog="example:\n  raft index delete idx new.md torchhub:12\n",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    d.add_argument("index", metavar="DIR")
+    d.add_argument("index", metavar="DIR", help="index directory (what `raft index build` wrote)")
     d.add_argument("ids", metavar="IDS", nargs="+", help="document ids")
 
     s = sub.add_parser("stats", help="what an index holds", epilog="example:\n  raft index stats idx\n",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("index", metavar="DIR")
+    s.add_argument("index", metavar="DIR", help="index directory (what `raft index build` wrote)")
     s.add_argument("--json", action="store_true", help="print JSON")
 
     q = sub.add_parser("search", help="query an index",
                        epilog="example:\n  raft index search idx \"what is RAFT?\" -k 5 --filter tenant=acme\n",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    q.add_argument("index", metavar="DIR")
+    q.add_argument("index", metavar="DIR", help="index directory (what `raft index build` wrote)")
     q.add_argument("query", metavar="QUERY", nargs="?", help="the query text (or use --queries)")
     q.add_argument("-k", type=int, default=5, help="results per query (default 5)")
-    q.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default="hybrid")
+    q.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default="hybrid",
+                   help="hybrid: dense and BM25 fused; dense: embeddings only; bm25: keywords only "
+                   "(default hybrid)")
     q.add_argument("--filter", action="append", metavar="key=value",
                    help="exact match on metadata (or doc_id/source); repeat a key for any-of")
     q.add_argument("--queries", metavar="FILE.jsonl", help="one JSON object per line with `id` and `question`")
     q.add_argument("--json", action="store_true", help='one JSON line per query: {"id", "results": [...]}')
-    q.add_argument("--batch-size", type=int, default=64, help="queries embedded together with --queries")
+    q.add_argument("--batch-size", type=int, default=64, metavar="N",
+                   help="queries embedded together with --queries (default 64)")
     q.add_argument("--rerank", metavar="MODEL", help="re-score the first candidates with this cross-encoder "
                    "(a `raft rerank train` output directory or a CrossEncoder name) and keep the best k")
-    q.add_argument("--rerank-candidates", type=int, default=40, metavar="N",
+    # None, not 40: a value given without --rerank is refused rather than ignored (40 applied in _search)
+    q.add_argument("--rerank-candidates", type=int, default=None, metavar="N",
                    help="hits re-scored per query with --rerank (default 40)")
     q.add_argument("--rerank-weight", type=float, default=None, metavar="W",
                    help="share of the reranker in the order with --rerank, 0..1 (1: its order alone, 0: the "
@@ -268,7 +273,18 @@ def _search(args) -> int:
 
     if args.k <= 0:
         raise RetrievalError(f"-k must be a positive integer, got {args.k}")
-    if args.rerank_candidates <= 0:
+    if args.batch_size <= 0:
+        raise RetrievalError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if not args.rerank:  # they only tune the rerank stage: without it they would silently do nothing
+        given = [f for f, v in (("--rerank-candidates", args.rerank_candidates),
+                                ("--rerank-weight", args.rerank_weight)) if v is not None]
+        if given:
+            raise RetrievalError(f"{' and '.join(given)} {'need' if len(given) > 1 else 'needs'} --rerank MODEL "
+                                 "(a `raft rerank train` output directory or a CrossEncoder name); without it "
+                                 "there is no reranking to tune")
+    elif args.rerank_candidates is None:
+        args.rerank_candidates = 40
+    elif args.rerank_candidates <= 0:
         raise RetrievalError(f"--rerank-candidates must be a positive integer, got {args.rerank_candidates}")
     flt = parse_filter_args(args.filter)
     if args.queries:
@@ -287,7 +303,7 @@ def _search(args) -> int:
                             weight=args.rerank_weight).load()
     idx = RetrievalIndex.open(args.index)  # verify: checksums, so a damaged file is named, not a traceback
     width = max(40, shutil.get_terminal_size().columns)  # COLUMNS honoured; piped output gets 80
-    for i in range(0, len(queries), max(1, args.batch_size)):
+    for i in range(0, len(queries), args.batch_size):
         part = queries[i:i + args.batch_size]
         results = idx.search_batch([q for _, q in part], k=args.k, mode=args.mode, filter=flt or None,
                                    rerank=reranker)

@@ -166,14 +166,14 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="model directory (a merged `raft export --merge` output or any HF causal LM), "
                                  "or a name raft resolves, e.g. smollm2-135m-instruct")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8001)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0, ...")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8001, help="port to listen on (default: 8001)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0, ... (default: cpu)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="weights' dtype (auto: fp32 on a CPU, the checkpoint's dtype elsewhere)")
-    p.add_argument("--max-batch", type=int, default=8, help="most requests generated together")
+    p.add_argument("--max-batch", type=int, default=8, help="most requests generated together (default: 8)")
     p.add_argument("--batch-wait-ms", type=float, default=20.0,
-                   help="how long the first request of a batch waits for others to join")
+                   help="how long the first request of a batch waits for others to join (default: 20)")
     p.add_argument("--threads", type=_threads, default=None,
                    help="torch CPU threads, or 'auto': per batch, as many as the cores the last batch found free "
                    "(two engines sharing a host then take one each while both are busy; default: torch's choice)")

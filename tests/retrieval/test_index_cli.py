@@ -65,3 +65,18 @@ def test_cli_errors_keep_long_paths_on_one_line(tmp_path, capsys, monkeypatch):
     assert main(["index", "search", str(missing), "q"]) == 2
     err = capsys.readouterr().err
     assert str(missing) in err and "does not exist" in err
+
+
+def test_search_batch_size_and_rerank_tuning_are_checked(tmp_path, built_index, capsys):
+    """--batch-size 0 printed nothing and exited 0; rerank settings without --rerank were ignored."""
+    q = tmp_path / "q.jsonl"
+    q.write_text(json.dumps({"id": "q1", "question": "Which island is the largest?"}) + "\n")
+    for bad in ("0", "-2"):
+        for query in (["q"], ["--queries", str(q)]):
+            assert main(["index", "search", str(built_index), *query, "--batch-size", bad]) == 2
+            assert f"--batch-size must be a positive integer, got {bad}" in capsys.readouterr().err
+    for flag, value in (("--rerank-weight", "0.5"), ("--rerank-candidates", "9")):
+        assert main(["index", "search", str(built_index), "q", flag, value]) == 2
+        assert f"{flag} needs --rerank MODEL" in capsys.readouterr().err
+    assert main(["index", "search", str(built_index), "--queries", str(q), "--batch-size", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["id"] == "q1"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 import threading
 import time
@@ -142,6 +143,17 @@ def test_a_failing_batch_fails_its_requests_not_the_engine():
         assert asyncio.run(batcher.submit(GenRequest(prompt="b"))).text == "ok"
     finally:
         batcher.close()
+
+
+def test_help_shows_the_defaults(capsys, monkeypatch):
+    from serving.batched.app import parse_args
+
+    monkeypatch.setenv("COLUMNS", "300")  # each help on one line (after its flag's, for long flags)
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    out = capsys.readouterr().out
+    for flag, default in (("--max-batch", "8"), ("--batch-wait-ms", "20"), ("--port", "8001")):
+        assert re.search(rf"^  {flag} [A-Z_]+\s+[^\n]*\(default: {default}\)$", out, re.M), flag
 
 
 def test_max_batch_must_be_positive():
