@@ -18,17 +18,23 @@ raft eval -c configs/eval_quickstart.yaml sweep.distractors=[0,2,4,8] out=runs/e
 raft eval -c configs/eval_quickstart.yaml sweep.distractors=[0,2,4,8] out=runs/eval_sweep --resume  # after a stop"""
 
 
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"  # SystemConfig.base_url's default
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p, "eval")
-    g = p.add_argument_group("shortcuts (each sets a config key; --base-url/--model define one system)")
+    g = p.add_argument_group("shortcuts (each sets a config key; --base-url through --api-key define one "
+                             "system and need --model)")
     g.add_argument("--data", metavar="FILE", help="questions: questions.jsonl, OUT/eval/SPLIT.jsonl, "
                    "OUT/raft/SPLIT.jsonl or a dataset directory OUT (sets eval.data)")
-    g.add_argument("--base-url", metavar="URL", help="OpenAI-compatible base URL ending in /v1")
-    g.add_argument("--model", metavar="NAME", help="model name to request")
+    g.add_argument("--base-url", metavar="URL", help="OpenAI-compatible base URL ending in /v1 (default: "
+                   f"{DEFAULT_BASE_URL}); needs --model")
+    g.add_argument("--model", metavar="NAME", help="model name to request: defines one system, replacing the "
+                   "config's systems (no default: an endpoint serves models by name)")
     g.add_argument("--name", metavar="LABEL", help="label of that system in the report (default: the model)")
     g.add_argument("--retrieval", choices=["off", "gateway", "local", "record"],
                    help="where documents come from for that system (default off)")
-    g.add_argument("--top-k", type=int, metavar="K", help="documents retrieved per question")
+    g.add_argument("--top-k", type=int, metavar="K", help="documents retrieved per question (default: 5)")
     g.add_argument("--api-key", metavar="KEY", help="API key, or env:VAR to read it from VAR")
     g.add_argument("--index", metavar="DIR", help="local retrieval index (for --retrieval local)")
     g.add_argument("--limit", type=int, metavar="N", help="evaluate the first N questions only")
@@ -40,16 +46,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _shortcut_overrides(args: argparse.Namespace) -> list[str]:
-    """Convenience flags as `key=value` overrides, applied before the explicit ones so those win."""
+    """Convenience flags as `key=value` overrides, applied before the explicit ones so those win. The system
+    flags need --model: without it they would define no system and be ignored."""
+    from raft.errors import RaftError
+
     out = []
     for flag, key in (("data", "data"), ("index", "index"), ("limit", "limit"), ("out", "out")):
         value = getattr(args, flag, None)
         if value is not None:
             out.append(f"{key}={json.dumps(value)}")
-    if args.base_url or args.model:
-        system = {"name": args.name or args.model or "system", "model": args.model or "default",
-                  "base_url": args.base_url or "http://127.0.0.1:8000/v1",
-                  "retrieval": args.retrieval or "off"}
+    if args.top_k is not None and args.top_k < 1:
+        raise RaftError(f"--top-k must be at least 1, got {args.top_k}")
+    given = [flag for flag, value in (("--name", args.name), ("--retrieval", args.retrieval),
+                                      ("--top-k", args.top_k), ("--api-key", args.api_key)) if value is not None]
+    if given and not (args.base_url or args.model):  # they describe the one system --model defines
+        raise RaftError(f"{', '.join(given)} given without --model: these flags define one system together with "
+                        f"--model NAME (and --base-url URL, default {DEFAULT_BASE_URL}); the systems of a "
+                        "config are set with systems=[...] (see raft eval --help-config)")
+    if args.base_url and not args.model:  # an endpoint serves models by name; none is guessed
+        raise RaftError(f"--base-url {args.base_url} needs --model NAME, the model name sent with each request "
+                        "(the gateway's serve.model_name, a vLLM adapter name, a model path)")
+    if args.model:
+        system = {"name": args.name or args.model, "model": args.model,
+                  "base_url": args.base_url or DEFAULT_BASE_URL, "retrieval": args.retrieval or "off"}
         if args.top_k is not None:
             system["top_k"] = args.top_k
         if args.api_key:

@@ -72,7 +72,8 @@ class SystemConfig(Config):
     """Metadata filter passed to retrieval, e.g. {"tenant": "acme"}."""
     rerank: bool = False
     """Rerank the retrieved candidates with a cross-encoder: `local` retrieval re-scores eval.rerank.candidates
-    hits with eval.rerank.model; `gateway` retrieval asks the gateway for it (`retrieval.rerank: true`)."""
+    hits with eval.rerank.model; `gateway` retrieval asks the gateway for it (`retrieval.rerank: true`), and
+    false asks it not to (a gateway with rerank.enabled would otherwise rerank this system too)."""
     price: PriceConfig | None = None
     """This system's token prices, replacing eval.price for it, e.g. {prompt_per_million: 0.15,
     completion_per_million: 0.6} for a hosted API (null = eval.price)."""
@@ -161,8 +162,9 @@ class EvalConfig(Config):
     """How answers are normalised: `text` = SQuAD style, `api` = API calls (quotes, spaces, kwarg order),
     `auto` = `api` when gold answers look like calls `f(...)`."""
     gold_level: Literal["auto", "doc", "chunk"] = "auto"
-    """Match retrieved passages to gold by document id or chunk id; `auto` uses chunk ids when the
-    records carry oracle chunk ids and the system reports chunk ids, else document ids."""
+    """Match retrieved passages to gold by document id or chunk id; `auto` uses document ids when the question
+    has gold document ids and the passages carry document ids, else chunk ids (RAFT records name their passages
+    by chunk id only)."""
     k_values: list[int] = Field(default_factory=lambda: [1, 3, 5])
     """Cut-offs reported for recall@k."""
     sweep: SweepConfig = Field(default_factory=SweepConfig)

@@ -152,7 +152,8 @@ class Evaluator:
             messages = [{"role": "user", "content": item.question}]
             extra = {"retrieval": {"enabled": True, "top_k": top_k, "mode": s.search_mode,
                                    **({"filter": s.filter} if s.filter else {}),
-                                   **({"rerank": True} if s.rerank else {})}}
+                                   # false too: a gateway that reranks by default must not for a plain system
+                                   "rerank": s.rerank}}
         else:  # closed book: same prompt, no documents
             messages = build_messages(item.question, [])
         if s.extra_body:

@@ -136,3 +136,56 @@ def test_quickstart_help_config_lists_every_section():
     out = raft("quickstart", "--help-config", columns=200).stdout
     for key in ("build.mix.num_distractors", "train.optim.lr", "serve.engine.model", "eval.systems"):
         assert f"\n{key} (" in out, key
+
+
+@pytest.mark.parametrize("flag,override,want", [
+    (["--questions", "A.jsonl"], "questions_file=B.jsonl", "questions_file: B.jsonl"),
+    (["--questions", "A.jsonl"], "build.questions_file=B.jsonl", "questions_file: B.jsonl"),
+    (["--index", "I"], "index_dir=J", "index_dir: J"),
+    (["--ray"], "ray=false", "ray: false"),
+])
+def test_build_explicit_override_wins_over_its_flag(capsys, flag, override, want):
+    """docs/configuration.md: flags are applied first, so an override of the same key wins."""
+    assert main(["build", "x", "--out", "y", *flag, override, "--print-config"]) == 0
+    assert want in capsys.readouterr().out.splitlines()
+
+
+def test_eval_system_flags_without_model_are_an_error(capsys):
+    """--name, --retrieval, --top-k, --api-key describe the one system --model defines: alone they were
+    ignored."""
+    from raft.eval.config import SystemConfig
+
+    DEFAULT_BASE_URL = SystemConfig.model_fields["base_url"].default  # what the error and --help must name
+    assert main(["eval", "--retrieval", "local", "--top-k", "7", "--name", "foo", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert "--name, --retrieval, --top-k given without --model" in err and "systems=[...]" in err
+    assert DEFAULT_BASE_URL in err and "Traceback" not in err
+    assert main(["eval", "--base-url", "http://h:1/v1", "--print-config"]) == 2  # no model name is guessed
+    assert "--base-url http://h:1/v1 needs --model NAME" in capsys.readouterr().err
+    for bad in ("0", "-3"):
+        assert main(["eval", "--model", "m", "--top-k", bad, "--print-config"]) == 2
+        assert f"--top-k must be at least 1, got {bad}" in capsys.readouterr().err
+    assert main(["eval", "--model", "m", "--top-k", "7", "--retrieval", "gateway", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "top_k: 7" in out and "retrieval: gateway" in out and f"base_url: {DEFAULT_BASE_URL}" in out
+
+
+def _help(*verbs: str, monkeypatch) -> str:
+    monkeypatch.setenv("COLUMNS", "300")  # one line per option: a default is not split across lines
+    parser, _ = command_parser(verbs[0])
+    for v in verbs[1:]:
+        parser = parser._subparsers._group_actions[0].choices[v]
+    return parser.format_help()
+
+
+def test_help_shows_defaults_and_describes_every_argument(monkeypatch):
+    search = _help("index", "search", monkeypatch=monkeypatch)
+    assert "(default hybrid)" in search and "(default 64)" in search
+    for action in ("add", "delete", "stats", "search"):
+        out = _help("index", action, monkeypatch=monkeypatch)
+        assert re.search(r"^  DIR +index directory", out, re.M), action
+    build = _help("index", "build", monkeypatch=monkeypatch)
+    assert build.split("\n\n")[1].startswith("Load, chunk, embed and index a corpus")  # the description line
+    ev = _help("eval", monkeypatch=monkeypatch)
+    assert "(default: 5)" in ev and "(default: http://127.0.0.1:8000/v1)" in ev
+    assert re.search(r"--model NAME .*no default", ev)

@@ -40,16 +40,17 @@ def test_local_and_gateway_systems_rerank(tmp_path, embedder_path, tiny_cross_en
     with FakeOpenAI(CORPUS) as server:
         systems = [{"name": n, "base_url": server.base_url, "model": "reader", "retrieval": r, "top_k": 3,
                     "rerank": rr} for n, r, rr in (("plain", "local", False), ("reranked", "local", True),
-                                                   ("gw", "gateway", True))]
+                                                   ("gw", "gateway", True), ("gw_plain", "gateway", False))]
         rc = main(["eval", "--data", str(qs), "--out", str(tmp_path / "r"), f"index={tmp_path / 'idx'}",
                    f"rerank.model={tiny_cross_encoder}", "rerank.candidates=6", f"systems={json.dumps(systems)}"])
         assert rc == 0
         sent = [b.get("retrieval") for b in server.requests if b.get("retrieval", {}).get("enabled")]
-    assert sent and all(r["rerank"] is True for r in sent)  # the gateway system asked for the stage
+    # the gateway system asked for the stage; the plain one asked for none (the server's default may rerank)
+    assert sorted(r["rerank"] for r in sent) == [False] * len(questions) + [True] * len(questions)
     rows = [json.loads(x) for x in (tmp_path / "r" / "predictions.jsonl").read_text().splitlines()]
     reranker = Reranker(str(tiny_cross_encoder), candidates=6)
     for q in questions:
-        got = {r["system"]: r["retrieved"] for r in rows if r["question"] == q and r["system"] != "gw"}
+        got = {r["system"]: r["retrieved"] for r in rows if r["question"] == q and not r["system"].startswith("gw")}
         # documents in the order retrieved (gold ids here are document ids)
         assert got["reranked"] == [h.chunk.doc_id for h in idx.search(q, k=3, rerank=reranker)]
         assert got["plain"] == [h.chunk.doc_id for h in idx.search(q, k=3)]
