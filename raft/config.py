@@ -183,4 +183,23 @@ def describe(model: type[BaseModel], prefix: str = "") -> list[str]:
         tname = type_name(ann)
         default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
         lines.append(f"{key} ({tname}, default {default}): {field.description or ''}".rstrip(": "))
+        inner, suffix = _inner_model(ann)
+        if inner is not None:  # eval.systems: each item's keys as `systems[].name`; an optional section's too
+            lines += describe(inner, key + suffix)
     return lines
+
+
+def _inner_model(ann: Any) -> tuple[type[BaseModel] | None, str]:
+    """The model inside a `list[Model]` field (key suffix "[].") or an optional `Model | None` one ("."),
+    also when the list itself is optional; else (None, "")."""
+    import typing
+
+    def is_model(a: Any) -> bool:
+        return isinstance(a, type) and issubclass(a, BaseModel)
+
+    args = [a for a in typing.get_args(ann) if a is not type(None)]
+    if typing.get_origin(ann) is list:
+        return (args[0], "[].") if len(args) == 1 and is_model(args[0]) else (None, "")
+    if len(args) == 1 and type(None) in typing.get_args(ann):  # Optional[X]
+        return (args[0], ".") if is_model(args[0]) else _inner_model(args[0])
+    return None, ""

@@ -189,3 +189,10 @@ def test_help_shows_defaults_and_describes_every_argument(monkeypatch):
     ev = _help("eval", monkeypatch=monkeypatch)
     assert "(default: 5)" in ev and "(default: http://127.0.0.1:8000/v1)" in ev
     assert re.search(r"--model NAME .*no default", ev)
+
+
+def test_help_config_lists_the_keys_of_list_items_and_optional_sections():
+    """`--help-config` is the complete list of keys: a system's own keys included."""
+    out = raft("eval", "--help-config", columns=200).stdout
+    for key in ("systems[].name", "systems[].rerank", "systems[].extra_body", "systems[].price.prompt_per_million"):
+        assert f"\n{key} (" in out, key
