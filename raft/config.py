@@ -81,13 +81,20 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
-    """The nested config model that owns the key at `loc` (used to list the keys it knows)."""
+    """The nested config model that owns the key at `loc` (used to list the keys it knows), through nested
+    sections, optional ones and list items (`systems.0.name`)."""
     for part in loc[:-1]:
+        if isinstance(part, int):  # a list item's index: `model` is already the item's model
+            continue
         field = model.model_fields.get(str(part))
         ann = field.annotation if field else None
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+            continue
+        inner, _ = _inner_model(ann)
+        if inner is None:
             return None
-        model = ann
+        model = inner
     return model
 
 
@@ -130,6 +137,10 @@ def load_config(
         if sectioned:
             unknown = [k for k in data if k not in SECTIONS]
             problems += [f"{k}: unknown section; allowed: {', '.join(SECTIONS)}" for k in unknown]
+            if section not in data:  # defaults would run in silence: most likely the wrong file
+                have = ", ".join(k for k in data if k in SECTIONS)
+                problems.append(f"{section}: no such section in this file (it has: {have}); add a section "
+                                f"`{section}:`, or give a file written for this verb")
             data = data.get(section) or {}
             if not isinstance(data, dict):
                 problems.append(f"{section}: must be a mapping, got {type(data).__name__}")

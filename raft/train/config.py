@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from raft.config import Config
 
@@ -35,11 +35,20 @@ class LoraConfig(Config):
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     """Dropout on the LoRA input."""
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
-    """Module names to adapt (e.g. [q_proj, v_proj]) or `all-linear` (every nn.Linear except lm_head)."""
+    """Module names to adapt (e.g. [q_proj, v_proj], or q_proj,v_proj) or `all-linear` (every nn.Linear except
+    lm_head)."""
     use_dora: bool = False
     """Weight-decomposed LoRA (DoRA): a little better quality, slower; vLLM cannot serve DoRA adapters."""
     quantize: Literal["none", "4bit"] = "none"
     """`4bit` = QLoRA: base weights in 4-bit NF4 (bitsandbytes, CUDA only), adapters in bf16/fp32."""
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _names(cls, v):
+        # `lora.target_modules=q_proj,v_proj` on the command line is a string: one name or a comma list
+        if isinstance(v, str) and v != "all-linear":
+            return [n.strip() for n in v.split(",") if n.strip()]
+        return v
 
 
 class DataConfig(Config):

@@ -16,6 +16,8 @@ class Sample(Config):
     """Search mode."""
     lora: Inner = Inner()
     """LoRA settings."""
+    items: list[Inner] = []
+    """Several of them."""
 
 
 def test_overrides_are_yaml_values():
@@ -55,3 +57,24 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 def test_field_docstrings_are_descriptions():
     assert Sample.model_fields["lr"].description == "Learning rate."
+
+
+def test_a_file_without_the_verbs_section_is_an_error(tmp_path):
+    """A sectioned file for another verb would otherwise run this one on its defaults, in silence."""
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  lr: 0.5\nserve: {}\n")
+    with pytest.raises(ConfigError, match=r"eval: no such section in this file \(it has: train, serve\)"):
+        load_config(Sample, f, section="eval")
+
+
+def test_unknown_key_in_a_list_item_lists_the_known_keys():
+    with pytest.raises(ConfigError, match=r"items\.1\.rnak: unknown key; known keys: rank"):
+        load_config(Sample, None, ["items=[{rank: 1}, {rnak: 2}]"])
+
+
+def test_lora_target_modules_from_the_command_line():
+    from raft.train.config import LoraConfig
+
+    assert LoraConfig(target_modules="q_proj").target_modules == ["q_proj"]
+    assert LoraConfig(target_modules="q_proj, v_proj").target_modules == ["q_proj", "v_proj"]
+    assert LoraConfig(target_modules="all-linear").target_modules == "all-linear"
