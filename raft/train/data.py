@@ -24,6 +24,9 @@ from raft.errors import RaftError
 from raft.jsonl import iter_jsonl
 
 RAFT_FIELDS = ("question", "context", "cot_answer")
+NO_DATA = "no training data: set train.data.path (a `raft build` output dir or a .jsonl file)"
+WHAT_DATA = ("give a `raft build --out` dir, a .jsonl file, a save_to_disk dir or a hub dataset name "
+             "(train.data.path=...)")
 
 
 @dataclass
@@ -109,6 +112,22 @@ def _hf_rows(obj, split: str, where: str) -> list[dict] | None:
     return [dict(r) for r in obj]
 
 
+def _hub_name(path: str) -> bool:
+    """Read as a hub dataset when it is no local file or directory: `org/name`, whose `org` is not a local
+    directory (runs/dataset is a path that does not exist yet, not a dataset of a user named runs)."""
+    return (path.count("/") == 1 and not path.startswith((".", "/", "~")) and not Path(path).suffix
+            and not Path(path.split("/")[0]).is_dir())
+
+
+def check_data_source(path: str) -> None:
+    """The cheap part of reading the data, done before the model is looked up (which may wait on the hub):
+    a missing data.path is said at once."""
+    if not path:
+        raise RaftError(NO_DATA)
+    if not Path(path).expanduser().exists() and not _hub_name(path):
+        raise RaftError(f"data path {path!r} does not exist; {WHAT_DATA}")
+
+
 def read_split(path: str, split: str) -> tuple[list[dict], str] | None:
     """Rows of `split` from `path` and a description of where they came from; None if the split is absent."""
     p = Path(path)
@@ -133,7 +152,7 @@ def read_split(path: str, split: str) -> tuple[list[dict], str] | None:
     if p.is_file():
         # A single file is the training split; eval needs data.eval_path or another split file.
         return (_read_jsonl(p), str(p)) if split == "train" or p.stem == split else None
-    if "/" in path and not path.startswith((".", "/")) and not p.suffix:
+    if _hub_name(path):
         try:
             from datasets import load_dataset
 
@@ -143,15 +162,14 @@ def read_split(path: str, split: str) -> tuple[list[dict], str] | None:
         except Exception as e:
             raise RaftError(f"data path {path!r} is not a local file or dir, and loading it as a hub dataset "
                             f"failed: {e}") from None
-    raise RaftError(f"data path {path!r} does not exist; give a `raft build --out` dir, a .jsonl file, a "
-                    "save_to_disk dir or a hub dataset name (train.data.path=...)")
+    raise RaftError(f"data path {path!r} does not exist; {WHAT_DATA}")
 
 
 def load_examples(path: str, split: str, limit: int | None = None,
                   required: bool = True) -> tuple[list[Example], str]:
     """Examples of one split; RaftError for an empty/missing required split or malformed records."""
     if not path:
-        raise RaftError("no training data: set train.data.path (a `raft build` output dir or a .jsonl file)")
+        raise RaftError(NO_DATA)
     got = read_split(path, split)
     if got is None or not got[0]:
         if not required:

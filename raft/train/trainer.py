@@ -240,6 +240,7 @@ def run_training(cfg: TrainConfig, console=None, *, step_hooks: Sequence[StepHoo
     from rich.console import Console
 
     from raft.model_source import resolve_model
+    from raft.train.data import check_data_source
     from raft.train.model import check_model_source, load_tokenizer, meta_model, resolve_targets
 
     console = console or Console()
@@ -247,6 +248,9 @@ def run_training(cfg: TrainConfig, console=None, *, step_hooks: Sequence[StepHoo
     if cfg.output_dir and store.is_uri(cfg.output_dir):
         raise RaftError(f"train.output_dir={cfg.output_dir!r} must be a local path (checkpoints may live in an "
                         "object store via train.ray.storage_path)")
+    check_data_source(cfg.data.path)  # said at once, not after the model lookup (which may wait on the hub)
+    if cfg.data.eval_path:
+        check_data_source(cfg.data.eval_path)
     source = cfg.model.name_or_path
     cfg = with_model_path(cfg, resolve_model(source, log=lambda m: console.print(m, highlight=False)))
     check_model_source(cfg.model)

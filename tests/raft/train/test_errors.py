@@ -37,6 +37,23 @@ def test_empty_dataset(make_cfg, tmp_path):
         _run(make_cfg(data__path=str(f)))
 
 
+def test_missing_data_is_said_before_the_model_is_looked_up(make_cfg, tmp_path, monkeypatch):
+    """The model lookup may wait on the hub for half a minute: a missing data.path must not wait for it."""
+    def not_reached(*a, **k):
+        raise AssertionError("the model was looked up before the data path was checked")
+
+    monkeypatch.setattr("raft.model_source.resolve_model", not_reached)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(RaftError, match="no training data: set train.data.path"):
+        _run(make_cfg(data__path=""))
+    for missing in ("runs/dataset", str(tmp_path / "nowhere"), "./data.jsonl"):  # paths, not hub names
+        with pytest.raises(RaftError, match=f"data path '{missing}' does not exist"):
+            _run(make_cfg(data__path=missing))
+    with pytest.raises(RaftError, match="data path 'x' does not exist"):
+        _run(make_cfg(data__eval_path="x"))
+
+
 def test_bad_json_line_is_located(make_cfg, tmp_path):
     f = tmp_path / "broken.jsonl"
     f.write_text('{"messages": []}\n{not json\n')
