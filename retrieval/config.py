@@ -45,7 +45,8 @@ class IndexConfig(_Config):
     ivf_nprobe: int = Field(16, ge=1)
     """IVF cells visited per query."""
     pq_m: int = Field(48, ge=1)
-    """IVF-PQ sub-quantizers (must divide the embedding dimension)."""
+    """IVF-PQ sub-quantizers, at most: FAISS needs a divisor of the embedding dimension, so the largest one up
+    to this value is used (48 for MiniLM's 384; 7 gives 6), recorded in the manifest (`raft index stats`)."""
     shards: int = Field(1, ge=1)
     """dense index shards stored on disk (RayRetriever gives each shard actor its own)."""
     use_gpu: bool = False

@@ -245,3 +245,12 @@ def test_chunk_embedding_text_is_what_the_index_embeds():
 
     for c in (Chunk("c1", "d", "Some text.", title="A title"), Chunk("c2", "d", "Untitled text.")):
         assert c.embedding_text() == _embed_text(c)
+
+
+def test_pq_m_is_the_largest_divisor_of_the_dimension_up_to_the_setting():
+    """FAISS needs pq_m to divide the dimension; the setting is an upper bound (as documented), not refused."""
+    from retrieval.config import IndexConfig
+    from retrieval.dense import make_params
+
+    for pq_m, dim, want in ((48, 384, 48), (7, 384, 6), (48, 1024, 32), (500, 384, 384)):
+        assert make_params("ivf_pq", dim, 100_000, IndexConfig(pq_m=pq_m))["m"] == want, (pq_m, dim)
