@@ -102,7 +102,7 @@ def format_validation_error(err: ValidationError, model: type[BaseModel]) -> lis
     """One line per error: the dotted key, what is wrong, the value given and what is allowed."""
     problems = []
     for e in err.errors():
-        key = ".".join(str(x) for x in e["loc"]) or "(root)"
+        key = ".".join(str(x) for x in e["loc"])
         if e["type"] == "extra_forbidden":
             owner = _model_at(model, e["loc"])
             known = f"; known keys: {', '.join(sorted(owner.model_fields))}" if owner else ""
@@ -111,7 +111,11 @@ def format_validation_error(err: ValidationError, model: type[BaseModel]) -> lis
         if e["type"] == "missing":
             problems.append(f"{key}: required key is missing")
             continue
-        line = f"{key}: {e['msg']}"
+        msg = e["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's own ValueError
+        if not e["loc"]:  # a rule across keys (a model validator): its message names the keys itself
+            problems.append(msg)
+            continue
+        line = f"{key}: {msg}"
         if not isinstance(e.get("input"), dict):
             line += f" (got {e.get('input')!r})"
         problems.append(line)

@@ -78,3 +78,12 @@ def test_lora_target_modules_from_the_command_line():
     assert LoraConfig(target_modules="q_proj").target_modules == ["q_proj"]
     assert LoraConfig(target_modules="q_proj, v_proj").target_modules == ["q_proj", "v_proj"]
     assert LoraConfig(target_modules="all-linear").target_modules == "all-linear"
+
+
+def test_a_rule_across_keys_is_reported_as_its_own_message():
+    """A model validator's error has no key: no `(root):` and no pydantic `Value error, ` prefix."""
+    from raft.rerank.config import RerankTrainConfig
+
+    with pytest.raises(ConfigError) as e:
+        load_config(RerankTrainConfig, None, ["splits=[train,validation]"])
+    assert e.value.problems[0].startswith("eval_split 'validation' is also in splits"), e.value.problems
