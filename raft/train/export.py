@@ -24,6 +24,33 @@ def read_meta(adapter: Path) -> dict:
     return json.loads(meta_file.read_text()) if meta_file.is_file() else {}
 
 
+def check_out(adapter: Path, out: Path) -> None:
+    """--out is replaced by the merged model, so it must be new, empty, or a model this command merged
+    earlier: never the adapter, a directory holding it, or anything else a user keeps there."""
+    if out == adapter or out in adapter.parents:
+        raise RaftError(f"--out {str(out)!r} is the adapter directory or holds it, and would be replaced by the "
+                        "merged model; choose a new directory, e.g. --out " + str(adapter.parent / "merged"))
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not _merged_here(out))):
+        raise RaftError(f"--out {str(out)!r} exists and is not a model merged by `raft export` (no raft_meta.json "
+                        "with merged_from); choose a new directory (an earlier merge there is replaced)")
+
+
+def _merged_here(out: Path) -> bool:
+    try:
+        return "merged_from" in json.loads((out / "raft_meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def check_base(base: str) -> None:
+    """A local base model path that does not exist, said as such (not as the hub's "Repo id must be in the
+    form 'namespace/repo_name'")."""
+    p = Path(base).expanduser()
+    if not p.exists() and (base.startswith(("/", ".", "~")) or base.count("/") > 1):
+        raise RaftError(f"base model path {base!r} does not exist; pass --base with a local model directory "
+                        "(the one the adapter was trained on) or a hub name like Qwen/Qwen2.5-0.5B-Instruct")
+
+
 def merge_adapter(adapter_dir: str, out_dir: str, base: str | None = None, dtype: str = "auto",
                   dequantize: bool = True) -> Path:
     import torch
@@ -34,12 +61,14 @@ def merge_adapter(adapter_dir: str, out_dir: str, base: str | None = None, dtype
 
     adapter, out = Path(adapter_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
     meta = read_meta(adapter)
+    check_out(adapter, out)
     acfg = json.loads((adapter / "adapter_config.json").read_text())
     base = base or meta.get("base_model") or acfg.get("base_model_name_or_path")
     if not base:
         raise RaftError("the adapter does not name its base model; pass --base MODEL")
     if not Path(base).expanduser().exists() and meta.get("base_model_source") and base == meta.get("base_model"):
         base = meta["base_model_source"]  # trained from a GGUF whose converted copy is not cached on this host
+    check_base(base)
     base = resolve_model(base)
     if acfg.get("use_dora"):
         pass  # peft merges DoRA magnitudes too; nothing special

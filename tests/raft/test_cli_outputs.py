@@ -166,6 +166,34 @@ def test_export_checks_out_before_loading_the_model(tmp_path, monkeypatch, capsy
     assert "--out" in capsys.readouterr().err
 
 
+def test_export_never_replaces_the_adapter_or_a_foreign_directory(tmp_path, monkeypatch):
+    """--out is replaced by the merged model: an --out that is (or holds) the adapter, or holds other files,
+    is refused before any model loads; an earlier merge there is replaced."""
+    import json
+
+    from raft.errors import RaftError
+    from raft.train.export import merge_adapter
+
+    monkeypatch.setattr("raft.model_source.resolve_model", lambda *a, **k: pytest.fail("loaded anyway"))
+    adapter = tmp_path / "run" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/nowhere/base"}))
+    for out in (adapter, adapter.parent):
+        with pytest.raises(RaftError, match="is the adapter directory or holds it"):
+            merge_adapter(str(adapter), str(out))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("x")
+    with pytest.raises(RaftError, match="exists and is not a model merged by `raft export`"):
+        merge_adapter(str(adapter), str(mine))
+    assert (mine / "keep.txt").is_file() and (adapter / "adapter_config.json").is_file()
+    earlier = tmp_path / "merged"  # an earlier merge passes the check; the missing base is said as a path
+    earlier.mkdir()
+    (earlier / "raft_meta.json").write_text(json.dumps({"merged_from": str(adapter)}))
+    with pytest.raises(RaftError, match="base model path '/nowhere/base' does not exist"):
+        merge_adapter(str(adapter), str(earlier))
+
+
 def test_export_on_a_full_disk_removes_its_partial_directory(tmp_path, monkeypatch, capsys):
     out = tmp_path / "merged"
 
