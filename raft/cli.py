@@ -129,9 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except _user_errors() as e:
         from rich.console import Console
+        from rich.markup import escape
 
-        # soft_wrap: an error names paths and values; hard line breaks inside them break copy-paste (and greps)
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+        # soft_wrap: an error names paths and values; hard line breaks inside them break copy-paste (and greps).
+        # escape: the message is literal text: `raft-stack[vllm]` or a file named q[draft].jsonl is not markup
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(e))}", markup=True,
+                                                   highlight=False)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -44,3 +44,12 @@ def test_raft_package_never_imports_serving():
                  if "import serving" in p.read_text() or "from serving" in p.read_text()]
     assert offenders == []
     assert COMMANDS["serve"] == "serving.command"
+
+
+def test_an_error_message_is_printed_literally(tmp_path, capsys):
+    """Square brackets in a message are text (a file name, `raft-stack[vllm]`), not rich markup that eats
+    them or fails on them."""
+    for name in ("q[draft].jsonl", "q[/bold].jsonl"):
+        rc = main(["build", str(tmp_path), "--out", str(tmp_path / "out"), "--questions", str(tmp_path / name)])
+        err = capsys.readouterr().err
+        assert rc == 2 and name in err and "Traceback" not in err, err
