@@ -11,13 +11,19 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /app
 # Dependencies first (cached layer), then the sources. torch comes from the vLLM base image:
-# installing without build isolation keeps its CUDA build instead of pulling another one.
+# installing without build isolation keeps its CUDA build instead of pulling another one. faiss-cpu (a core
+# dependency) and faiss-gpu-cu12 (.[gpu]) install the same `faiss` module: faiss-cpu goes and faiss-gpu is
+# reinstalled, so the module is the GPU build's alone.
 COPY pyproject.toml README.md ./
 COPY raft ./raft
 COPY retrieval ./retrieval
 COPY serving ./serving
 COPY configs ./configs
-RUN pip install --no-build-isolation ".[gpu]" && raft --help > /dev/null
+RUN pip install --no-build-isolation ".[gpu]" \
+    && pip uninstall -y faiss-cpu \
+    && pip install --no-deps --force-reinstall "faiss-gpu-cu12>=1.8" \
+    && python -c "import faiss; faiss.StandardGpuResources" \
+    && raft --help > /dev/null
 
 # Gateway port (the engine listens on 8000 inside its own container).
 EXPOSE 8000

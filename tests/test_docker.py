@@ -229,3 +229,18 @@ def test_lint_catches_mistakes(tmp_path):
     with pytest.raises(ConfigError, match="bogus"):
         check_raft_command(["serve", "engine.kind=openai", "engine.url=http://e/v1", "bogus=1",
                             "retrieval.backend=none"], "test")
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_gpu_images_keep_one_faiss_build(dockerfile):
+    """faiss-cpu (a core dependency) and faiss-gpu-cu12 (.[gpu]) install the same `faiss` module: an image
+    with the GPU extra removes faiss-cpu, reinstalls faiss-gpu over the files it took, and checks the result."""
+    for n, w, args in instructions(dockerfile):
+        if w == "RUN" and ".[gpu]" in args:
+            steps = [s.strip() for s in args.split("&&")]
+            at = next(i for i, s in enumerate(steps) if ".[gpu]" in s)
+            rest = steps[at + 1:]
+            assert "pip uninstall -y faiss-cpu" in rest, f"{dockerfile.name}:{n}"
+            reinstall = next(i for i, s in enumerate(rest) if "--force-reinstall" in s and "faiss-gpu" in s)
+            assert rest.index("pip uninstall -y faiss-cpu") < reinstall, f"{dockerfile.name}:{n}"
+            assert any("faiss.StandardGpuResources" in s for s in rest[reinstall:]), f"{dockerfile.name}:{n}"

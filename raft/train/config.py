@@ -16,7 +16,8 @@ from raft.config import Config
 
 class ModelConfig(Config):
     name_or_path: str = "meta-llama/Llama-3.1-8B-Instruct"
-    """Base causal LM: a local directory or a Hugging Face hub name (the hub is only used if it is reachable)."""
+    """Base causal LM: a local directory, a Hugging Face hub name (the hub is only used if it is reachable), a
+    .gguf file or the packaged short name smollm2-135m-instruct (GGUF converted once and cached)."""
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     """Weights/compute dtype. `auto`: bf16 on a GPU that supports it, else fp32 (CPU trains in fp32)."""
     gradient_checkpointing: bool = False
