@@ -101,11 +101,11 @@ def _preflight(cfg, console) -> None:
             with console.status(f"loading the reranker {r.rerank.model} ..."):
                 Reranker.from_config(r.rerank).load()
     check_engine_model(cfg)
-    if port_in_use(cfg.host, cfg.port):
+    if port_in_use(cfg.host, cfg.port, key="host"):
         raise RaftError(f"port {cfg.port} on {cfg.host} is already in use (another gateway, or an earlier `raft "
                         "serve` that was not stopped?); stop that process or set another port, e.g. port=9000")
     e = cfg.engine
-    if e.kind != "openai" and port_in_use(e.host, e.port):
+    if e.kind != "openai" and port_in_use(e.host, e.port, key="engine.host"):
         raise RaftError(f"engine.port {e.port} on {e.host} is already in use (another engine, or an earlier "
                         "`raft serve` that was not stopped?); stop that process or set another engine.port")
     if e.kind != "openai" and (e.host, e.port) == (cfg.host, cfg.port):

@@ -6,13 +6,44 @@ from __future__ import annotations
 
 import os
 from typing import Literal, Optional
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from raft.config import Config
 from retrieval.rerank import RerankConfig
 
 API_KEYS_ENV = "RAFT_SERVE_API_KEYS"
+API_KEYS_FORM = "key:tenant[,key:tenant...]"
+
+
+def mask_secret(secret: str) -> str:
+    """How an API key appears in an error: enough to recognise it, never enough to use it."""
+    n = f"{len(secret)} character{'' if len(secret) == 1 else 's'}"
+    return f"a key of {n}" if len(secret) < 6 else f"{secret[:2]!r}... ({n})"
+
+
+def parse_api_keys_env(raw: str) -> tuple[dict[str, str], list[str]]:
+    """RAFT_SERVE_API_KEYS -> (key -> tenant, problems). A malformed entry is a problem, never skipped:
+    skipping it would leave the gateway open (with no other key) or that key refused, without a word."""
+    keys: dict[str, str] = {}
+    problems = []
+    for n, item in enumerate(raw.split(","), 1):
+        if not item.strip():
+            continue  # an empty variable, a trailing comma: nothing was meant there
+        key, sep, tenant = (part.strip() for part in item.partition(":"))
+        if not sep:
+            what = f"({mask_secret(key)}) is not of the form key:tenant"
+        elif not key:
+            what = f"(':{tenant}') has an empty key"
+        elif not tenant:
+            what = f"({mask_secret(key)}) has an empty tenant"
+        else:
+            keys[key] = tenant
+            continue
+        problems.append(f"{API_KEYS_ENV} entry {n} {what}; set it as {API_KEYS_FORM}, e.g. "
+                        f"{API_KEYS_ENV}=key1:acme,key2:globex")
+    return keys, problems
 
 
 class EngineConfig(Config):
@@ -160,15 +191,34 @@ class AuthConfig(Config):
     tenant_models: dict[str, list[str]] = {}
     """Tenant -> served model names (base or adapters) it may use; a tenant not listed may use all."""
 
+    @field_validator("keys", mode="before")
+    @classmethod
+    def _keys_well_formed(cls, keys):
+        # checked here, before pydantic's own errors, which would print a bad key whole in their location;
+        # the rules are those of RAFT_SERVE_API_KEYS, and keys are stripped as the bearer key given is
+        if not isinstance(keys, dict):
+            return keys
+        problems = []
+        for key, tenant in keys.items():
+            if not isinstance(key, str):
+                problems.append(f"a key is a YAML {type(key).__name__}, not a string; quote it "
+                                "(e.g. \"12345\": acme)")
+            elif not key.strip():
+                problems.append(f"a key is empty (tenant {tenant!r}); give that tenant a real key")
+            elif not isinstance(tenant, str) or not tenant.strip():
+                problems.append(f"key {mask_secret(key)} has no tenant (got {tenant!r}); map each key to a "
+                                "tenant name, e.g. key1: acme")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return {key.strip(): tenant.strip() for key, tenant in keys.items()}
+
     def resolved_keys(self) -> dict[str, str]:
-        """Keys from the config plus the environment (the environment wins on a clash)."""
-        keys = dict(self.keys)
-        for item in os.environ.get(API_KEYS_ENV, "").split(","):
-            if ":" in item:
-                key, tenant = item.split(":", 1)
-                if key.strip() and tenant.strip():
-                    keys[key.strip()] = tenant.strip()
-        return keys
+        """Keys from the config plus the environment (the environment wins on a clash). A malformed
+        environment raises ValueError (ServeConfig reports it as a config problem first)."""
+        env_keys, problems = parse_api_keys_env(os.environ.get(API_KEYS_ENV, ""))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return {**self.keys, **env_keys}
 
 
 class RayServeSettings(Config):
@@ -223,6 +273,20 @@ class ServeConfig(Config):
         problems = []
         if e.kind == "openai" and not e.url:
             problems.append("engine.url is required when engine.kind is 'openai' (e.g. http://host:8000/v1)")
+        if e.url:
+            # httpx takes 'localhost:9' as scheme 'localhost': the gateway would report ready, then every
+            # request would fail with a 500
+            try:
+                u = urlsplit(e.url)
+            except ValueError as err:  # e.g. an unclosed [ of an IPv6 address
+                problems.append(f"engine.url is not a valid URL ({err}), got {e.url!r} (e.g. http://host:8000/v1)")
+            else:
+                if u.scheme.lower() not in ("http", "https"):
+                    problems.append(f"engine.url must start with http:// or https://, got {e.url!r} "
+                                    f"(e.g. http://{e.url.split('://')[-1]})")
+                elif not u.hostname:
+                    problems.append(f"engine.url has no host, got {e.url!r} (e.g. http://host:8000/v1)")
+        problems += parse_api_keys_env(os.environ.get(API_KEYS_ENV, ""))[1]
         if e.kind in ("vllm", "batched", "transformers") and not e.model:
             problems.append(f"engine.model is required when engine.kind is {e.kind!r} "
                             "(vllm: base model; batched, transformers: merged model directory)")

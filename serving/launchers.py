@@ -5,6 +5,7 @@ so tests can assert them exactly; `EngineProcess` runs one, waits for /health, a
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -202,16 +203,27 @@ def _in_hub_cache(repo: str) -> bool:
         return True  # cannot tell: let the engine try
 
 
-def port_in_use(host: str, port: int) -> bool:
+def port_in_use(host: str, port: int, key: Optional[str] = None) -> bool:
     """Whether something listens on host:port (binding as servers do, with SO_REUSEADDR, so a port that
-    only lingers in TIME_WAIT counts as free)."""
+    only lingers in TIME_WAIT counts as free). Any other failure to bind raises RaftError saying why:
+    reported as "in use", an address this host does not have sends the user looking for a process that
+    does not exist. `key` names the config key that set `host` (default: `host`, or `engine.host`)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
-        except OSError:
-            return True
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return True
+            reason = e.strerror or str(e)
+            where = key or "host (engine.host for the engine)"
+            if e.errno == errno.EACCES:
+                raise RaftError(f"cannot listen on {host}:{port}: {reason} (ports below 1024 need root); set "
+                                f"{where.replace('host', 'port')} above 1023") from None
+            raise RaftError(f"{where} {host!r} is not an address available on this host (cannot listen on "
+                            f"{host}:{port}: {reason}); set it to 127.0.0.1 (this machine only) or 0.0.0.0 "
+                            "(every interface)") from None
     return False
 
 
@@ -222,7 +234,7 @@ def launch_engine(cfg: ServeConfig, log_path: Optional[str] = None) -> tuple[str
     if cmd is None:
         return url, None
     e = cfg.engine
-    if port_in_use(e.host, e.port):
+    if port_in_use(e.host, e.port, key="engine.host"):
         # the new engine would fail to bind while the old process answered /health: the gateway would
         # report ready and serve through someone else's engine
         raise RaftError(f"engine.port {e.port} on {e.host} is already in use (another engine, or an earlier "

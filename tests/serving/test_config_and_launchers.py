@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +14,15 @@ import httpx
 import pytest
 
 from raft.config import ConfigError, load_config
-from serving.config import ServeConfig
-from serving.launchers import EngineProcess, engine_command, engine_url, transformers_command, vllm_command
+from serving.config import AuthConfig, ServeConfig
+from serving.launchers import (
+    EngineProcess,
+    engine_command,
+    engine_url,
+    port_in_use,
+    transformers_command,
+    vllm_command,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -38,10 +48,70 @@ def test_config_errors_are_reported_together(tmp_path):
 
 
 def test_api_keys_from_env(monkeypatch):
-    monkeypatch.setenv("RAFT_SERVE_API_KEYS", "k1:acme, k2:globex,bad")
+    monkeypatch.setenv("RAFT_SERVE_API_KEYS", "k1:acme, k2:globex,")  # a trailing comma means nothing
     cfg = ServeConfig.model_validate({"engine": {"kind": "openai", "url": "http://x"}, "retrieval": {"backend": "none"},
-                                      "auth": {"keys": {"k0": "initech"}}})
-    assert cfg.auth.resolved_keys() == {"k0": "initech", "k1": "acme", "k2": "globex"}
+                                      "auth": {"keys": {"k0": "initech", " k3 ": " initech "}}})
+    assert cfg.auth.resolved_keys() == {"k0": "initech", "k3": "initech", "k1": "acme", "k2": "globex"}
+
+
+OPEN = {"engine": {"kind": "openai", "url": "http://x"}, "retrieval": {"backend": "none"}}
+
+
+@pytest.mark.parametrize("env,shown", [("s3cretvalue", "'s3'... (11 characters)"),
+                                       ("k1:acme,s3cretvalue", "entry 2 ('s3'... (11 characters))"),
+                                       (":acme", "(':acme') has an empty key"),
+                                       ("s3cretvalue:", "('s3'... (11 characters)) has an empty tenant"),
+                                       ("abc", "(a key of 3 characters)")])
+def test_malformed_api_keys_env_is_an_error_never_skipped(monkeypatch, env, shown):
+    """Skipping a malformed entry left the gateway open (`s3cret` alone: auth off) or refused a key."""
+    monkeypatch.setenv("RAFT_SERVE_API_KEYS", env)
+    with pytest.raises(ValueError) as e:
+        ServeConfig.model_validate(OPEN)
+    text = str(e.value)
+    assert "RAFT_SERVE_API_KEYS" in text and shown in text and "key:tenant[,key:tenant...]" in text
+    assert "s3cretvalue" not in text and "'abc'" not in text  # the secret is never printed whole
+    with pytest.raises(ValueError, match="RAFT_SERVE_API_KEYS"):  # nor skipped by a gateway built without the check
+        AuthConfig().resolved_keys()
+
+
+@pytest.mark.parametrize("keys,shown", [({"": "acme"}, "a key is empty (tenant 'acme')"),
+                                        ({"s3cretvalue": " "}, "'s3'... (11 characters) has no tenant"),
+                                        ({"s3cretvalue": None}, "'s3'... (11 characters) has no tenant (got None)"),
+                                        ({123456789: "acme"}, "a key is a YAML int, not a string")])
+def test_malformed_config_file_keys_are_errors_with_the_key_masked(tmp_path, keys, shown):
+    import yaml
+
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump({"serve": {**OPEN, "auth": {"keys": keys}}}))
+    with pytest.raises(ConfigError) as e:
+        load_config(ServeConfig, f, section="serve")
+    text = str(e.value)
+    assert "auth.keys" in text and shown in text
+    assert "s3cretvalue" not in text and "123456789" not in text
+
+
+@pytest.mark.parametrize("url,problem", [("localhost:9", "must start with http:// or https://, got 'localhost:9' "
+                                                         "(e.g. http://localhost:9)"),
+                                         ("ftp://h/v1", "must start with http:// or https://, got 'ftp://h/v1'"),
+                                         ("http://", "has no host, got 'http://'"),
+                                         ("http://[::1/v1", "is not a valid URL")])
+def test_engine_url_without_http_scheme_is_an_error(url, problem):
+    """httpx fails on every request to such a URL (500, UnsupportedProtocol) after the gateway said ready."""
+    with pytest.raises(ValueError, match="engine.url " + re.escape(problem)):
+        ServeConfig.model_validate({**OPEN, "engine": {"kind": "openai", "url": url}})
+    ok = ServeConfig.model_validate({**OPEN, "engine": {"kind": "openai", "url": "HTTPS://h:8000/v1"}})
+    assert engine_url(ok) == "HTTPS://h:8000/v1"
+
+
+def test_raft_serve_cli_reports_bad_url_and_keys_together_with_exit_2():
+    env = {**os.environ, "RAFT_SERVE_API_KEYS": "s3cretvalue"}
+    r = subprocess.run([sys.executable, "-m", "raft.cli", "serve", "engine.kind=openai", "engine.url=localhost:9",
+                        "runner=uvicorn", "retrieval.backend=none", "--print-engine-command"],
+                       capture_output=True, text=True, timeout=60, env=env)
+    out = r.stdout + r.stderr
+    assert r.returncode == 2 and "Traceback" not in out, out
+    assert "engine.url must start with http:// or https://, got 'localhost:9'" in out
+    assert "RAFT_SERVE_API_KEYS entry 1" in out and "s3cretvalue" not in out
 
 
 def test_vllm_command_line_exact():
@@ -166,3 +236,20 @@ def test_replicas_get_the_drivers_keys_and_local_index_needs_one_replica(monkeyp
         ServeConfig.model_validate({"engine": {"kind": "openai", "url": "http://e:1/v1"},
                                     "retrieval": {"backend": "local", "index_dir": "idx"},
                                     "ray": {"num_replicas": 2}})
+
+
+def test_port_in_use_tells_a_busy_port_from_an_address_this_host_lacks():
+    from raft.errors import RaftError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert port_in_use("127.0.0.1", s.getsockname()[1]) is True
+    # 192.0.2.1 (TEST-NET-1, RFC 5737) is no host's address: binding fails with EADDRNOTAVAIL, not EADDRINUSE
+    with pytest.raises(RaftError, match="host \\(engine.host for the engine\\) '192.0.2.1' is not an address"):
+        port_in_use("192.0.2.1", 18804)
+    with pytest.raises(RaftError) as e:
+        port_in_use("192.0.2.1", 18804, key="engine.host")
+    text = str(e.value)
+    assert text.startswith("engine.host '192.0.2.1' is not an address available on this host")
+    assert "192.0.2.1:18804" in text and "127.0.0.1" in text and "0.0.0.0" in text and "in use" not in text
