@@ -11,6 +11,7 @@ import hashlib
 import json
 import random
 import shutil
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -113,6 +114,7 @@ class Builder:
         self.teacher = teacher
         self.console = console
         self.drops: Counter = Counter()      # answers dropped, final reason per question
+        self.mix_drops: Counter = Counter()  # answered questions dropped while mixing, by reason
         self.attempt_fails: Counter = Counter()  # every failed attempt, by reason
         self.q_stats: Counter = Counter()
         self.quotes = Counter()
@@ -240,7 +242,9 @@ class Builder:
         if self.teacher is None:
             self.teacher = make_teacher(cfg.teacher)
         try:
-            await self.teacher.check()  # before indexing: an unreachable teacher fails in seconds, not minutes
+            # before indexing: an unreachable teacher fails in seconds, not minutes
+            for warning in await self.teacher.check() or []:
+                self._warn(warning)
             all_chunks, chunks, by_id = self._corpus_chunks()
             empty = len(all_chunks) - len(chunks)
             self.cache = TeacherCache(self.out / ".cache" / "teacher.sqlite")
@@ -337,7 +341,7 @@ class Builder:
         stats = mined.stats
         usable = [it for it in kept if it.key in mined.distractors]
         if len(kept) > len(usable):
-            self.drops["too_few_distractors"] += len(kept) - len(usable)
+            self.mix_drops["too_few_distractors"] += len(kept) - len(usable)
         keys_by_split: dict[str, list[str]] = {}
         for it in usable:
             keys_by_split.setdefault(it.split, []).append(it.key)
@@ -371,6 +375,19 @@ class Builder:
             "answers": it.answers or [it.final_answer], "gold_ids": it.gold_ids,
         }
 
+    def _warn(self, message: str) -> None:
+        """Printed at once (not only in the summary): it may explain a build that is about to fail."""
+        if self.console is not None:
+            self.console.print("warning: " + message, highlight=False, markup=False)
+        else:
+            print("warning: " + message, file=sys.stderr)
+
+    def _teacher_label(self) -> str:
+        """'the extractive teacher' / 'the openai teacher (model M)': which teacher ran, and with which model."""
+        t = self.teacher
+        return (f"the {t.kind} teacher" if t.kind == "extractive" or not t.name
+                else f"the {t.kind} teacher (model {t.name})")
+
     def _why_empty(self, items: list[Item], kept: list[Item]) -> str:
         """Which filter dropped every question, and what to do about it."""
         def reasons(c: Counter) -> str:
@@ -387,15 +404,16 @@ class Builder:
                         f"{', '.join(repr(d) for d in sample)}")
             return f"none of the {n} question(s) of {self.cfg.questions_file} could be used ({reasons(self.drops)})"
         if not items:
-            return (f"the teacher ({self.teacher.name}) wrote no usable question for any of the "
+            return (f"{self._teacher_label()} wrote no usable question for any of the "
                     f"{self.q_stats.get('chunks_asked', 0)} chunks ({reasons(self.q_stats)}); check teacher.model "
                     "and teacher.base_url, or give your own questions with --questions FILE")
         if not kept:
             return (f"all {len(items)} answers were dropped by the answer checks "
                     f"(final reasons: {reasons(self.drops)}; every failed attempt: {reasons(self.attempt_fails)}): "
-                    f"the teacher ({self.teacher.name}) must quote the passage between ##begin_quote## and "
+                    f"{self._teacher_label()} must quote the passage between ##begin_quote## and "
                     "##end_quote## and end with <ANSWER>: ...; try a stronger teacher model")
-        return (f"all {len(kept)} answered questions were dropped while mixing distractors ({reasons(self.drops)}); "
+        return (f"all {len(kept)} answered questions were dropped while mixing distractors "
+                f"({reasons(self.mix_drops)}); "
                 "lower build.mix.num_distractors or set build.mix.within_split=false")
 
     def _summary(self, t0, all_chunks, empty, items, kept, records, mix_stats) -> dict:
@@ -414,7 +432,9 @@ class Builder:
                         "dropped_by_reason": dict(self.drops), "failed_attempts_by_reason": dict(self.attempt_fails),
                         "quotes_total": total_q, "quotes_verified": self.quotes["verified"],
                         "quote_verification_rate": round(self.quotes["verified"] / total_q, 4) if total_q else None},
-            "mixing": dict(mix_stats),
+            # answered questions that mixing dropped: not in `answers` (kept - mixing.dropped = records)
+            "mixing": {**mix_stats, "dropped": sum(self.mix_drops.values()),
+                       "dropped_by_reason": dict(self.mix_drops)},
             "records": len(records), "splits": dict(splits),
             **({"split_groups": {"group_by": self.cfg.split.group_by, **self.split_groups}}
                if self.cfg.split.group_by else {}),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Literal, Optional
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from raft.config import Config
 from retrieval.config import IndexConfig
@@ -29,8 +29,9 @@ class TeacherConfig(Config):
     sentence; the teacher filters both and writes the quote and `<ANSWER>:` itself (docs/teacher.md)."""
     base_url: str = "http://127.0.0.1:8000/v1"
     """Base URL of the OpenAI-compatible API (ending in /v1) for kind=openai."""
-    model: str = "extractive"
-    """Model name sent to the endpoint (or loaded by vLLM offline); recorded in every record's `teacher`."""
+    model: Optional[str] = None
+    """Model name sent to the endpoint (or loaded by vLLM offline); recorded in every record's `teacher`.
+    Required with kind=openai and kind=vllm_offline; unused by kind=extractive."""
     api_key_env: str = "OPENAI_API_KEY"
     """Environment variable that holds the API key (an empty key is sent as 'EMPTY', as vLLM expects)."""
     concurrency: int = Field(16, ge=1, le=1024)
@@ -53,6 +54,18 @@ class TeacherConfig(Config):
     """Sampling seed sent to the endpoint (derived per request from the build seed when null)."""
     extra_body: dict = Field(default_factory=dict)
     """Extra JSON fields merged into every request body (e.g. {"top_p": 0.9})."""
+
+    @field_validator("model")
+    @classmethod
+    def _model_for_a_model_teacher(cls, v: Optional[str], info: ValidationInfo) -> Optional[str]:
+        # no default name fits a server: a made-up one is sent to it and every request fails with a 404
+        kind = info.data.get("kind")  # absent when kind itself is invalid (reported on its own)
+        if kind in ("openai", "vllm_offline") and not (v or "").strip():
+            what = ("the model name the server serves (GET BASE_URL/models lists them)" if kind == "openai"
+                    else "the model vLLM loads (a hub id or a local directory)")
+            raise ValueError(f"is required with teacher.kind={kind}: set it to {what}, e.g. "
+                             "teacher.model=Qwen/Qwen2.5-7B-Instruct")
+        return v
 
     @model_validator(mode="after")
     def _stepwise_needs_a_model(self):

@@ -118,7 +118,11 @@ def dataset_card(config: dict, summary: dict, manifest: dict) -> str:
              if teacher.get("kind") == "extractive" else "")
     rows = "\n".join(f"| {s} | {n} |" for s, n in manifest["counts"].items())
     drops = summary.get("answers", {}).get("dropped_by_reason", {})
-    drop_rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(drops.items())) or "| (none) | 0 |"
+    # questions answered but dropped while mixing distractors: counted apart from the answer checks' drops
+    mix_drops = summary.get("mixing", {}).get("dropped_by_reason", {})
+    drop_rows = "\n".join([f"| {k} | {v} |" for k, v in sorted(drops.items())]
+                          + [f"| {k} (mixing) | {v} |" for k, v in sorted(mix_drops.items())]) or "| (none) | 0 |"
+    teacher_line = f"`{teacher.get('kind')}`" + (f" / `{teacher['model']}`" if teacher.get("model") else "")
     stats = {k: summary.get(k) for k in ("chunks", "questions", "answers", "mixing", "tokens", "seconds")}
     return f"""# RAFT dataset
 
@@ -130,7 +134,7 @@ oracle) and ends in `<ANSWER>: ...`. Splits are by source document.
 {smoke}
 - prompt version: `{manifest['prompt_version']}`
 - fingerprint: `{manifest['fingerprint']}`
-- teacher: `{teacher.get('kind')}` / `{teacher.get('model')}`
+- teacher: {teacher_line}
 - formats: {', '.join(manifest['formats'])} (+ `hf/`, a `datasets.DatasetDict` saved with `save_to_disk`)
 
 ## Splits

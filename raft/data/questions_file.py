@@ -1,6 +1,7 @@
 """`--questions FILE`: questions with gold answers and gold corpus doc ids, instead of generated ones.
 
-Lines are {"id", "question", "answers": [...], "gold_ids": [...]} (the shape of ../shared/data/*/questions.jsonl).
+Lines are {"id", "question", "answers": [...], "gold_ids": [...]} (the shape of ../shared/data/*/questions.jsonl);
+`answers` is required (a non-empty list): the gold answers become the eval gold and the teacher's hint.
 A gold doc id maps to that document's chunks; when a document has several chunks, the one(s) that contain
 an answer, else the one with the most words in common with the question and answers, become the oracle.
 """
@@ -37,10 +38,17 @@ def load_questions(path: str | Path) -> list[GivenQuestion]:
         q = d.get("question")
         if not isinstance(q, str) or not q.strip():
             raise RaftError(f"{p}:{n}: field 'question' must be a non-empty string, got {q!r}")
+        # gold answers are required: they are the eval gold, the teacher's hint and pick the oracle chunk;
+        # without them the teacher's own answer would pass for the gold one
+        answers = d.get("answers")
+        if (not isinstance(answers, list) or not answers
+                or not all(isinstance(a, (str, int, float)) and not isinstance(a, bool) and str(a).strip()
+                           for a in answers)):
+            raise RaftError(f"{p}:{n}: field 'answers' must be a non-empty list of gold answer strings, got "
+                            f"{answers!r}; e.g. \"answers\": [\"1641\"]")
         gold = d.get("gold_ids") or []
-        answers = d.get("answers") or []
-        if not isinstance(gold, list) or not isinstance(answers, list):
-            raise RaftError(f"{p}:{n}: 'gold_ids' and 'answers' must be lists")
+        if not isinstance(gold, list):
+            raise RaftError(f"{p}:{n}: field 'gold_ids' must be a list of corpus document ids, got {gold!r}")
         qid = str(d.get("id", f"line{n}"))
         if qid in seen:
             raise RaftError(f"{p}:{n}: duplicate id {qid!r}")

@@ -13,6 +13,10 @@ def print_summary(s: dict, console) -> None:
         f"questions   {q['count']} (from {q['source']})",
         f"answers     kept {a['kept']}, dropped {a['dropped']}"
         + (": " + ", ".join(f"{k}={v}" for k, v in sorted(a["dropped_by_reason"].items())) if a["dropped"] else ""),
+        # answered, then dropped while mixing: answers kept - mix dropped = records
+        *([f"mix         dropped {m['dropped']}: "
+           + ", ".join(f"{k}={v}" for k, v in sorted(m["dropped_by_reason"].items()))]
+          if (m := s["mixing"]).get("dropped") else []),
         f"quotes      {a['quotes_verified']}/{a['quotes_total']} verified"
         + (f" ({rate:.1%})" if rate is not None else ""),
         *([f"ray         answers by {r['actors']} actor(s) on {r['address']}: {r['questions_sent']} question(s) sent"

@@ -106,8 +106,8 @@ class StepwiseTeacher(ChatTeacher):
     def signature(self) -> dict[str, Any]:
         return self.inner.signature() | {"strategy": "stepwise", "stepwise_prompts": PROMPT_HASH}
 
-    async def check(self) -> None:
-        await self.inner.check()
+    async def check(self) -> list[str]:
+        return await self.inner.check()
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -76,8 +76,9 @@ class ChatTeacher:
         return {"kind": self.kind, "model": c.model, "temperature": c.temperature, "max_tokens": c.max_tokens,
                 "seed": c.seed, "extra_body": c.extra_body}
 
-    async def check(self) -> None:
-        """Raise RaftError quickly when the teacher cannot be used."""
+    async def check(self) -> list[str]:
+        """Raise RaftError quickly when the teacher cannot be used; returns warnings for the user."""
+        return []
 
     async def aclose(self) -> None:
         pass
@@ -129,19 +130,49 @@ class OpenAITeacher(ChatTeacher):
                                               connect=min(self.cfg.timeout_s, self.cfg.connect_check_s)))
         return self._session
 
-    async def check(self) -> None:
+    async def check(self) -> list[str]:
         import aiohttp
 
         try:
             async with self._client().get(self.base_url + "/models",
                                           timeout=aiohttp.ClientTimeout(total=self.cfg.connect_check_s)) as r:
                 status = r.status
+                text = await r.text(errors="replace") if status == 200 else ""
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             raise RaftError(f"teacher endpoint {self.base_url} is unreachable ({type(e).__name__}: {e}); start "
                             "the server or fix build.teacher.base_url") from None
         if status in (401, 403):
             raise RaftError(f"teacher endpoint {self.base_url} refused the API key (HTTP {status}); set "
                             f"${self.cfg.api_key_env} or build.teacher.api_key_env")
+        if status == 404:
+            # every chat request would get the same 404 (counted, after indexing): usually a base_url without /v1
+            hint = (f"; try teacher.base_url={self.base_url}/v1" if not self.base_url.endswith("/v1")
+                    else "; check the path of teacher.base_url")
+            raise RaftError(f"teacher endpoint {self.base_url} answered 404 Not Found to GET "
+                            f"{self.base_url}/models: it is not the root of an OpenAI-compatible API, whose "
+                            "base_url usually ends in /v1" + hint)
+        return self._check_model(text) if status == 200 else []
+
+    # Servers that answer 404 to a model name they do not list (vLLM; raft's own gateway). Others may load
+    # an unlisted model on request (`transformers serve` lists only its HF cache, yet loads any path).
+    STRICT_OWNERS = frozenset({"vllm", "raft"})
+
+    def _check_model(self, text: str) -> list[str]:
+        """teacher.model against the ids GET /models listed: an error where the server is known to refuse an
+        unlisted name, else a warning (nothing when the reply lists no models)."""
+        try:
+            cards = [m for m in json.loads(text)["data"] if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        except (ValueError, KeyError, TypeError):
+            return []  # reachable, but it does not list models in OpenAI's shape
+        ids = [m["id"] for m in cards]
+        if not ids or self.cfg.model in ids:
+            return []
+        shown = ", ".join(ids[:5]) + (f" ... ({len(ids)} in all)" if len(ids) > 5 else "")
+        msg = f"teacher.model={self.cfg.model!r} is not among the models {self.base_url}/models lists: {shown}"
+        if all(m.get("owned_by") in self.STRICT_OWNERS for m in cards):
+            raise RaftError(f"{msg}; the server answers 404 to any other name: set teacher.model to one of them")
+        return [f"{msg}; a server that loads models on request (transformers serve) accepts it, others answer "
+                "404 to every request: check teacher.model"]
 
     async def aclose(self) -> None:
         if self._session is not None:

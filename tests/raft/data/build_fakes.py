@@ -90,10 +90,12 @@ def good_answer(user: str) -> str:
 
 
 class FakeOpenAI:
-    """`behave(body, n) -> (status, payload|str, delay_s)`; default: valid questions/answers."""
+    """`behave(body, n) -> (status, payload|str, delay_s)`; default: valid questions/answers.
+    `get(path) -> (status, payload)` answers GET requests; default: GET /models lists the model "fake"."""
 
-    def __init__(self, behave=None, delay: float = 0.0):
+    def __init__(self, behave=None, delay: float = 0.0, get=None):
         self.behave = behave
+        self.get = get
         self.delay = delay
         self.count = 0
         self.lock = threading.Lock()
@@ -117,6 +119,9 @@ class FakeOpenAI:
                 self.wfile.write(data)
 
             def do_GET(self):
+                if outer.get is not None:
+                    self._send(*outer.get(self.path))
+                    return
                 self._send(200, {"object": "list", "data": [{"id": "fake", "object": "model"}]})
 
             def do_POST(self):

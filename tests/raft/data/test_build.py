@@ -129,9 +129,26 @@ def test_questions_file_maps_gold_docs_to_oracle_chunks(tmp_path, index):
 
 def test_bad_questions_file_names_the_line(tmp_path, index):
     qf = tmp_path / "q.jsonl"
-    qf.write_text('{"id": "a", "question": "ok?", "gold_ids": ["doc001"]}\n{"id": "b", "question": ""}\n')
+    qf.write_text('{"id": "a", "question": "ok?", "answers": ["x"], "gold_ids": ["doc001"]}\n'
+                  '{"id": "b", "question": ""}\n')
     with pytest.raises(RaftError, match=r"q.jsonl:2: field 'question'"):
         Builder(_cfg(questions_file=str(qf)), tmp_path / "o", index=index).run()
+
+
+@pytest.mark.parametrize("answers", [None, [], "Zq3x1", [""], [None]], ids=repr)
+def test_a_question_without_gold_answers_names_the_line(tmp_path, monkeypatch, answers):
+    """Without gold answers the teacher's own answer became the eval gold: an error naming file, line, field."""
+    monkeypatch.setattr("raft.data.builder.open_or_build_index",
+                        lambda *a, **k: pytest.fail("indexed before the questions file was checked"))
+    bad = {"id": "b", "question": "What is the code of place3 part1?", "gold_ids": ["doc003"]}
+    if answers is not None:
+        bad["answers"] = answers
+    qf = tmp_path / "q.jsonl"
+    qf.write_text(json.dumps({"id": "a", "question": "ok?", "answers": ["x"], "gold_ids": ["doc001"]}) + "\n"
+                  + json.dumps(bad) + "\n")
+    with pytest.raises(RaftError, match=r"q.jsonl:2: field 'answers' must be a non-empty list") as e:
+        Builder(_cfg(questions_file=str(qf)), tmp_path / "o", corpus=tmp_path).run()
+    assert repr(answers) in str(e.value)
 
 
 def test_too_few_chunks_is_a_clear_error(tmp_path):

@@ -32,3 +32,14 @@ def test_every_config_with_a_build_section_loads():
             load_config(BuildConfig, path, section="build")
             found += 1
     assert found >= 1
+
+
+@pytest.mark.parametrize("kind", ["openai", "vllm_offline"])
+def test_a_model_teacher_needs_its_model_named(kind):
+    """No default model name fits a server: a made-up one was sent, and every request failed with a 404."""
+    with pytest.raises(ConfigError) as e:
+        load_config(BuildConfig, None, [f"teacher.kind={kind}", "mix.p_oracle=1.5"], section="build")
+    text = str(e.value)
+    assert f"teacher.model: is required with teacher.kind={kind}" in text and "mix.p_oracle" in text
+    assert load_config(BuildConfig, None, [f"teacher.kind={kind}", "teacher.model=m"]).teacher.model == "m"
+    assert load_config(BuildConfig, None, ["teacher.kind=extractive"]).teacher.model is None

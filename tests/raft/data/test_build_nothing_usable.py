@@ -99,3 +99,11 @@ def test_skipped_corpus_files_are_in_the_summary_and_build_summary(tmp_path, cap
     assert main(["build", str(corpus), "--out", str(out), "mix.num_distractors=2", "questions_per_chunk=1",
                  "--quiet"]) == 0
     assert "skipped     3 corpus file(s)" in capsys.readouterr().err
+
+
+def test_a_teacher_that_writes_no_question_is_named_by_kind_and_model(tmp_path):
+    with FakeOpenAI(lambda body, n: (200, chat_response("Sure! Here you go."), 0)) as srv:
+        cfg = _cfg(teacher={"kind": "openai", "base_url": srv.url, "model": "fake", "max_retries": 0},
+                   max_attempts=1)
+        with pytest.raises(RaftError, match=r"the openai teacher \(model fake\) wrote no usable question"):
+            Builder(cfg, tmp_path / "o", index=FakeIndex(make_chunks(6, 1))).run()

@@ -53,3 +53,16 @@ def test_an_unreachable_teacher_fails_before_indexing(tmp_path, monkeypatch, cap
     assert main(["build", str(tmp_path), "--out", str(tmp_path / "ds"), "teacher.kind=openai",
                  f"teacher.base_url=http://127.0.0.1:{port}/v1", "teacher.model=m", "teacher.connect_check_s=2"]) == 2
     assert "is unreachable" in capsys.readouterr().err
+
+
+def test_a_base_url_without_v1_fails_before_indexing(tmp_path, monkeypatch, capsys):
+    from build_fakes import FakeOpenAI
+
+    monkeypatch.setattr("raft.data.builder.open_or_build_index",
+                        lambda *a, **k: pytest.fail("indexed before the teacher's 404 was reported"))
+    with FakeOpenAI(get=lambda path: (404, '{"detail": "Not Found"}')) as srv:
+        root = srv.url.removesuffix("/v1")
+        assert main(["build", str(tmp_path), "--out", str(tmp_path / "ds"), "teacher.kind=openai",
+                     f"teacher.base_url={root}", "teacher.model=m", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: teacher endpoint {root} answered 404" in err and "ends in /v1" in err and "Traceback" not in err

@@ -104,6 +104,51 @@ def test_unreachable_teacher_fails_fast():
     assert time.perf_counter() - t0 < 5
 
 
+def _check(url, **kw):
+    async def go():
+        t = OpenAITeacher(_cfg(url, connect_check_s=2, **kw))
+        try:
+            return await t.check()
+        finally:
+            await t.aclose()
+
+    return _run(go())
+
+
+def test_a_base_url_without_v1_is_an_immediate_error():
+    """A 404 from GET /models: every chat request would get it too, counted only after indexing."""
+    def get(path):
+        return (200, {"object": "list", "data": [{"id": "fake"}]}) if path == "/v1/models" else (404, "Not Found")
+
+    with FakeOpenAI(get=get) as srv:
+        root = srv.url.removesuffix("/v1")
+        with pytest.raises(RaftError, match=rf"{root} answered 404 .* usually ends in /v1; try "
+                                            rf"teacher.base_url={root}/v1"):
+            _check(root)
+        assert _check(srv.url) == [] and srv.count == 0  # the right URL passes, and the check posts nothing
+
+
+def _listing(*ids, owned_by=None):
+    cards = [{"id": i, "object": "model"} | ({"owned_by": owned_by} if owned_by else {}) for i in ids]
+    return lambda path: (200, {"object": "list", "data": cards})
+
+
+def test_a_model_the_server_does_not_list():
+    many = [f"m{i}" for i in range(8)]
+    # vLLM answers 404 to any name it does not list: an error, naming a few served ids
+    with FakeOpenAI(get=_listing("Qwen/Qwen2.5-7B-Instruct", *many, owned_by="vllm")) as srv:
+        with pytest.raises(RaftError, match=r"teacher.model='qwen' is not among .*: Qwen/Qwen2.5-7B-Instruct, m0, "
+                                            r"m1, m2, m3 \.\.\. \(9 in all\).*set teacher.model"):
+            _check(srv.url, model="qwen")
+        assert _check(srv.url, model="Qwen/Qwen2.5-7B-Instruct") == []
+    # transformers serve lists its HF cache but loads any model it is asked for: only a warning
+    with FakeOpenAI(get=_listing("HuggingFaceTB/SmolLM2-135M-Instruct", owned_by="HuggingFaceTB")) as srv:
+        [warning] = _check(srv.url, model="./my-model")
+        assert "teacher.model='./my-model' is not among" in warning and "SmolLM2-135M-Instruct" in warning
+    with FakeOpenAI(get=lambda path: (200, {"object": "list", "data": []})) as srv:  # lists nothing: no opinion
+        assert _check(srv.url, model="anything") == []
+
+
 def test_request_construction_openai_and_vllm():
     cfg = TeacherConfig(kind="openai", model="m", temperature=0.3, extra_body={"top_p": 0.9, "foo": 1})
     msgs = [{"role": "user", "content": "q"}]
