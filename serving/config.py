@@ -38,6 +38,8 @@ def parse_api_keys_env(raw: str) -> tuple[dict[str, str], list[str]]:
             what = f"(':{tenant}') has an empty key"
         elif not tenant:
             what = f"({mask_secret(key)}) has an empty tenant"
+        elif keys.get(key, tenant) != tenant:  # one key, two tenants: the last would win in silence
+            what = f"({mask_secret(key)}) gives tenant {tenant!r} a key that tenant {keys[key]!r} already has"
         else:
             keys[key] = tenant
             continue

@@ -61,7 +61,10 @@ OPEN = {"engine": {"kind": "openai", "url": "http://x"}, "retrieval": {"backend"
                                        ("k1:acme,s3cretvalue", "entry 2 ('s3'... (11 characters))"),
                                        (":acme", "(':acme') has an empty key"),
                                        ("s3cretvalue:", "('s3'... (11 characters)) has an empty tenant"),
-                                       ("abc", "(a key of 3 characters)")])
+                                       ("abc", "(a key of 3 characters)"),
+                                       ("s3cretvalue:acme,s3cretvalue:globex",
+                                        "entry 2 ('s3'... (11 characters)) gives tenant 'globex' a key that tenant "
+                                        "'acme' already has")])
 def test_malformed_api_keys_env_is_an_error_never_skipped(monkeypatch, env, shown):
     """Skipping a malformed entry left the gateway open (`s3cret` alone: auth off) or refused a key."""
     monkeypatch.setenv("RAFT_SERVE_API_KEYS", env)
