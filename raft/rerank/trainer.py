@@ -138,7 +138,7 @@ def train_reranker(dataset: str | Path, out: str | Path, cfg: RerankTrainConfig,
     groups = []
     if cfg.eval_split and cfg.eval_split in manifest.get("splits", []):  # never a trained split (config check)
         groups = eval_groups(dataset, cfg.eval_split, manifest)
-    elif cfg.eval_split and cfg.eval_split not in manifest.get("splits", []) and cfg.eval_split != "validation":
+    elif cfg.eval_split and cfg.eval_split != "validation":
         read_records(dataset, cfg.eval_split, manifest)  # a split named on purpose that is missing: say so
     st = pairs.stats
     if console is not None:
