@@ -4,6 +4,10 @@ On a CPU (and on a small GPU) a 100M–1B model decodes at a speed set by readin
 so eight sequences advance for little more than the price of one. `transformers serve` generates one request at
 a time (its continuous-batching mode runs a paged-attention path that is far slower on a CPU), which is why this
 engine exists: plain `model.generate` over a left-padded batch.
+
+On a CPU the prompts are read before `generate`, one at a time when their lengths differ, into a cache with room for
+the answers (serving/batched/kv_cache.py): padding and per-step cache copies, not arithmetic, were most of a batch's
+time there.
 """
 
 from __future__ import annotations
@@ -86,6 +90,9 @@ class BatchGenerator:
             torch_dtype = torch.float32  # CPUs without bf16 units are slower, not faster, in half precision
         self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch_dtype).to(device).eval()
         self.device = device
+        self.prefill_first = device == "cpu"
+        """Read the prompts before `generate` into a preallocated cache (serving/batched/kv_cache.py). On a GPU a
+        padded batch is read in parallel and copies are cheap, so `generate` keeps its own cache there."""
         self.max_len = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or None
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -141,6 +148,10 @@ class BatchGenerator:
             self.threads.before()
         try:
             with torch.inference_mode():
+                from serving.batched.kv_cache import prefill  # imports transformers: not at module import
+
+                if self.prefill_first and (cache := prefill(self.model, enc, room=max_new)) is not None:
+                    kwargs.update(cache)
                 out = self.model.generate(**enc, **kwargs)
         finally:
             if self.threads is not None:

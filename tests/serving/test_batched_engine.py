@@ -16,6 +16,7 @@ import pytest
 
 from serving.batched.batcher import MicroBatcher
 from serving.batched.generator import BatchGenerator, GenRequest, GenResult
+from serving.batched.kv_cache import PreallocatedLayer, prefill
 
 PROMPTS = ["The capital of Veloria is", "Fishing boats leave Portivel harbour every morning before dawn and",
            "Marenta", "The Lantern Tide is held on the first full moon of autumn in the village of Ostry, where"]
@@ -34,6 +35,69 @@ def test_batched_greedy_equals_one_at_a_time(gen):
     assert [r.text for r in together] == [r.text for r in alone]
     assert [r.prompt_tokens for r in together] == [r.prompt_tokens for r in alone]
     assert all(r.prompt_tokens > 0 for r in together)
+
+
+def _forward_shapes(gen, reqs):
+    """The (batch, length) of every forward pass `gen.generate(reqs)` makes, and its results."""
+    shapes = []
+    hook = gen.model.register_forward_pre_hook(
+        lambda _m, args, kwargs: shapes.append(tuple((kwargs.get("input_ids") if kwargs.get("input_ids") is not None
+                                                      else args[0]).shape)), with_kwargs=True)
+    try:
+        return gen.generate(reqs), shapes
+    finally:
+        hook.remove()
+
+
+@pytest.mark.parametrize("guard", [False, True])
+def test_on_a_cpu_each_prompt_is_read_alone_then_the_batch_decodes_together(gen, guard):
+    """A padded batch is read row by row (no pad token passes through the model), then decoded as one batch, and
+    writes what `generate` on the padded batch writes, with the quote guard too."""
+    reqs = [GenRequest(prompt=p, max_tokens=6, quote_guard=guard) for p in PROMPTS]
+    assert gen.prefill_first  # the default on a CPU
+    rows, shapes = _forward_shapes(gen, reqs)
+    lens = [r.prompt_tokens for r in rows]
+    assert len(set(lens)) > 1
+    reads = [s for s in shapes if s[1] > 1]
+    assert sorted(reads) == sorted((1, n - 1) for n in lens)  # each prompt alone, all but its last token
+    assert shapes[len(reads)] == (len(reqs), 1)  # then the batch, one column at a time
+    gen.prefill_first = False
+    try:
+        padded, shapes = _forward_shapes(gen, reqs)
+    finally:
+        gen.prefill_first = True
+    assert shapes[0] == (len(reqs), max(lens))
+    assert [r.text for r in rows] == [r.text for r in padded]
+    assert [r.completion_tokens for r in rows] == [r.completion_tokens for r in padded]
+
+
+def test_prompts_of_one_length_are_read_in_one_pass_and_one_token_prompts_take_the_plain_path(gen):
+    same = [GenRequest(prompt=PROMPTS[0], max_tokens=2)] * 3
+    res, shapes = _forward_shapes(gen, same)
+    assert shapes[0] == (3, res[0].prompt_tokens - 1)  # no padding to save: one batched pass, then the last column
+    enc = gen.tokenizer(["a", PROMPTS[1]], return_tensors="pt", padding=True, add_special_tokens=False)
+    assert enc["attention_mask"].sum(dim=1).min() == 1
+    assert prefill(gen.model, enc, room=2) is None  # a one-token prompt has nothing to read before its last token
+
+
+def test_a_preallocated_layer_writes_in_place_until_it_runs_out_of_room():
+    import torch
+
+    keys, values = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
+    layer = PreallocatedLayer(keys, values, room=2)
+    start = layer.keys.data_ptr()
+    steps = [(torch.randn(2, 3, 1, 4), torch.randn(2, 3, 1, 4)) for _ in range(3)]
+    for i, (k, v) in enumerate(steps):
+        out_k, out_v = layer.update(k, v)
+        assert out_k.shape == (2, 3, 6 + i, 4)
+        assert (out_k.data_ptr() == start) == (i < 2)  # in place while there is room, then concatenated
+    assert torch.equal(layer.keys, torch.cat([keys] + [k for k, _ in steps], dim=-2))
+    assert torch.equal(layer.values, torch.cat([values] + [v for _, v in steps], dim=-2))
+    layer = PreallocatedLayer(keys, values, room=4)
+    layer.batch_select_indices(torch.tensor([1]))  # a new tensor: later updates must not write into the old buffer
+    k, v = steps[0]
+    out_k, _ = layer.update(k[1:], v[1:])
+    assert torch.equal(out_k, torch.cat([keys[1:], k[1:]], dim=-2))
 
 
 def test_each_request_keeps_its_own_max_tokens_and_stop(gen):
