@@ -12,11 +12,14 @@ time there.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
+
+log = logging.getLogger("raft.batched")  # the engine's logger (serving/batched/app.py)
 
 
 @dataclass
@@ -148,16 +151,25 @@ class BatchGenerator:
             self.threads.before()
         try:
             with torch.inference_mode():
-                from serving.batched.kv_cache import prefill  # imports transformers: not at module import
-
-                if self.prefill_first and (cache := prefill(self.model, enc, room=max_new)) is not None:
-                    kwargs.update(cache)
+                if self.prefill_first:
+                    kwargs.update(self._prefill(enc, room=max_new))
                 out = self.model.generate(**enc, **kwargs)
         finally:
             if self.threads is not None:
                 self.threads.after()
         new = out[:, enc["input_ids"].shape[1]:].tolist()
         return [self._finish(req, ids, n_prompt) for req, ids, n_prompt in zip(batch, new, prompt_lens)]
+
+    def _prefill(self, enc, room: int) -> dict[str, Any]:
+        """`generate`'s cache keyword, read ahead (serving/batched/kv_cache.py), or nothing for `generate`'s own."""
+        from serving.batched.kv_cache import NotPlainCache, prefill  # imports transformers: not at module import
+
+        try:
+            return prefill(self.model, enc, room=room) or {}
+        except NotPlainCache as e:  # the model's cache stays the same: stop trying
+            self.prefill_first = False
+            log.info("prompts are read by generate itself: the model's cache is %s", e)
+            return {}
 
     def _finish(self, req: GenRequest, ids: list[int], n_prompt: int) -> GenResult:
         reason = "length"

@@ -25,6 +25,11 @@ except ImportError:  # pragma: no cover - depends on the installed transformers
     DynamicCache = DynamicLayer = None
 
 
+class NotPlainCache(Exception):
+    """The model's cache is not plain per-layer tensors (sliding windows, quantized caches): it cannot be read ahead
+    here, and `generate` must keep its own."""
+
+
 if DynamicLayer is not None:
 
     class PreallocatedLayer(DynamicLayer):
@@ -32,15 +37,20 @@ if DynamicLayer is not None:
         in place while there is room and concatenates, as DynamicLayer does, once there is not (or once another
         operation, such as a batch selection, replaced the tensors)."""
 
-        def __init__(self, keys, values, room: int):
+        def __init__(self, keys: list, values: list, width: int, room: int):
+            """`keys`, `values`: one (rows, heads, length, dim) tensor per group of rows, each length at most `width`;
+            they are copied right-aligned (left padding, zeros: finite under the attention mask) into the buffers."""
             super().__init__()
-            b, h, n, d = keys.shape
-            self._k = keys.new_empty(b, h, n + room, d)
-            self._v = values.new_empty(b, h, n + room, values.shape[-1])
-            self._k[:, :, :n] = keys
-            self._v[:, :, :n] = values
-            self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
-            self.device, self.is_initialized = keys.device, True
+            rows = sum(k.shape[0] for k in keys)
+            self._k = keys[0].new_zeros(rows, keys[0].shape[1], width + room, keys[0].shape[-1])
+            self._v = values[0].new_zeros(rows, values[0].shape[1], width + room, values[0].shape[-1])
+            at = 0
+            for k, v in zip(keys, values):
+                self._k[at:at + k.shape[0], :, width - k.shape[-2]:width] = k
+                self._v[at:at + v.shape[0], :, width - v.shape[-2]:width] = v
+                at += k.shape[0]
+            self.keys, self.values = self._k[:, :, :width], self._v[:, :, :width]
+            self.device, self.is_initialized = keys[0].device, True
 
         def update(self, key_states, value_states, *args, **kwargs):
             n, m = self.keys.shape[-2], key_states.shape[-2]
@@ -59,17 +69,11 @@ def _cache_of(out) -> tuple[str, Any]:
     return key, out[key]
 
 
-def _plain(cache) -> bool:
-    return type(cache) is DynamicCache and all(type(layer) is DynamicLayer for layer in cache.layers)
-
-
 def prefill(model, enc, room: int) -> Optional[dict[str, Any]]:
     """Read every prompt of the left-padded batch `enc` but its last token, each alone unless all have one length,
     into a cache with `room` columns to spare. Returns the cache under the keyword `generate` takes it by, or None
-    for the plain path: a prompt of one token (nothing to read before its last), or a model whose cache is not
-    plain per-layer tensors (sliding windows, quantized caches) or a transformers without per-layer caches."""
-    import torch
-
+    where there is nothing to read ahead (a prompt of one token) or no per-layer cache (a transformers before
+    4.56). Raises NotPlainCache for a model whose cache this cannot hold."""
     if DynamicLayer is None:
         return None
     ids, lens = enc["input_ids"], enc["attention_mask"].sum(dim=1).tolist()
@@ -77,23 +81,16 @@ def prefill(model, enc, room: int) -> Optional[dict[str, Any]]:
     if min(lens) < 2:
         return None
     if min(lens) == max(lens):  # no padding: one causal pass over the batch
-        key, cache = _cache_of(model(input_ids=ids[:, :width], use_cache=True, logits_to_keep=1))
-        if not _plain(cache):
-            return None
-        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        passes = [ids[:, :width]]
     else:
-        rows = []
-        for row, n in zip(ids, lens):
-            key, cache = _cache_of(model(input_ids=row[width + 1 - n: width].unsqueeze(0), use_cache=True,
-                                         logits_to_keep=1))
-            if not _plain(cache):
-                return None
-            rows.append(cache)
-        def left_padded(tensors):  # to the batch's width; the attention mask hides the pads
-            return torch.cat([torch.nn.functional.pad(t, (0, 0, width - t.shape[-2], 0)) for t in tensors])
-
-        layers = [(left_padded([c.layers[i].keys for c in rows]), left_padded([c.layers[i].values for c in rows]))
-                  for i in range(len(rows[0].layers))]
-        cache = rows[0]
-    cache.layers = [PreallocatedLayer(k, v, room) for k, v in layers]
-    return {key: cache}
+        passes = [row[width + 1 - n: width].unsqueeze(0) for row, n in zip(ids, lens)]
+    caches = []
+    for part in passes:
+        key, cache = _cache_of(model(input_ids=part, use_cache=True, logits_to_keep=1))
+        if type(cache) is not DynamicCache or any(type(layer) is not DynamicLayer for layer in cache.layers):
+            raise NotPlainCache(f"{type(cache).__name__} with layers {sorted({type(x).__name__ for x in cache.layers})}")
+        caches.append(cache)
+    merged = caches[0]
+    merged.layers = [PreallocatedLayer([c.layers[i].keys for c in caches], [c.layers[i].values for c in caches],
+                                       width, room) for i in range(len(merged.layers))]
+    return {key: merged}

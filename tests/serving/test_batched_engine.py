@@ -84,7 +84,7 @@ def test_a_preallocated_layer_writes_in_place_until_it_runs_out_of_room():
     import torch
 
     keys, values = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
-    layer = PreallocatedLayer(keys, values, room=2)
+    layer = PreallocatedLayer([keys], [values], width=5, room=2)
     start = layer.keys.data_ptr()
     steps = [(torch.randn(2, 3, 1, 4), torch.randn(2, 3, 1, 4)) for _ in range(3)]
     for i, (k, v) in enumerate(steps):
@@ -93,11 +93,40 @@ def test_a_preallocated_layer_writes_in_place_until_it_runs_out_of_room():
         assert (out_k.data_ptr() == start) == (i < 2)  # in place while there is room, then concatenated
     assert torch.equal(layer.keys, torch.cat([keys] + [k for k, _ in steps], dim=-2))
     assert torch.equal(layer.values, torch.cat([values] + [v for _, v in steps], dim=-2))
-    layer = PreallocatedLayer(keys, values, room=4)
+    layer = PreallocatedLayer([keys], [values], width=5, room=4)
     layer.batch_select_indices(torch.tensor([1]))  # a new tensor: later updates must not write into the old buffer
     k, v = steps[0]
     out_k, _ = layer.update(k[1:], v[1:])
     assert torch.equal(out_k, torch.cat([keys[1:], k[1:]], dim=-2))
+
+
+def test_rows_of_different_lengths_are_left_padded_with_zeros():
+    import torch
+
+    short, long = torch.randn(1, 3, 2, 4), torch.randn(1, 3, 5, 4)
+    layer = PreallocatedLayer([short, long], [short + 1, long + 1], width=5, room=1)
+    assert layer.keys.shape == (2, 3, 5, 4)
+    assert torch.equal(layer.keys[0, :, 3:], short[0]) and torch.equal(layer.keys[1], long[0])
+    assert torch.equal(layer.values[0, :, 3:], short[0] + 1)
+    assert not layer.keys[0, :, :3].any() and not layer.values[0, :, :3].any()  # finite pads, hidden by the mask
+
+
+def test_a_model_whose_cache_cannot_be_read_ahead_falls_back_to_generate_once(gen, monkeypatch, caplog):
+    import serving.batched.kv_cache as kv_cache
+
+    reqs = [GenRequest(prompt=p, max_tokens=4) for p in PROMPTS]
+    expected = [r.text for r in gen.generate(reqs)]
+    monkeypatch.setattr(kv_cache, "DynamicLayer", type("SlidingLayer", (), {}))  # no layer is of that type
+    caplog.set_level("INFO", logger="raft.batched")
+    try:
+        res, shapes = _forward_shapes(gen, reqs)
+        assert not gen.prefill_first and "cache is DynamicCache" in caplog.text
+        assert shapes[1] == (len(reqs), max(r.prompt_tokens for r in res))  # one read ahead, then generate's own
+        assert [r.text for r in res] == expected
+        _, shapes = _forward_shapes(gen, reqs)
+        assert shapes[0][0] == len(reqs)  # not tried again
+    finally:
+        gen.prefill_first = True
 
 
 def test_each_request_keeps_its_own_max_tokens_and_stop(gen):
