@@ -94,8 +94,8 @@ class BatchGenerator:
         self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch_dtype).to(device).eval()
         self.device = device
         self.prefill_first = device == "cpu"
-        """Read the prompts before `generate` into a preallocated cache (serving/batched/kv_cache.py). On a GPU a
-        padded batch is read in parallel and copies are cheap, so `generate` keeps its own cache there."""
+        """Read the prompts before `generate` into a preallocated cache (serving/batched/kv_cache.py). Off on a GPU,
+        where a padded batch is read in parallel: `generate` keeps its own cache there (measured on a CPU only)."""
         self.max_len = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or None
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
