@@ -30,13 +30,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def prompts(data: str | None, n: int, distractors: int, seed: int) -> list[list[dict]]:
     """n RAFT chat prompts: each question's gold passages plus `distractors` random others, shuffled."""
+    from raft.jsonl import iter_jsonl
     from raft.prompt import build_messages
+
+    def _jsonl(path: Path) -> list[dict]:
+        return [obj for _, obj in iter_jsonl(path)]
 
     rng = random.Random(seed)
     if data:
