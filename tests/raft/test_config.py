@@ -1,3 +1,5 @@
+from typing import Annotated
+
 import pytest
 from pydantic import Field
 
@@ -87,3 +89,33 @@ def test_a_rule_across_keys_is_reported_as_its_own_message():
     with pytest.raises(ConfigError) as e:
         load_config(RerankTrainConfig, None, ["splits=[train,validation]"])
     assert e.value.problems[0].startswith("eval_split 'validation' is also in splits"), e.value.problems
+
+
+class Switches(Config):
+    layers: int | None = None
+    """A count."""
+    depth: Annotated[int, Field(ge=1)] = 2
+    """Another count."""
+    on: bool = False
+    """A switch."""
+    either: int | bool = 0
+    """A count or a switch."""
+
+
+@pytest.mark.parametrize("raw", ["true", "yes", "on", "false"])
+def test_a_boolean_for_a_number_is_an_error_not_a_count(raw):
+    # pydantic would read `true` as 1: `rerank train layers=true` must not mean one layer
+    with pytest.raises(ConfigError) as e:
+        load_config(Sample, None, [f"lr={raw}", f"lora.rank={raw}"])
+    assert len(e.value.problems) == 2
+    assert "lr: expected float, got a boolean" in e.value.problems[0]
+    assert "lora.rank: expected int, got a boolean" in e.value.problems[1]
+    with pytest.raises(ConfigError, match="layers: expected int or null, got a boolean"):
+        load_config(Switches, None, [f"layers={raw}"])
+    with pytest.raises(ConfigError, match="depth: expected int, got a boolean"):
+        load_config(Switches, None, [f"depth={raw}"])
+
+
+def test_numbers_and_booleans_still_go_where_they_belong():
+    cfg = load_config(Switches, None, ["layers=2", "depth=3", "on=true", "either=true"])
+    assert (cfg.layers, cfg.depth, cfg.on, cfg.either) == (2, 3, True, True)
