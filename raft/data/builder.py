@@ -425,7 +425,10 @@ class Builder:
             "prompt_version": PROMPT_VERSION, "teacher": {"kind": self.teacher.kind, "model": self.teacher.name},
             "chunks": {"total": len(all_chunks), "empty_skipped": empty},
             "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped],
-            "questions": {"source": "file" if self.cfg.questions_file else "teacher", "count": len(items),
+            # from a file, every question given: those whose gold documents are missing are counted in
+            # answers.dropped, so that kept + dropped = count either way
+            "questions": {"source": "file" if self.cfg.questions_file else "teacher",
+                          "count": len(self.given) if self.cfg.questions_file else len(items),
                           **dict(self.q_stats)},
             **({"ray": self.ray_stats} if self.ray_stats else {}),
             "answers": {"kept": len(kept), "dropped": sum(self.drops.values()),

@@ -123,6 +123,7 @@ def test_questions_file_maps_gold_docs_to_oracle_chunks(tmp_path, index):
         gold = {"a": {"doc003"}, "b": {"doc004", "doc005"}}[r["id"]]
         assert all(index.chunks[c].doc_id not in gold for c in r["doc_ids"] if c not in r["oracle_ids"])
     assert s["answers"]["dropped_by_reason"] == {"gold_doc_not_in_corpus": 1}
+    assert s["questions"]["count"] == 3 == s["answers"]["kept"] + s["answers"]["dropped"]  # the counts add up
     ev = _read(tmp_path / "o", "eval")["train"]
     assert {e["id"]: e["gold_ids"] for e in ev}["b"] == ["doc004", "doc005"]
 
