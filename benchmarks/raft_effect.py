@@ -30,12 +30,13 @@ with the same arguments (OUT/steps_done.json), and `raft eval --resume` asks onl
 eval had not answered (the distractor count the targets are read at comes first).
 
 Ablations on the same OUT after the full run: `--raft-steps 100` retrains only the RAFT arm (2.5x the steps:
-about as many examples as DSF sees in 40) and asks only its questions, at 4 distractors; base and DSF answers are
+137 training questions, about as many as the 155 DSF sees in 40) and asks only its questions, at 4 distractors; base and DSF answers are
 reused. It writes OUT/raft_effect_raft100.{json,png} and leaves raft_effect.json as it was. `--raft-steps 100
 --dsf-steps 100` then retrains only DSF (the control: both arms as long), into raft_effect_raft100_dsf100.*.
-Any other RAFT-arm setting away from Table 1 (`--p-oracle`, `--train-distractors`, `--targets`) is an ablation
-too, named for every changed setting (e.g. raft_effect_raft100_dsf100_p100.* for P = 1.0); give it its own
---out, since it builds the RAFT training set again.
+Any other setting away from Table 1 is an ablation too: `--p-oracle` and `--train-distractors` change the RAFT
+arm's training mix, `--targets` the LoRA modules of both trained arms. Each is named for every changed setting
+(e.g. raft_effect_raft100_dsf100_p100.* for P = 1.0); give it its own --out, since it builds the RAFT training
+set again or retrains both arms.
 
 Writes OUT/raft_effect.{json,png} (and copies them to benchmarks/results/); `raft eval`'s own report is in
 OUT/eval/. Targets at 4 distractors: RAFT+RAG >= DSF+RAG + 10 points F1, >= base+RAG + 20 points F1, with
@@ -318,7 +319,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=40, help="optimizer steps of each trained arm")
     p.add_argument("--raft-steps", type=int, default=None,
                    help="an ablation: the RAFT arm's steps instead of --steps (a token-budget batch holds about 4 "
-                   "DSF examples but one RAFT example, so RAFT needs about 2.8x the steps to see as many); "
+                   "DSF examples but one RAFT example, so RAFT needs about 2.5-3x the steps to see as many); "
                    "evaluated at 4 distractors only, results in raft_effect_raftN.*")
     p.add_argument("--dsf-steps", type=int, default=None,
                    help="an ablation: the DSF arm's steps instead of --steps; results in raft_effect_raftN_dsfM.*")
@@ -332,6 +333,9 @@ def main() -> int:
     p.add_argument("--eval-n", type=int, default=100, help="test questions evaluated")
     p.add_argument("--sweep", default="0,2,4,8", help="distractor counts at test time")
     p.add_argument("--max-tokens", type=int, default=128, help="long enough for a quote plus the answer tag")
+    p.add_argument("--price", default="0.1,0.4",
+                   help="PROMPT,COMPLETION price per million tokens, for the cost per correct answer (any "
+                   "currency; the default is a hosted small model's order of magnitude, in USD); '' = no price")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", default="benchmarks/results", help="also copy the result's JSON and PNG here ('' = no)")
@@ -406,13 +410,25 @@ def main() -> int:
         raft("eval", "--resume", "--data", str(out / "data-test" / "raft" / "test.jsonl"), "--out", str(out / "eval"),
              f"systems={json.dumps(systems)}", f"sweep.distractors={json.dumps(eval_order)}", "sweep.only=true",
              f"limit={args.eval_n}", f"max_tokens={args.max_tokens}", "concurrency=8", "timeout=900",
-             f"seed={args.seed}", log=log, timings=timings, label="eval (all arms)")
+             f"seed={args.seed}", *price_override(args.price), log=log, timings=timings, label="eval (all arms)")
     finally:
         for engine in engines:
             os.killpg(engine.pid, signal.SIGTERM)
             engine.wait(timeout=30)
 
     return write_results(args, out, sweep, at, timings, t0, load_before)
+
+
+def price_override(price: str | None) -> list[str]:
+    """`--price 0.1,0.4` -> the `raft eval` override that prices every arm's tokens (per million prompt and
+    completion tokens); no price: none (the cost column stays empty)."""
+    if not price:
+        return []
+    try:
+        prompt, completion = (float(x) for x in price.split(","))
+    except ValueError:
+        sys.exit(f"--price {price!r}: give two numbers, PROMPT,COMPLETION per million tokens, e.g. 0.1,0.4")
+    return [f"price={json.dumps({'prompt_per_million': prompt, 'completion_per_million': completion})}"]
 
 
 DEFAULT_RAFT_MIX = {"p_oracle": 0.8, "train_distractors": 4, "targets": "all-linear"}

@@ -175,3 +175,28 @@ def test_every_changed_setting_names_its_own_ablation_files(bench):
     title = bench.plot_title(args(raft_steps=280, dsf_steps=100, test_set="hotpotqa_amor_dev"), 99)
     assert "RAFT trained 280 steps (P=0.8, 4 distractors, LoRA all-linear), DSF 100 steps" in title
     assert "trained" not in bench.plot_title(args(test_set="hotpotqa_amor_dev"), 99)
+
+
+def _qa_set(root: Path, name: str, questions: list[str]) -> None:
+    (root / name).mkdir(parents=True)
+    (root / name / "corpus.jsonl").write_text(json.dumps({"id": f"{name}-p", "title": "t", "text": "x"}) + "\n")
+    (root / name / "questions.jsonl").write_text("".join(
+        json.dumps({"id": f"{name}-{i}", "question": q, "answers": ["a"], "gold_ids": [f"{name}-p"]}) + "\n"
+        for i, q in enumerate(questions)))
+
+
+def test_a_test_question_also_in_training_stops_the_run(bench, tmp_path):
+    _qa_set(tmp_path, "train", ["Who wrote it?", "Where is it?"])
+    _qa_set(tmp_path, "test", ["When was it?", "  who WROTE it? "])  # the same question, cased and spaced
+    with pytest.raises(SystemExit, match="1 test questions also appear in training"):
+        bench.prepare(tmp_path, ["train"], "test", tmp_path / "out", None, 0)
+    _qa_set(tmp_path, "clean", ["When was it?"])
+    files = bench.prepare(tmp_path, ["train"], "clean", tmp_path / "out", None, 0)
+    assert len(bench.read_jsonl(files["train_questions"])) == 2
+
+
+def test_the_price_reaches_raft_eval_as_its_override(bench):
+    assert bench.price_override("0.1,0.4") == ['price={"prompt_per_million": 0.1, "completion_per_million": 0.4}']
+    assert bench.price_override("") == []
+    with pytest.raises(SystemExit, match="--price '0.1': give two numbers"):
+        bench.price_override("0.1")

@@ -9,6 +9,7 @@ from raft.data.config import BuildConfig
 from build_fakes import FakeIndex, make_chunks
 
 KNOWN = {"empty", "truncated", "refused", "no_answer_tag", "empty_answer", "no_quotes", "quote_not_in_oracle",
+         "quote_not_supporting_answer",
          "too_few_distractors"}
 
 
