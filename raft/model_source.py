@@ -101,6 +101,24 @@ def resolve_model(ref: str, log: Callable[[str], None] | None = _stderr, absolut
     return ref
 
 
+# a missing path with one of these endings is a file not made yet, never a hub repository
+FILE_SUFFIXES = {".json", ".jsonl", ".parquet", ".csv", ".arrow", ".gguf", ".safetensors", ".bin", ".pt",
+                 ".yaml", ".yml", ".txt"}
+
+
+def hub_repo_id(ref: str) -> bool:
+    """Whether a reference that names nothing on this disk reads as a Hugging Face hub id (`org/name`, models
+    and datasets alike) rather than a path not made yet. The one rule every verb uses to tell "does not exist"
+    from "look it up on the hub": exactly one `/`, no leading `/`, `.` or `~`, no file ending, and an `org`
+    that is not a local directory (runs/model is a missing path, not a model of a user named runs). Legacy
+    names without an org (gpt2) are given with theirs (openai-community/gpt2)."""
+    ref = str(ref).strip()
+    if ref.count("/") != 1 or ref.startswith(("/", ".", "~")) or "\\" in ref:
+        return False
+    org, name = ref.split("/")
+    return bool(org and name) and Path(ref).suffix.lower() not in FILE_SUFFIXES and not Path(org).is_dir()
+
+
 def is_converted(path: str | Path) -> bool:
     return (Path(path) / SOURCE_FILE).is_file()
 

@@ -21,6 +21,7 @@ from typing import Optional
 import httpx
 
 from raft.errors import RaftError
+from raft.model_source import hub_repo_id
 from serving.config import ServeConfig
 
 # `ValueError: ...`, `OSError: ...`, `torch.OutOfMemoryError: ...`, `RuntimeError` at the end of a traceback
@@ -182,7 +183,7 @@ def check_engine_model(cfg: ServeConfig) -> None:
         if not (p.is_dir() and (p / "config.json").is_file()):
             raise RaftError(f"engine.model {e.model!r} is not a transformers model directory (no config.json); "
                             f"point it at {what}")
-    elif e.model.startswith(("/", ".", "~")) or e.model.count("/") != 1:
+    elif not hub_repo_id(e.model):
         raise RaftError(f"engine.model {e.model!r} does not exist; point it at {what}, a hub name such as "
                         "Qwen/Qwen2.5-0.5B-Instruct, a .gguf file or smollm2-135m-instruct")
     elif os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(e.model):

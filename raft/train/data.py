@@ -22,6 +22,7 @@ from typing import Any, Optional
 from raft import prompt
 from raft.errors import RaftError
 from raft.jsonl import iter_jsonl
+from raft.model_source import hub_repo_id
 
 RAFT_FIELDS = ("question", "context", "cot_answer")
 NO_DATA = "no training data: set train.data.path (a `raft build` output dir or a .jsonl file)"
@@ -112,19 +113,12 @@ def _hf_rows(obj, split: str, where: str) -> list[dict] | None:
     return [dict(r) for r in obj]
 
 
-def _hub_name(path: str) -> bool:
-    """Read as a hub dataset when it is no local file or directory: `org/name`, whose `org` is not a local
-    directory (runs/dataset is a path that does not exist yet, not a dataset of a user named runs)."""
-    return (path.count("/") == 1 and not path.startswith((".", "/", "~")) and not Path(path).suffix
-            and not Path(path.split("/")[0]).is_dir())
-
-
 def check_data_source(path: str) -> None:
     """The cheap part of reading the data, done before the model is looked up (which may wait on the hub):
     a missing data.path is said at once."""
     if not path:
         raise RaftError(NO_DATA)
-    if not Path(path).expanduser().exists() and not _hub_name(path):
+    if not Path(path).expanduser().exists() and not hub_repo_id(path):
         raise RaftError(f"data path {path!r} does not exist; {WHAT_DATA}")
 
 
@@ -152,7 +146,7 @@ def read_split(path: str, split: str) -> tuple[list[dict], str] | None:
     if p.is_file():
         # A single file is the training split; eval needs data.eval_path or another split file.
         return (_read_jsonl(p), str(p)) if split == "train" or p.stem == split else None
-    if _hub_name(path):
+    if hub_repo_id(path):
         try:
             from datasets import load_dataset
 

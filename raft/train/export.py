@@ -45,8 +45,9 @@ def _merged_here(out: Path) -> bool:
 def check_base(base: str) -> None:
     """A local base model path that does not exist, said as such (not as the hub's "Repo id must be in the
     form 'namespace/repo_name'")."""
-    p = Path(base).expanduser()
-    if not p.exists() and (base.startswith(("/", ".", "~")) or base.count("/") > 1):
+    from raft.model_source import hub_repo_id
+
+    if not Path(base).expanduser().exists() and not hub_repo_id(base):
         raise RaftError(f"base model path {base!r} does not exist; pass --base with a local model directory "
                         "(the one the adapter was trained on) or a hub name like Qwen/Qwen2.5-0.5B-Instruct")
 

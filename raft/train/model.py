@@ -33,8 +33,9 @@ def check_model_source(cfg: ModelConfig) -> None:
             raise RaftError(f"model path {str(p)!r} exists but has no config.json; point train.model.name_or_path "
                             "at a transformers model directory")
         return
-    looks_local = cfg.name_or_path.startswith(("/", ".", "~")) or cfg.name_or_path.count("/") != 1
-    if looks_local:
+    from raft.model_source import hub_repo_id
+
+    if not hub_repo_id(cfg.name_or_path):
         raise RaftError(f"model path {cfg.name_or_path!r} does not exist; set train.model.name_or_path to a "
                         "local model directory or a hub name like Qwen/Qwen2.5-0.5B-Instruct")
     from transformers import AutoConfig

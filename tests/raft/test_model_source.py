@@ -108,6 +108,38 @@ def test_references_that_need_no_conversion(tmp_path, monkeypatch):
         model_source.resolve_model("missing.gguf", log=None)
 
 
+@pytest.mark.parametrize("ref, hub", [
+    ("Qwen/Qwen2.5-0.5B-Instruct", True),          # a dot inside a hub name is not a file ending
+    ("HuggingFaceH4/ultrachat_200k", True),
+    ("runs/model", False),                         # runs/ is a local directory: a path not made yet
+    ("runs/data.jsonl", False), ("org/model.gguf", False), ("./org/name", False), ("/abs/name", False),
+    ("~/name", False), ("a/b/c", False), ("gpt2", False), ("org/", False), ("/x", False)])
+def test_one_rule_tells_a_hub_id_from_a_missing_path(ref, hub, tmp_path, monkeypatch):
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert model_source.hub_repo_id(ref) is hub
+
+
+def test_every_verb_says_a_missing_model_path_does_not_exist(tmp_path, monkeypatch):
+    # train, export and serve share hub_repo_id: runs/merged under an existing runs/ is a missing path for each
+    # (train and export used to send it to the hub, which answers with an unrelated error or a long wait)
+    from raft.train.config import ModelConfig
+    from raft.train.export import check_base
+    from raft.train.model import check_model_source
+    from serving.config import ServeConfig
+    from serving.launchers import check_engine_model
+
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RaftError, match="model path 'runs/merged' does not exist"):
+        check_model_source(ModelConfig(name_or_path="runs/merged"))
+    with pytest.raises(RaftError, match="base model path 'runs/merged' does not exist"):
+        check_base("runs/merged")
+    with pytest.raises(RaftError, match="engine.model 'runs/merged' does not exist"):
+        check_engine_model(ServeConfig.model_validate({"engine": {"kind": "batched", "model": "runs/merged"},
+                                                        "retrieval": {"backend": "none"}}))
+
+
 def test_unreadable_gguf_is_a_clear_error(tmp_path, cache):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 64)
