@@ -12,28 +12,16 @@ from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ValidationError
+
+from retrieval.config import BaseConfig, type_name
 
 SECTIONS = ("index", "build", "train", "rerank", "export", "serve", "eval")
 
 
-class Config(BaseModel):
-    """Base for every config section: unknown keys are errors, field docstrings become descriptions."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
-        # pydantic reads true as 1 for a number, and YAML reads `yes`, `on` and `true` as booleans, so
-        # `layers=true` would silently mean one layer.
-        if isinstance(value, bool) and info.field_name in cls.model_fields:
-            kinds = _scalar_types(cls.model_fields[info.field_name].annotation)
-            if bool not in kinds and kinds & {int, float}:
-                want = type_name(cls.model_fields[info.field_name].annotation)
-                raise ValueError(f"expected {want}, got a boolean (YAML reads true/false, yes/no and on/off as "
-                                 "booleans)")
-        return value
+class Config(BaseConfig):
+    """Base for every config section: unknown keys are errors, field docstrings become descriptions, and a
+    boolean given for a number is an error (retrieval.config.BaseConfig, shared with the retrieval package)."""
 
 
 class ConfigError(ValueError):
@@ -181,36 +169,6 @@ def load_config(
             source += " + command-line overrides"
         raise ConfigError(source, problems)
     return cfg  # type: ignore[return-value]
-
-
-def _scalar_types(ann: Any) -> set:
-    """The plain types a field's annotation admits at its top level: `Optional[int]` -> {int, NoneType};
-    `Any` -> {Any}, which admits a boolean."""
-    import types
-    import typing
-
-    origin = typing.get_origin(ann)
-    if origin is typing.Annotated:
-        return _scalar_types(typing.get_args(ann)[0])
-    if origin in (typing.Union, types.UnionType):
-        return set().union(*(_scalar_types(a) for a in typing.get_args(ann)))
-    return {ann}
-
-
-def type_name(ann: Any) -> str:
-    """A short, readable type: `int`, `int or null`, `general|api`, `list[str]`."""
-    import types
-    import typing
-
-    origin, args = typing.get_origin(ann), typing.get_args(ann)
-    if origin is typing.Literal:
-        return "|".join(str(a) for a in args)
-    if origin in (typing.Union, types.UnionType):
-        parts = [type_name(a) for a in args if a is not type(None)]
-        return " or ".join(parts) + (" or null" if type(None) in args else "")
-    if origin is not None and args:
-        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(type_name(a) for a in args)}]"
-    return getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
 
 
 def describe(model: type[BaseModel], prefix: str = "") -> list[str]:

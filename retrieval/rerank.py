@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 from pydantic import Field
 
-from retrieval.config import _Config
+from retrieval.config import BaseConfig
 from retrieval.errors import RetrievalError
 from retrieval.types import Chunk, Hit
 
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 RERANK_META = "raft_rerank.json"  # written next to the weights by `raft rerank train`
 
 
-class RerankConfig(_Config):
+class RerankConfig(BaseConfig):
     """The cross-encoder rerank stage (off while `model` is null)."""
 
     model: str | None = None

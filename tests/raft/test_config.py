@@ -119,3 +119,16 @@ def test_a_boolean_for_a_number_is_an_error_not_a_count(raw):
 def test_numbers_and_booleans_still_go_where_they_belong():
     cfg = load_config(Switches, None, ["layers=2", "depth=3", "on=true", "either=true"])
     assert (cfg.layers, cfg.depth, cfg.on, cfg.either) == (2, 3, True, True)
+
+
+def test_retrieval_configs_refuse_a_boolean_for_a_number_too():
+    # the rerank stage's settings live in `retrieval`, whose configs share raft's base
+    from retrieval.rerank import RerankConfig
+    from serving.config import ServeConfig
+
+    with pytest.raises(ConfigError) as e:
+        load_config(RerankConfig, None, ["model=m", "candidates=true", "weight=yes"])
+    assert [p.split(":")[0] for p in e.value.problems] == ["candidates", "weight"]
+    with pytest.raises(ConfigError, match="retrieval.rerank.candidates: expected int, got a boolean"):
+        load_config(ServeConfig, None, ["engine.kind=openai", "engine.base_url=http://x", "retrieval.backend=none",
+                                        "retrieval.rerank.model=m", "retrieval.rerank.candidates=on"])
