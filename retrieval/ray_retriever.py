@@ -191,6 +191,14 @@ class RayRetriever:
         if not ray.is_initialized():
             ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False, log_to_driver=False)
         self._ray = ray
+        # an actor asking for a GPU the cluster lacks is never scheduled, and the ray.get below would wait on it
+        # for ever: say so instead
+        gpus = ray.cluster_resources().get("GPU", 0)
+        need = embedder_gpus * num_embedders + (reranker_gpus * num_rerankers if self.rerank_config.model else 0)
+        if need > gpus:
+            raise RetrievalError(f"embedder_gpus={embedder_gpus:g} x {num_embedders} embedder(s) and reranker_gpus="
+                                 f"{reranker_gpus:g} x {num_rerankers} reranker(s) ask for {need:g} GPU(s), but the "
+                                 f"Ray cluster has {gpus:g}; set them to 0 to run on CPUs, or add GPU nodes")
         self.num_shards = num_shards
         shard_cls = ray.remote(num_cpus=shard_cpus)(ShardServer)
         emb_cls = ray.remote(num_cpus=embedder_cpus, num_gpus=embedder_gpus)(EmbedServer)

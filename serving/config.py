@@ -143,6 +143,12 @@ class RetrievalSettings(Config):
     and the best top_k kept."""
     num_rerankers: int = Field(1, ge=1)
     """ray backend: cross-encoder actors of the rerank stage (its own pool, scaled apart from the shards)."""
+    reranker_cpus: float = Field(1.0, ge=0)
+    """ray backend: CPUs Ray reserves for each cross-encoder actor."""
+    reranker_gpus: float = Field(0.0, ge=0)
+    """ray backend: GPUs for each cross-encoder actor (e.g. 0.25 to share one GPU among four); a cross-encoder
+    on a GPU scores 40 candidates in milliseconds, on a CPU in most of a second (docs/rerank.md). The Ray
+    cluster must have them: `raft serve` refuses to start otherwise."""
     search_threads: int = Field(3, ge=1, le=64)
     """local backend: searches (micro-batches) that run at once, each on its own SQLite connection. A
     tenant already searching gets another thread only while two are free: the last one is kept for a

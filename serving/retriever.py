@@ -280,14 +280,16 @@ class RayRetrieverAdapter:
     @classmethod
     def open(cls, index_dir: str, num_shards: int = 2, num_embedders: int = 1,
              embedder: Optional[str] = None, embed_backend: Optional[str] = None, rerank: Any = None,
-             num_rerankers: int = 1) -> "RayRetrieverAdapter":
+             num_rerankers: int = 1, reranker_cpus: float = 1.0,
+             reranker_gpus: float = 0.0) -> "RayRetrieverAdapter":
         """`embed_backend` None lets RayRetriever fall back to $RAFT_EMBED_BACKEND, then auto; `raft serve`
         always passes its config's value. `rerank`: a RerankConfig; with a model, `num_rerankers`
-        cross-encoder actors serve the rerank stage."""
+        cross-encoder actors (each with `reranker_cpus` CPUs and `reranker_gpus` GPUs) serve the rerank stage."""
         from retrieval.ray_retriever import RayRetriever
 
         r = RayRetriever(index_dir, num_shards=num_shards, num_embedders=num_embedders, embedder=embedder,
-                         embed_backend=embed_backend, rerank=rerank, num_rerankers=num_rerankers)
+                         embed_backend=embed_backend, rerank=rerank, num_rerankers=num_rerankers,
+                         reranker_cpus=reranker_cpus, reranker_gpus=reranker_gpus)
         log.info("query embeddings (Ray actors): %s", ", ".join(r.embed_backends()))
         return cls(r)
 
@@ -352,7 +354,7 @@ def open_retriever(settings: Any) -> Optional[Retriever]:
     if settings.backend == "ray":
         return RayRetrieverAdapter.open(settings.index_dir, settings.num_shards, settings.num_embedders,
                                         settings.embedder, settings.embed_backend, settings.rerank,
-                                        settings.num_rerankers)
+                                        settings.num_rerankers, settings.reranker_cpus, settings.reranker_gpus)
     if settings.embed_threads:
         import torch
 

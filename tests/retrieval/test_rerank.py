@@ -108,8 +108,9 @@ def test_reranker_config_and_errors(tmp_path, embedder_path, tiny_cross_encoder)
     assert Reranker.from_config(RerankConfig()) is None  # off by default
     r = Reranker.from_config({"model": str(tiny_cross_encoder), "candidates": 7})
     assert r.candidates == 7 and r.config().model == str(tiny_cross_encoder)
-    with pytest.raises(RetrievalError, match="candidates must be a positive integer, got 0"):
-        Reranker(str(tiny_cross_encoder), candidates=0)
+    for bad in (0, 1001, True):  # the config's own bounds: a Reranker is turned into a RerankConfig for Ray
+        with pytest.raises(RetrievalError, match=f"candidates must be an integer from 1 to 1000, got {bad}"):
+            Reranker(str(tiny_cross_encoder), candidates=bad)
     # the bundled embedder has no classification head: its scores would be random
     with pytest.raises(RetrievalError, match="not a cross-encoder .*BertModel.*raft rerank train"):
         Reranker(embedder_path).load()
@@ -158,6 +159,10 @@ def test_ray_retriever_reranks_in_its_own_actor_pool(ray_local, built_index, ind
             bare.search(QUERIES[0], k=3, rerank=True)
     finally:
         bare.shutdown()
+    # GPUs the cluster lacks: an error at once, not actors that are never scheduled (a wait without end)
+    with pytest.raises(RetrievalError, match=r"reranker_gpus=1 x 64 reranker\(s\) ask for 64 GPU\(s\)"):
+        RayRetriever(built_index, num_shards=1, rerank={"model": str(tiny_cross_encoder)}, num_rerankers=64,
+                     reranker_gpus=1)
 
 
 def test_index_search_cli_reranks(built_index, index, tiny_cross_encoder, capsys):
@@ -171,9 +176,10 @@ def test_index_search_cli_reranks(built_index, index, tiny_cross_encoder, capsys
     rows = json.loads(capsys.readouterr().out)["results"]
     want = index.search(q, k=3, filter={"tenant": "acme"}, rerank=Reranker(str(tiny_cross_encoder), candidates=9))
     assert [r["chunk_id"] for r in rows] == _ids(want)
-    assert main(["index", "search", str(built_index), q, "--rerank", str(tiny_cross_encoder),
-                 "--rerank-candidates", "0"]) == 2
-    assert "--rerank-candidates must be a positive integer, got 0" in capsys.readouterr().err
+    for bad in ("0", "1001"):
+        assert main(["index", "search", str(built_index), q, "--rerank", str(tiny_cross_encoder),
+                     "--rerank-candidates", bad]) == 2
+        assert f"--rerank-candidates must be an integer from 1 to 1000, got {bad}" in capsys.readouterr().err
     # weight 0: the search's own order
     assert main(["index", "search", str(built_index), q, "-k", "3", "--rerank", str(tiny_cross_encoder),
                  "--rerank-weight", "0", "--json"]) == 0

@@ -104,3 +104,29 @@ def test_serve_rerank_settings_reach_the_ray_actors_as_a_plain_rerank_config(tin
     assert rerank_config(None).model is None
     with pytest.raises(ValueError, match="candidatez"):
         rerank_config({"candidatez": 3})  # a dict keeps the typo check
+
+
+@pytest.mark.slow
+def test_ray_backend_reranks_behind_the_gateway(ray_local, make_gateway, reranking, index_dir, tiny_cross_encoder):
+    """backend `ray` as `raft serve` opens it (RetrievalSettings -> open_retriever): the reranker actors give
+    the local stage's order, after the tenant filter, and the stage is timed."""
+    from serving.config import RetrievalSettings
+    from serving.retriever import open_retriever
+
+    rr_cfg = {"model": str(tiny_cross_encoder), "candidates": 10}
+    settings = RetrievalSettings(backend="ray", index_dir=str(index_dir), num_shards=2, rerank=rr_cfg,
+                                 reranker_cpus=0.25)
+    on_ray = open_retriever(settings)
+    try:
+        srv, _ = make_gateway(retriever=on_ray, retrieval={"top_k": 3, "rerank": rr_cfg},
+                              auth={"keys": {"ka": "acme"}})
+        idx, reranker = reranking.index, Reranker(str(tiny_cross_encoder), candidates=10)
+        key = {"Authorization": "Bearer ka"}
+        on = _ask(srv, {"retrieval": {"rerank": True}}, headers=key)
+        assert _cited(on) == _ids(idx.search(Q, k=3, filter={"tenant": "acme"}, rerank=reranker))
+        assert "rerank;dur=" in on.headers["server-timing"]
+        off = _ask(srv, headers=key)
+        assert _cited(off) == _ids(idx.search(Q, k=3, filter={"tenant": "acme"}))
+        assert "rerank" not in off.headers["server-timing"]
+    finally:
+        on_ray.close()
