@@ -39,13 +39,16 @@ log = logging.getLogger(__name__)
 RERANK_META = "raft_rerank.json"  # written next to the weights by `raft rerank train`
 
 
+MAX_CANDIDATES = 1000  # search hits one query may send to the cross-encoder (its cost grows linearly)
+
+
 class RerankConfig(BaseConfig):
     """The cross-encoder rerank stage (off while `model` is null)."""
 
     model: str | None = None
     """CrossEncoder directory (what `raft rerank train` writes) or a sentence-transformers CrossEncoder name;
     null: no reranking."""
-    candidates: int = Field(40, ge=1, le=1000)
+    candidates: int = Field(40, ge=1, le=MAX_CANDIDATES)
     """Search hits re-scored per query (the best k of them are kept); latency grows linearly with it."""
     batch_size: int = Field(64, ge=1)
     """(query, passage) pairs scored per forward pass."""
@@ -168,8 +171,8 @@ class Reranker:
 
     def __init__(self, model: str, candidates: int = 40, *, batch_size: int = 64, max_length: int | None = None,
                  device: str | None = None, weight: float | None = None):
-        if not isinstance(candidates, int) or isinstance(candidates, bool) or candidates < 1:
-            raise RetrievalError(f"rerank candidates must be a positive integer, got {candidates!r}")
+        if not isinstance(candidates, int) or isinstance(candidates, bool) or not 1 <= candidates <= MAX_CANDIDATES:
+            raise RetrievalError(f"rerank candidates must be an integer from 1 to {MAX_CANDIDATES}, got {candidates!r}")
         if weight is not None and not (isinstance(weight, (int, float)) and 0 <= weight <= 1):
             raise RetrievalError(f"rerank weight must be between 0 and 1 (1: the cross-encoder alone, 0: the "
                                  f"search's order) or None (the trained one), got {weight!r}")

@@ -270,6 +270,7 @@ def _search(args) -> int:
     from retrieval.errors import RetrievalError
     from retrieval.filters import parse_filter_args
     from retrieval.index import RetrievalIndex
+    from retrieval.rerank import MAX_CANDIDATES
 
     if args.k <= 0:
         raise RetrievalError(f"-k must be a positive integer, got {args.k}")
@@ -284,8 +285,9 @@ def _search(args) -> int:
                                  "there is no reranking to tune")
     elif args.rerank_candidates is None:
         args.rerank_candidates = 40
-    elif args.rerank_candidates <= 0:
-        raise RetrievalError(f"--rerank-candidates must be a positive integer, got {args.rerank_candidates}")
+    elif not 1 <= args.rerank_candidates <= MAX_CANDIDATES:
+        raise RetrievalError(f"--rerank-candidates must be an integer from 1 to {MAX_CANDIDATES}, got "
+                             f"{args.rerank_candidates}")
     flt = parse_filter_args(args.filter)
     if args.queries:
         queries = _read_queries(args.queries)

@@ -66,6 +66,17 @@ def _load_base(cfg: RerankTrainConfig):
     return model
 
 
+def warmup_args(ratio: float, transformers_version: str | None = None) -> dict:
+    """The warm-up as a share of the steps, in the form the installed transformers reads: from 5, a
+    `warmup_steps` below 1 is that ratio and `warmup_ratio` is deprecated; before 5 `warmup_steps` is a step
+    count (0.1 would mean no warm-up) and the ratio is `warmup_ratio`."""
+    from importlib.metadata import version
+
+    if int((transformers_version or version("transformers")).split(".")[0]) >= 5:
+        return {"warmup_steps": ratio}
+    return {"warmup_ratio": ratio}
+
+
 def keep_layers(hf_model, n: int, name: str) -> None:
     """Cut a BERT-style encoder (MiniLM, BERT, RoBERTa, XLM-R, ELECTRA) to its first `n` layers, in place and
     in its config, so the saved model loads with `n` layers."""
@@ -154,8 +165,7 @@ def train_reranker(dataset: str | Path, out: str | Path, cfg: RerankTrainConfig,
     try:
         args = CrossEncoderTrainingArguments(
             output_dir=str(scratch / "trainer"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
-            # warmup_steps below 1 is a ratio of the steps (transformers 5; warmup_ratio is deprecated there)
-            per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr, warmup_steps=cfg.warmup_ratio,
+            per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr, **warmup_args(cfg.warmup_ratio),
             seed=cfg.seed, data_seed=cfg.seed, save_strategy="no", report_to="none", logging_strategy="no",
             disable_tqdm=not cfg.progress, use_cpu=(cfg.device == "cpu"), dataloader_num_workers=0,
             dataloader_pin_memory=torch.cuda.is_available() and cfg.device != "cpu")

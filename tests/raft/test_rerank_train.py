@@ -196,3 +196,14 @@ def test_train_a_few_steps_then_load_and_rerank(dataset, tmp_path, capsys):
     cut = Reranker(str(out)).load()  # loads as a two-layer model and scores
     assert len(cut._loaded.model.model.base_model.encoder.layer) == 2
     assert cut.score_pairs([("Which island is the largest?", "Veloria's largest island is Hask.")]).shape == (1,)
+
+
+def test_warmup_is_a_share_of_the_steps_whatever_the_transformers_version(tmp_path):
+    from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments
+
+    from raft.rerank.trainer import warmup_args
+
+    args = CrossEncoderTrainingArguments(output_dir=str(tmp_path), report_to="none", **warmup_args(0.1))
+    assert args.get_warmup_steps(200) == 20  # the installed transformers reads it as 10% of the steps
+    assert warmup_args(0.1, "4.57.1") == {"warmup_ratio": 0.1}  # where warmup_steps=0.1 meant no warm-up
+    assert warmup_args(0.1, "5.0.0") == {"warmup_steps": 0.1}
