@@ -43,6 +43,9 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
+DEFAULT_MAX_TRAIN = 1000
+
+
 def split_questions(qs: list[dict], train_frac: float, max_train: int, max_eval: int, seed: int):
     """(train, held-out): by question text (the same text twice lands on one side), shuffled with `seed`.
     The held-out questions are the first `max_eval` after the first `train_frac` of the groups; every group
@@ -218,8 +221,9 @@ def main() -> int:
     p.add_argument("--sets", nargs="*", default=SETS)
     p.add_argument("--out", default="runs/rerank_gain", help="work directory (indexes are reused from here)")
     p.add_argument("--train-frac", type=float, default=0.5, help="share of each set's questions trained on")
-    p.add_argument("--max-train", type=int, default=1000,
-                   help="at most this many training questions per set (every question not held out, up to this)")
+    p.add_argument("--max-train", type=int, default=DEFAULT_MAX_TRAIN,
+                   help="at most this many training questions per set (every question not held out, up to this); "
+                        "another value than 1000 writes rerank_gain_trainN.json/.png")
     p.add_argument("--max-eval", type=int, default=100, help="at most this many held-out questions per set")
     p.add_argument("--val-frac", type=float, default=0.2,
                    help="share of the training questions kept for choosing the fusion weight (not trained on)")
@@ -266,7 +270,9 @@ def main() -> int:
     }
     dest = (REPO / args.results) if args.results else out
     dest.mkdir(parents=True, exist_ok=True)
-    stem = "rerank_gain" + (f"_l{args.layers}" if args.layers else "")
+    # every setting away from the default is in the name, so that one run never overwrites another's results
+    stem = ("rerank_gain" + (f"_l{args.layers}" if args.layers else "")
+            + (f"_train{args.max_train}" if args.max_train != DEFAULT_MAX_TRAIN else ""))
     (dest / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     layers = f"its first {args.layers} layers of " if args.layers else ""
     plot(results, dest / f"{stem}.png", f"cross-encoder from {layers}all-MiniLM-L6-v2 trained by `raft rerank "
