@@ -17,8 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        "distractor) hard negatives of a `raft build` output",
                        epilog="example:\n  raft rerank train out/dataset --out out/reranker\n",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("dataset", metavar="DATASET_DIR", nargs="?", help="the --out directory of `raft build` (required to train; "
-                   "--print-config and --help-config need none)")
+    t.add_argument("dataset", metavar="DATASET_DIR", nargs="?",
+                   help="the --out directory of `raft build` (required to train; --print-config and --help-config "
+                   "need none)")
     t.add_argument("--out", "-o", metavar="DIR", help="model directory to write, required to train (an earlier "
                    "reranker there is replaced when training succeeds)")
     t.add_argument("--json", action="store_true", help="print the summary as JSON")
