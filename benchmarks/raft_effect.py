@@ -29,10 +29,11 @@ An interrupted run resumes: the same command again skips every build, train and 
 with the same arguments (OUT/steps_done.json), and `raft eval --resume` asks only the questions the stopped
 eval had not answered (the distractor count the targets are read at comes first).
 
-Ablations on the same OUT after the full run: `--raft-steps 100` retrains only the RAFT arm (2.5x the steps:
-137 training questions, about as many as the 155 DSF sees in 40) and asks only its questions, at 4 distractors;
-base and DSF answers are reused. It writes OUT/raft_effect_raft100.{json,png} and leaves raft_effect.json as it was. `--raft-steps 100
---dsf-steps 100` then retrains only DSF (the control: both arms as long), into raft_effect_raft100_dsf100.*.
+Ablations on the same OUT after the full run: `--raft-steps 100` retrains only the RAFT arm (2.5x the steps: 137
+training questions, about as many as the 155 DSF sees in 40) and asks only its questions, at 4 distractors; base
+and DSF answers are reused. It writes OUT/raft_effect_raft100.{json,png} and leaves raft_effect.json as it was.
+`--raft-steps 100 --dsf-steps 100` then retrains only DSF (the control: both arms as long), into
+raft_effect_raft100_dsf100.*.
 Any other setting away from Table 1 is an ablation too: `--p-oracle` and `--train-distractors` change the RAFT
 arm's training mix, `--targets` the LoRA modules of both trained arms. Each is named for every changed setting
 (e.g. raft_effect_raft100_dsf100_p100.* for P = 1.0); give it its own --out, since it builds the RAFT training
