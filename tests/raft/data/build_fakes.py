@@ -8,13 +8,14 @@ import json
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 
 from raft.prompt import cot_answer
 from raft.data.teachers import sentences
 from retrieval.types import Chunk, Hit
+from quiet_http import QuietHTTPServer
 
 DIM = 64
 
@@ -137,7 +138,7 @@ class FakeOpenAI:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.server = QuietHTTPServer(("127.0.0.1", 0), H)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/v1"

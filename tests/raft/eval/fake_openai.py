@@ -16,7 +16,8 @@ import json
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+from quiet_http import QuietHTTPServer
 
 FACT_RE = re.compile(r"The key of (\w+) is (\w+)\.")
 QUESTION_RE = re.compile(r"What is the key of (\w+)\?")
@@ -80,7 +81,7 @@ class FakeOpenAI:
                 self._send(200, server.complete(body))
                 server.spans.append((start, time.monotonic()))
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = QuietHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.httpd.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
