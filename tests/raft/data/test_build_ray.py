@@ -70,7 +70,9 @@ sys.exit(main(sys.argv[1:]))
 
 def test_cli_ray_flag_joins_the_cluster_of_ray_address(ray_local, tmp_path):
     address = ray_local.get_runtime_context().gcs_address
-    env = {**os.environ, "RAY_ADDRESS": address, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    # build_fakes.py sits here and imports quiet_http.py from tests/: the subprocess needs both folders
+    path = [str(HERE), str(HERE.parents[1]), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "RAY_ADDRESS": address, "PYTHONPATH": os.pathsep.join(path)}
     out = tmp_path / "ds"
     r = subprocess.run([sys.executable, "-c", _DRIVER, "build", str(tmp_path), "--out", str(out), "--ray", "--quiet",
                         "ray_actors=1", "questions_per_chunk=1", "mix.num_distractors=3"],
